@@ -1,0 +1,36 @@
+"""Shared test fixtures. Tests run on CPU with one thread per process for repeatability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+
+
+@pytest.fixture(scope="session")
+def real_ct() -> Path:
+    """The real CT fixture (TotalSegmentator test file, Apache-2.0); skipped if absent."""
+    path = SHARED_REAL / "example_ct_sm.nii.gz"
+    if not path.exists():
+        pytest.skip(f"real CT fixture not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_lungs() -> Path:
+    path = SHARED_REAL / "example_ct_sm_lungs.nii.gz"
+    if not path.exists():
+        pytest.skip(f"real lung mask fixture not found at {path}")
+    return path

@@ -1,0 +1,108 @@
+"""The ``volseg`` command line: one entry point, one subcommand per stage.
+
+Each subcommand lives in ``volseg/commands/<name>.py`` with ``HELP``, ``add_arguments`` and
+``run``. Those modules import nothing heavy at top level, so ``volseg --help`` is fast;
+torch and MONAI are imported inside ``run``. User errors (:class:`VolsegError`) become one
+line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from volseg import __version__
+from volseg.errors import NotBuiltError, VolsegError
+
+# Order is the order shown in --help: data tools, then the pipeline stages, then utilities.
+COMMANDS: tuple[str, ...] = (
+    "synth",
+    "check_data",
+    "lungs",
+    "prepare",
+    "gan",
+    "pretrain",
+    "finetune",
+    "predict",
+    "evaluate",
+    "run",
+    "study",
+    "models",
+)
+
+EXIT_USER_ERROR = 2
+EXIT_NOT_BUILT = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volseg",
+        description="Few-label 3D segmentation of COVID-19 lung lesions in chest CT.",
+    )
+    parser.add_argument("--version", action="version", version=f"volseg {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
+    common.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (also off when not a TTY)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"volseg.commands.{name}")
+        cmd = sub.add_parser(
+            name.replace("_", "-"),
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            parents=[common],
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr; only rank 0 logs at INFO under torchrun."""
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    setup_logging(args.verbose)
+    if args.no_progress or not sys.stderr.isatty():
+        import os
+
+        os.environ["VOLSEG_NO_PROGRESS"] = "1"
+    try:
+        return int(args._module.run(args) or 0)
+    except NotBuiltError as exc:
+        if args.debug:
+            raise
+        print(f"volseg {args.command}: {exc}", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except VolsegError as exc:
+        if args.debug:
+            raise
+        print(f"volseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"volseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

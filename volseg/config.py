@@ -1,0 +1,312 @@
+"""Typed, validated configuration: YAML files plus ``--set section.key=value`` overrides.
+
+Unknown keys and wrong types are refused with a message naming the key (and a did-you-mean
+for typos). Relative paths in a config file resolve against that file's folder; paths given
+on the command line resolve against the working directory. ``save_resolved`` writes the
+final configuration into the run directory so every run records exactly what it used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from volseg.errors import ConfigError
+
+Triple = tuple[float, float, float]
+IntTriple = tuple[int, int, int]
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    """Patient-level split, stratified by CT category and labeled/unlabeled."""
+
+    seed: int = 0
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+
+
+class DataConfig(Section):
+    """Where the MosMed-layout dataset lives and how volumes are preprocessed."""
+
+    root: Path = Path("data/synth")
+    reference: Literal["masks", "truth"] = "masks"
+    """Reference masks for evaluation: ``masks`` (MosMed's labeled subset) or ``truth``
+    (a synthetic dataset's full ground truth)."""
+    spacing: Triple = (1.5, 1.5, 5.0)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    num_workers: int = Field(0, ge=0)
+    cache: bool = True
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] >= value[1]:
+            raise ValueError("lower bound must be below upper bound")
+        return value
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing_positive(cls, value: Triple) -> Triple:
+        if min(value) <= 0:
+            raise ValueError("spacing must be positive")
+        return value
+
+
+class ModelConfig(Section):
+    """Segmentation network by registry name; ``params`` go to its constructor."""
+
+    name: str = "transunet3d"
+    recalibration: Literal["none", "se", "ssr"] = "none"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(Section):
+    """Settings shared by the three training stages."""
+
+    enabled: bool = True
+    epochs: int = Field(10, ge=1)
+    iters_per_epoch: int = Field(50, ge=1)
+    batch_size: int = Field(2, ge=1)
+    patch_size: IntTriple = (96, 96, 32)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    grad_clip: float | None = 1.0
+    amp: bool = True
+    compile: bool = False
+    val_every: int = Field(1, ge=1)
+
+
+class GanConfig(TrainConfig):
+    """3D GAN that restores healthy lung; its residual on COVID scans is the pseudo-mask."""
+
+    adversarial: Literal["lsgan", "hinge"] = "lsgan"
+    l1_weight: float = Field(10.0, ge=0)
+    adv_weight: float = Field(1.0, ge=0)
+    threshold: float | None = None
+    smoothing_sigma_mm: float = Field(2.0, ge=0)
+    min_component_mm3: float = Field(50.0, ge=0)
+
+
+class PretrainConfig(TrainConfig):
+    """Barlow Twins pretraining of the encoder on all training-split scans."""
+
+    lambda_offdiag: float = Field(5e-3, ge=0)
+    projector_dims: tuple[int, ...] = (512, 512, 512)
+
+
+class FinetuneConfig(TrainConfig):
+    """Supervised fine-tuning on true masks plus down-weighted pseudo-masks."""
+
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    use_pseudo: bool = True
+    pseudo_weight: float = Field(0.5, ge=0, le=1)
+    n_labeled: int | None = Field(None, ge=0)
+    encoder_lr_mult: float = Field(0.5, gt=0)
+    dice_weight: float = Field(1.0, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+    mse_weight: float = Field(0.5, ge=0)
+    supcon_weight: float = Field(0.1, ge=0)
+    sensitivity_beta: float = Field(2.0, ge=0)
+    supcon_temperature: float = Field(0.1, gt=0)
+
+
+class PredictConfig(Section):
+    """Sliding-window inference and post-processing."""
+
+    roi_size: IntTriple = (96, 96, 32)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(4, ge=1)
+    tta: bool = False
+    threshold: float = Field(0.5, gt=0, lt=1)
+    min_component_mm3: float = Field(10.0, ge=0)
+    restrict_to_lungs: bool = True
+    write_prob: bool = False
+
+
+class EvaluateConfig(Section):
+    """Metrics report settings."""
+
+    bootstrap: int = Field(1000, ge=0)
+    nsd_tolerance_mm: float = Field(2.0, gt=0)
+    involvement_bins: tuple[float, ...] = (0.0, 5.0, 25.0, 50.0, 100.0)
+
+
+class Config(Section):
+    """The whole configuration of a volseg run."""
+
+    seed: int = 0
+    run_dir: Path = Path("runs/default")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    gan: GanConfig = Field(default_factory=GanConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def section_hash(self, name: str) -> str:
+        """Stable hash of one section, used to decide whether a stage must re-run."""
+        section = getattr(self, name)
+        payload = json.dumps(section.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _section_fields(path: tuple[str | int, ...]) -> list[str]:
+    """Field names valid at a dotted location, for did-you-mean suggestions."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted key."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            hint = _did_you_mean(str(loc[-1]), _section_fields(loc[:-1]))
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        else:
+            lines.append(f"{source}: invalid value for '{key}': {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into (["a","b","c"], value); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text!r}: '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+_PATH_KEYS = (("run_dir",), ("data", "root"))
+
+
+def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
+    """Make relative paths in the YAML tree absolute against ``base`` (the config folder)."""
+    for keys in _PATH_KEYS:
+        node: Any = tree
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            p = Path(node[keys[-1]]).expanduser()
+            node[keys[-1]] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    data_root: str | Path | None = None,
+    run_dir: str | Path | None = None,
+) -> Config:
+    """Load and validate a config.
+
+    ``path``: a YAML file (None for all defaults). ``overrides``: ``section.key=value``
+    strings applied after the file. ``data_root`` / ``run_dir``: command-line paths that
+    override the file's (relative to the working directory).
+    """
+    tree: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        tree = loaded
+        _resolve_paths(tree, path.resolve().parent)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        _apply_override(tree, parts, value, text)
+        if tuple(parts) in _PATH_KEYS and isinstance(value, str):
+            tree_node: Any = tree
+            for key in parts[:-1]:
+                tree_node = tree_node[key]
+            tree_node[parts[-1]] = str(Path(value).expanduser().resolve())
+    if data_root is not None:
+        tree.setdefault("data", {})["root"] = str(Path(data_root).expanduser().resolve())
+    if run_dir is not None:
+        tree["run_dir"] = str(Path(run_dir).expanduser().resolve())
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    # Defaults that were never written anywhere are relative to the working directory.
+    cfg.run_dir = cfg.run_dir.expanduser().resolve()
+    cfg.data.root = cfg.data.root.expanduser().resolve()
+    if cfg.data.split.val_fraction + cfg.data.split.test_fraction >= 1.0:
+        raise ConfigError(
+            f"{source}: data.split.val_fraction + data.split.test_fraction must be below 1"
+        )
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (paths absolute, every default written out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_resolved(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    """Write ``config.yaml`` (the resolved config) into the run directory, atomically."""
+    from volseg.io import write_text_atomic
+
+    target = Path(run_dir or cfg.run_dir) / "config.yaml"
+    return write_text_atomic(target, config_to_yaml(cfg))
