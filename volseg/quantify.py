@@ -1,0 +1,60 @@
+"""Lesion burden from a mask: lesion and lung volume in mL, % lung involvement, CT grade.
+
+The CT-0…CT-4 grade follows MosMedData's rule on the share of lung involved:
+CT-0 no involvement, CT-1 < 25 %, CT-2 25–50 %, CT-3 50–75 %, CT-4 > 75 %.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+GRADE_UPPER_BOUNDS = (25.0, 50.0, 75.0)
+
+
+def voxel_volume_ml(spacing_mm: Sequence[float]) -> float:
+    """Volume of one voxel in millilitres (1 mL = 1000 mm³)."""
+    return float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0
+
+
+def grade_from_involvement(involvement_pct: float) -> int:
+    """MosMed CT grade (0–4) from % lung involvement."""
+    if involvement_pct <= 0.0:
+        return 0
+    for grade, upper in enumerate(GRADE_UPPER_BOUNDS, start=1):
+        if involvement_pct < upper:
+            return grade
+    return 4
+
+
+def quantify(
+    lesion: np.ndarray, lungs: np.ndarray | None, spacing_mm: Sequence[float]
+) -> dict[str, float | int | None]:
+    """Lesion volume, lung volume, involvement % (lesion inside lung / lung) and grade.
+
+    Without a lung mask only the lesion volume is known; involvement and grade are None.
+    """
+    voxel_ml = voxel_volume_ml(spacing_mm)
+    lesion = np.asarray(lesion) > 0
+    result: dict[str, float | int | None] = {
+        "lesion_volume_ml": float(lesion.sum()) * voxel_ml,
+        "lung_volume_ml": None,
+        "involvement_pct": None,
+        "ct_grade": None,
+    }
+    if lungs is not None:
+        lungs = np.asarray(lungs) > 0
+        lung_voxels = int(lungs.sum())
+        result["lung_volume_ml"] = lung_voxels * voxel_ml
+        if lung_voxels > 0:
+            involvement = 100.0 * float(np.logical_and(lesion, lungs).sum()) / lung_voxels
+            result["involvement_pct"] = involvement
+            result["ct_grade"] = grade_from_involvement(involvement)
+    return result
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel spacing (mm) along each array axis: the norms of the affine's columns."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
