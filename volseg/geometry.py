@@ -1,0 +1,118 @@
+"""The working grid: native voxels -> RAS axes at the model's spacing, and back, exactly.
+
+A scan is mapped to the grid the network works on in two exact steps and one resampling:
+
+1. reorder/flip array axes so they run along R, A, S (``nibabel.orientations``: a pure
+   permutation, no interpolation, so oblique affines stay oblique and nothing is lost);
+2. resample each axis to ``round(n * spacing / target)`` voxels with trilinear interpolation
+   and ``align_corners=False``, which keeps the field of view identical, so the inverse
+   resampling lands on the native voxel centres exactly.
+
+The inverse (:meth:`WorkingGrid.to_native`) is the same two steps backwards, which is why a
+lesion painted at native voxel (i, j, k) comes back at (i, j, k). Everything runs in torch
+on whatever device the tensors live on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """How one native volume maps to the network's grid.
+
+    ``ornt``: nibabel orientation array (native axis -> RAS axis, flip); ``native_shape``:
+    shape of the input array; ``ras_shape``: shape after reorientation; ``shape``: shape at
+    the working spacing; ``affine``: voxel->world affine of the working grid.
+    """
+
+    ornt: np.ndarray
+    native_shape: tuple[int, int, int]
+    ras_shape: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @classmethod
+    def plan(
+        cls,
+        native_affine: np.ndarray,
+        native_shape: Sequence[int],
+        target_spacing: Sequence[float],
+    ) -> WorkingGrid:
+        """Plan the mapping for a volume of ``native_shape`` with ``native_affine``."""
+        import nibabel.orientations as nio
+
+        native_affine = np.asarray(native_affine, dtype=np.float64)
+        native_shape = tuple(int(s) for s in native_shape)
+        ornt = nio.io_orientation(native_affine)  # to RAS
+        ras_affine = native_affine @ nio.inv_ornt_aff(ornt, native_shape)
+        ras_shape = tuple(int(native_shape[int(axis)]) for axis in np.argsort(ornt[:, 0]))
+        ras_spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
+        target = np.asarray(target_spacing, dtype=np.float64)
+        shape = tuple(
+            max(1, int(round(n * s / t))) for n, s, t in zip(ras_shape, ras_spacing, target)
+        )
+        # Voxel centres under align_corners=False: new index j sits at old index
+        # (j + 0.5) * n_old / n_new - 0.5.
+        scale = np.array(ras_shape, dtype=np.float64) / np.array(shape, dtype=np.float64)
+        to_ras_index = np.eye(4)
+        to_ras_index[:3, :3] = np.diag(scale)
+        to_ras_index[:3, 3] = 0.5 * scale - 0.5
+        affine = ras_affine @ to_ras_index
+        return cls(ornt, native_shape, ras_shape, shape, affine)  # type: ignore[arg-type]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Effective working spacing (mm), within half a voxel's rounding of the target."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ forward / inverse
+
+    def _native_to_ras(self, volume: torch.Tensor) -> torch.Tensor:
+        """(…, X, Y, Z) native axes -> RAS axes (permutation and flips only)."""
+        lead = volume.dim() - 3
+        for native_axis, (_, flip) in enumerate(self.ornt):
+            if flip < 0:
+                volume = volume.flip(lead + native_axis)
+        order = np.argsort(self.ornt[:, 0])  # RAS axis k comes from native axis order[k]
+        return volume.permute(*range(lead), *(lead + int(a) for a in order))
+
+    def _ras_to_native(self, volume: torch.Tensor) -> torch.Tensor:
+        lead = volume.dim() - 3
+        ras_of_native = [int(a) for a in self.ornt[:, 0]]  # native axis i is RAS axis ...
+        volume = volume.permute(*range(lead), *(lead + a for a in ras_of_native))
+        for native_axis, (_, flip) in enumerate(self.ornt):
+            if flip < 0:
+                volume = volume.flip(lead + native_axis)
+        return volume
+
+    def to_working(self, volume: torch.Tensor, mode: str = "trilinear") -> torch.Tensor:
+        """Native ``(B, C, X, Y, Z)`` tensor -> working grid ``(B, C, *self.shape)``."""
+        ras = self._native_to_ras(volume)
+        return _resize(ras, self.shape, mode)
+
+    def to_native(self, volume: torch.Tensor, mode: str = "trilinear") -> torch.Tensor:
+        """Working-grid ``(B, C, *self.shape)`` tensor -> native ``(B, C, X, Y, Z)``."""
+        ras = _resize(volume, self.ras_shape, mode)
+        return self._ras_to_native(ras)
+
+
+def _resize(volume: torch.Tensor, shape: Sequence[int], mode: str) -> torch.Tensor:
+    if tuple(volume.shape[-3:]) == tuple(shape):
+        return volume.contiguous()
+    if mode == "nearest":
+        # nearest-exact matches align_corners=False centre mapping
+        return F.interpolate(volume, size=tuple(shape), mode="nearest-exact")
+    return F.interpolate(volume, size=tuple(shape), mode=mode, align_corners=False)
+
+
+def window_hu(volume: torch.Tensor, hu_window: Sequence[float]) -> torch.Tensor:
+    """Clip to the HU window and scale it to [0, 1] (what the network was trained on)."""
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+    return ((volume - lo) / (hi - lo)).clamp_(0.0, 1.0)
