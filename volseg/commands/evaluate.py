@@ -1,17 +1,80 @@
-"""`volseg evaluate` (not built yet)."""
+"""`volseg evaluate`: metrics, plots and a report for predicted masks against references."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate (not built yet)"
+HELP = "compare predicted masks with reference masks: metrics CSV/JSON, plots, report"
+DESCRIPTION = (
+    "Pair <id>_mask.nii.gz predictions with <id>_mask.nii.gz references, compute whole-volume "
+    "and per-lesion metrics (Dice, IoU, sensitivity, specificity, precision, HD95, NSD, lesion "
+    "detection, volume and involvement errors, CT grade), and write per_case.csv, summary.json, "
+    "plots and report.md into the output folder."
+)
+
+
+# Shown in --help without importing the config module (kept fast); the values actually used
+# come from volseg.config.EvaluateConfig, and a unit test checks these match it.
+HELP_DEFAULTS = {
+    "bootstrap": 1000,
+    "nsd_tolerance_mm": 2.0,
+    "involvement_bins": (0, 5, 25, 50, 100),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    shown = HELP_DEFAULTS
+    parser.add_argument("--pred", required=True, metavar="DIR", help="predicted masks folder")
+    parser.add_argument("--ref", required=True, metavar="DIR", help="reference masks folder")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--lungs", metavar="DIR", help="lung masks <id>_lungs.nii.gz (involvement %%, CT grade)"
+    )
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample predictions onto the reference grid (nearest) instead of failing",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="N",
+        help=f"bootstrap resamples for 95%% CIs, 0 for none (default {shown['bootstrap']})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        metavar="MM",
+        help=f"surface Dice tolerance in mm (default {shown['nsd_tolerance_mm']:g})",
+    )
+    parser.add_argument(
+        "--bins",
+        type=float,
+        nargs="+",
+        metavar="PCT",
+        help="involvement %% bin edges for strata (default "
+        + " ".join(f"{b:g}" for b in shown["involvement_bins"])
+        + ")",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.errors import NotBuiltError
+    from volseg.config import EvaluateConfig
+    from volseg.stages.evaluate import run_evaluate
 
-    raise NotBuiltError("this command is not built yet")
+    defaults = EvaluateConfig()
+    run_evaluate(
+        args.pred,
+        args.ref,
+        args.out,
+        lungs_dir=args.lungs,
+        resample=args.resample,
+        bootstrap=defaults.bootstrap if args.bootstrap is None else args.bootstrap,
+        seed=args.seed,
+        nsd_tolerance_mm=(
+            defaults.nsd_tolerance_mm if args.nsd_tolerance is None else args.nsd_tolerance
+        ),
+        involvement_bins=defaults.involvement_bins if args.bins is None else args.bins,
+    )
+    return 0

@@ -1,0 +1,198 @@
+"""`volseg evaluate` end to end on tiny NIfTI files: outputs, pairing, geometry checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from volseg.cli import main
+from volseg.errors import InputError
+from volseg.evaluation.metrics import case_metrics
+from volseg.io import write_nifti
+from volseg.stages.evaluate import DEFAULT_BINS, run_evaluate
+
+SHAPE = (14, 12, 6)
+SPACING = (1.5, 1.5, 3.0)
+
+
+def _affine(spacing=SPACING) -> np.ndarray:
+    aff = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])  # LAS-like, as MosMed
+    aff[:3, 3] = (20.0, -15.0, 4.0)
+    return aff
+
+
+def _case(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lungs = np.zeros(SHAPE, np.uint8)
+    lungs[1:13, 1:11, 1:5] = 1
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[3 : 5 + 2 * i, 3:7, 2:4] = 1
+    pred = np.roll(ref, 1, axis=1)
+    pred[11, 9, 1] = 1  # a false-positive voxel
+    return pred, ref, lungs
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> dict[str, Path]:
+    dirs = {name: tmp_path / name for name in ("pred", "ref", "lungs")}
+    for i in range(3):
+        pred, ref, lungs = _case(i)
+        sid = f"study_{i:04d}"
+        write_nifti(dirs["pred"] / f"{sid}_mask.nii.gz", pred, _affine())
+        write_nifti(dirs["ref"] / f"{sid}_mask.nii.gz", ref, _affine())
+        write_nifti(dirs["lungs"] / f"{sid}_lungs.nii.gz", lungs, _affine())
+    pred, ref, _ = _case(0)
+    write_nifti(dirs["pred"] / "study_0090_mask.nii.gz", pred, _affine())  # no reference
+    write_nifti(dirs["ref"] / "study_0091_mask.nii.gz", ref, _affine())  # no prediction
+    write_nifti(dirs["pred"] / "study_0000_prob.nii.gz", pred.astype(np.float32) * 0.7, _affine())
+    (dirs["pred"] / "summary.csv").write_text("not a mask\n")
+    return dirs
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_writes_consistent_outputs(dataset, tmp_path) -> None:
+    out = run_evaluate(
+        dataset["pred"], dataset["ref"], tmp_path / "out", lungs_dir=dataset["lungs"], bootstrap=200
+    )
+    names = {p.name for p in out.iterdir()}
+    assert {"per_case.csv", "summary.json", "report.md", "dice_vs_burden.png"} <= names
+    assert {"bland_altman_volume.png", "grade_confusion.png"} <= names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+    rows = _read_csv(out / "per_case.csv")
+    assert [r["case_id"] for r in rows] == ["study_0000", "study_0001", "study_0002"]
+    for i, row in enumerate(rows):
+        pred, ref, lungs = _case(i)
+        expected = case_metrics(pred, ref, SPACING, lungs)
+        for key in ("dice", "iou", "sensitivity", "precision", "hd95_mm", "nsd", "lesion_f1"):
+            assert float(row[key]) == pytest.approx(expected[key], rel=1e-6), key
+        assert float(row["ref_involvement_pct"]) == pytest.approx(expected["ref_involvement_pct"])
+        assert int(row["n_false_pos"]) == 1
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["pairs"] == 3
+    assert [Path(p).name for p in summary["unmatched"]["pred_without_ref"]] == [
+        "study_0090_mask.nii.gz"
+    ]
+    assert [Path(p).name for p in summary["unmatched"]["ref_without_pred"]] == [
+        "study_0091_mask.nii.gz"
+    ]
+    dice = [float(r["dice"]) for r in rows]
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(np.mean(dice))
+    lo, hi = summary["metrics"]["dice"]["ci95"]
+    assert lo <= np.mean(dice) <= hi
+    assert sum(s["n_cases"] for s in summary["stratified"]) == 3
+    assert summary["grade_confusion"]["n"] == 3
+    assert "hd95_mm" in summary["conventions"]
+
+    report = (out / "report.md").read_text()
+    assert "study_0090_mask.nii.gz" in report and "study_0091_mask.nii.gz" in report
+    for png in ("dice_vs_burden.png", "bland_altman_volume.png", "grade_confusion.png"):
+        assert f"]({png})" in report
+
+
+def test_evaluate_is_deterministic_by_seed(dataset, tmp_path) -> None:
+    a = run_evaluate(dataset["pred"], dataset["ref"], tmp_path / "a", bootstrap=100, seed=3)
+    b = run_evaluate(dataset["pred"], dataset["ref"], tmp_path / "b", bootstrap=100, seed=3)
+    ca = json.loads((a / "summary.json").read_text())["metrics"]["dice"]["ci95"]
+    cb = json.loads((b / "summary.json").read_text())["metrics"]["dice"]["ci95"]
+    assert ca == cb
+    # without lungs: no strata or grades, and no confusion plot
+    assert json.loads((a / "summary.json").read_text())["stratified"] is None
+    assert not (a / "grade_confusion.png").exists()
+
+
+def test_geometry_mismatch_fails_via_cli_and_writes_nothing(dataset, tmp_path, capsys) -> None:
+    pred, _, _ = _case(1)
+    bad = dataset["pred"] / "study_0001_mask.nii.gz"
+    write_nifti(bad, pred, _affine((1.5, 1.5, 2.0)))  # same shape, different slice spacing
+    out = tmp_path / "out"
+    rc = main(
+        ["evaluate", "--pred", str(dataset["pred"]), "--ref", str(dataset["ref"]), "-o", str(out)]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and str(bad) in err[0] and "study_0001_mask.nii.gz" in err[0]
+    assert "--resample" in err[0]
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_resample_puts_prediction_on_reference_grid(tmp_path) -> None:
+    """A prediction on a 3× finer grid whose voxels nest in the reference's: Dice 1 after."""
+    _, ref, _ = _case(2)
+    fine = np.repeat(np.repeat(np.repeat(ref, 3, 0), 3, 1), 3, 2)
+    # fine voxel 3i+1 has the same centre as coarse voxel i
+    to_coarse = np.eye(4)
+    to_coarse[:3, :3] /= 3.0
+    to_coarse[:3, 3] = -1.0 / 3.0
+    write_nifti(tmp_path / "ref" / "study_0002_mask.nii.gz", ref, _affine())
+    write_nifti(tmp_path / "pred" / "study_0002_mask.nii.gz", fine, _affine() @ to_coarse)
+    with pytest.raises(InputError, match="different grids"):
+        run_evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", bootstrap=0)
+    rc = main(
+        ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+         "-o", str(tmp_path / "out"), "--resample", "--bootstrap", "0"]
+    )  # fmt: skip
+    assert rc == 0
+    row = _read_csv(tmp_path / "out" / "per_case.csv")[0]
+    assert row["resampled"] == "1"
+    assert float(row["dice"]) == pytest.approx(1.0)
+    assert float(row["hd95_mm"]) == pytest.approx(0.0)
+
+
+def test_no_pairs_is_an_input_error(tmp_path) -> None:
+    pred, ref, _ = _case(0)
+    write_nifti(tmp_path / "pred" / "study_0001_mask.nii.gz", pred, _affine())
+    write_nifti(tmp_path / "ref" / "study_0002_mask.nii.gz", ref, _affine())
+    with pytest.raises(InputError, match="no prediction"):
+        run_evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out")
+    with pytest.raises(InputError, match="not found"):
+        run_evaluate(tmp_path / "nope", tmp_path / "ref", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_probability_map_is_refused(tmp_path) -> None:
+    _, ref, _ = _case(0)
+    write_nifti(tmp_path / "ref" / "study_0000_mask.nii.gz", ref, _affine())
+    write_nifti(
+        tmp_path / "pred" / "study_0000_mask.nii.gz", ref * 0.6, _affine(), dtype=np.float32
+    )
+    with pytest.raises(InputError, match="probabilities"):
+        run_evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out")
+
+
+def test_empty_cases_counted_as_missing(tmp_path) -> None:
+    _, ref, _ = _case(0)
+    empty = np.zeros(SHAPE, np.uint8)
+    write_nifti(tmp_path / "ref" / "study_0000_mask.nii.gz", ref, _affine())
+    write_nifti(tmp_path / "pred" / "study_0000_mask.nii.gz", empty, _affine())  # all missed
+    write_nifti(tmp_path / "ref" / "study_0001_mask.nii.gz", ref, _affine())
+    write_nifti(tmp_path / "pred" / "study_0001_mask.nii.gz", ref, _affine())  # perfect
+    out = run_evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", bootstrap=0)
+    summary = json.loads((out / "summary.json").read_text())
+    hd = summary["metrics"]["hd95_mm"]
+    assert (hd["n"], hd["n_missing"], hd["mean"]) == (1, 1, 0.0)
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(0.5)
+    rows = _read_csv(out / "per_case.csv")
+    assert rows[0]["hd95_mm"] == "" and rows[0]["precision"] == ""
+    assert math.isclose(float(rows[1]["dice"]), 1.0)
+
+
+def test_help_defaults_match_config() -> None:
+    from volseg.commands.evaluate import HELP_DEFAULTS
+    from volseg.config import EvaluateConfig
+
+    cfg = EvaluateConfig()
+    assert HELP_DEFAULTS["bootstrap"] == cfg.bootstrap
+    assert HELP_DEFAULTS["nsd_tolerance_mm"] == cfg.nsd_tolerance_mm
+    assert tuple(HELP_DEFAULTS["involvement_bins"]) == tuple(cfg.involvement_bins)
+    assert tuple(DEFAULT_BINS) == tuple(cfg.involvement_bins)
