@@ -1,17 +1,73 @@
-"""`volseg predict` (not built yet)."""
+"""``volseg predict -m MODEL -i INPUT -o OUTDIR``: lesion masks in each input's geometry."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "predict (not built yet)"
+HELP = "predict lesion masks, volumes, involvement % and CT grade for NIfTI/DICOM scans"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("-m", "--model", required=True, help="run directory or model.pt bundle")
+    parser.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        nargs="+",
+        help="a .nii/.nii.gz file, a folder of them, or a DICOM series folder",
+    )
+    parser.add_argument("-o", "--out", required=True, help="output folder")
+    parser.add_argument("--series", help="DICOM series UID when a folder holds several")
+    parser.add_argument("--lungs", help="lung mask file or folder (<id>_lungs.nii.gz)")
+    parser.add_argument("--no-lungs", action="store_true", help="do not restrict to the lungs")
+    parser.add_argument("--prob", action="store_true", help="also write <id>_prob.nii.gz")
+    parser.add_argument("--overlays", action="store_true", help="write PNG axial overlays")
+    parser.add_argument("--roi", type=int, nargs="+", help="sliding-window ROI (1 or 3 sizes)")
+    parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
+    parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    parser.add_argument(
+        "--tta", action="store_true", default=None, help="flip test-time augmentation"
+    )
+    parser.add_argument("--threshold", type=float, help="probability threshold")
+    parser.add_argument("--min-component", type=float, help="drop lesions smaller (mm³)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
+    parser.add_argument("--num-parts", type=int, default=1, help="split inputs into K parts")
+    parser.add_argument("--part-id", type=int, default=0, help="which part to run (0-based)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.errors import NotBuiltError
+    import logging
 
-    raise NotBuiltError("this command is not built yet")
+    from volseg.errors import InputError
+    from volseg.inference.predictor import parse_roi
+    from volseg.stages.predict import run_predict
+
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise InputError("--overlap must be in [0, 1)")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise InputError("--threshold must be in (0, 1)")
+    try:
+        roi = parse_roi(args.roi)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    summary = run_predict(
+        args.model,
+        args.input,
+        args.out,
+        lungs=args.lungs,
+        use_lungs=not args.no_lungs,
+        write_prob=args.prob,
+        overlays=args.overlays,
+        series=args.series,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        device=args.device,
+        roi_size=roi,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        tta=args.tta,
+        threshold=args.threshold,
+        min_component_mm3=args.min_component,
+    )
+    logging.getLogger("volseg.predict").info("wrote %s", summary)
+    return 0

@@ -1,0 +1,193 @@
+"""Inference geometry and bundles: outputs land on the input's exact grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from volseg.bundle import load_bundle, save_bundle
+from volseg.errors import InputError
+from volseg.geometry import WorkingGrid
+from volseg.models import registry
+
+
+class OracleNet(nn.Module):
+    """Logits +10 where the windowed intensity is bright (> 0.6), −10 elsewhere."""
+
+    def __init__(self, level: float = 0.6) -> None:
+        super().__init__()
+        self.level = level
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > self.level, 10.0, -10.0) + 0 * self.dummy
+
+
+@pytest.fixture()
+def oracle_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setitem(registry.MODELS, "oracle", OracleNet)
+    return save_bundle(
+        tmp_path / "run" / "finetune" / "model.pt",
+        OracleNet(),
+        "oracle",
+        {"level": 0.6},
+        {"spacing": [1.5, 1.5, 5.0], "hu_window": [-1000, 400]},
+        {"roi_size": [16, 16, 8], "overlap": 0.25, "min_component_mm3": 0},
+    )
+
+
+def _affine(kind: str, spacing=(0.7, 0.7, 8.0)) -> np.ndarray:
+    aff = np.eye(4)
+    sx, sy, sz = spacing
+    if kind == "LAS":
+        aff[:3, :3] = np.diag([-sx, sy, sz])
+    elif kind == "RAS":
+        aff[:3, :3] = np.diag([sx, sy, sz])
+    elif kind == "oblique":
+        c, s = np.cos(0.35), np.sin(0.35)
+        rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+        aff[:3, :3] = rot @ np.diag([-sx, sy, sz])
+    elif kind == "permuted":  # axes stored as (S, R, P)
+        aff[:3, :3] = np.array([[0, sy, 0], [0, 0, -sx], [sz, 0, 0]])
+    aff[:3, 3] = [12.5, -40.0, 7.0]
+    return aff
+
+
+@pytest.mark.parametrize("kind", ["LAS", "RAS", "oblique", "permuted"])
+def test_working_grid_round_trip_is_exact_at_native_spacing(kind: str) -> None:
+    aff = _affine(kind)
+    native_spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    grid = WorkingGrid.plan(
+        aff,
+        (30, 26, 9),
+        tuple(native_spacing[np.argsort(nib.orientations.io_orientation(aff)[:, 0])]),
+    )
+    vol = torch.rand(1, 1, 30, 26, 9, dtype=torch.float64)
+    back = grid.to_native(grid.to_working(vol))
+    assert torch.equal(back, vol)
+    # a voxel's world position is the same on both grids
+    working = grid.to_working(vol)
+    j = np.unravel_index(int(working.argmax()), grid.shape)
+    i = np.unravel_index(int(vol.argmax()), vol.shape[2:])
+    np.testing.assert_allclose(grid.affine @ [*j, 1], aff @ [*i, 1], atol=1e-9)
+    assert nib.aff2axcodes(grid.affine) == ("R", "A", "S")
+
+
+@pytest.mark.parametrize("kind", ["LAS", "RAS", "oblique", "permuted"])
+def test_predict_paints_lesion_back_at_its_voxel(
+    kind: str, oracle_bundle: Path, tmp_path: Path
+) -> None:
+    """A bright blob painted at a known native voxel comes back there, on the input's grid."""
+    from volseg.stages.predict import run_predict
+
+    shape = (48, 40, 12) if kind != "permuted" else (12, 48, 40)
+    aff = _affine(kind)
+    hu = np.full(shape, -850, dtype=np.int16)
+    centre = (20, 17, 6) if kind != "permuted" else (6, 20, 17)
+    blob = np.zeros(shape, dtype=bool)
+    sl = tuple(
+        slice(c - r, c + r + 1)
+        for c, r in zip(centre, (4, 4, 1) if kind != "permuted" else (1, 4, 4))
+    )
+    blob[sl] = True
+    hu[blob] = 200
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    before = src.read_bytes()
+    out = tmp_path / "out"
+    run_predict(oracle_bundle.parents[1], src, out, use_lungs=False)
+    img = nib.load(out / "scan_a_mask.nii.gz")
+    mask = np.asarray(img.dataobj)
+    assert mask.dtype == np.uint8 and mask.shape == shape
+    assert np.array_equal(img.affine, nib.load(src).affine)
+    assert nib.aff2axcodes(img.affine) == nib.aff2axcodes(aff)
+    assert mask[centre] == 1
+    dice = 2 * (mask.astype(bool) & blob).sum() / (mask.sum() + blob.sum())
+    assert dice > 0.7
+    assert src.read_bytes() == before  # input untouched
+    info = (out / "scan_a.json").read_text()
+    assert "lesion_volume_ml" in info
+
+
+def test_bundle_round_trip_and_bad_bundles(oracle_bundle: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(oracle_bundle.parents[1])  # a run directory resolves to finetune/model.pt
+    assert bundle.model_name == "oracle" and bundle.preprocessing["spacing"] == [1.5, 1.5, 5.0]
+    payload = torch.load(oracle_bundle, weights_only=True)
+    payload["format_version"] = 99
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(InputError, match="format version 99"):
+        load_bundle(bad)
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    with pytest.raises(InputError, match="no model bundle"):
+        load_bundle(empty_run)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable"):
+        load_bundle(junk)
+
+
+def test_shard_covers_every_file_once() -> None:
+    from volseg.stages.predict import shard
+
+    items = list(range(17))
+    parts = [shard(items, 4, i) for i in range(4)]
+    assert sorted(sum(parts, [])) == items
+    with pytest.raises(InputError):
+        shard(items, 2, 2)
+
+
+def test_non_3d_input_refused_before_outputs(oracle_bundle: Path, tmp_path: Path) -> None:
+    from volseg.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), folder / "a.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), folder / "b.nii.gz")
+    out = tmp_path / "out"
+    rc = main(["predict", "-m", str(oracle_bundle), "-i", str(folder), "-o", str(out)])
+    assert rc == 2
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_dicom_series_input(oracle_bundle: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from volseg.inference.scans import discover_scans, load_scan
+
+    arr = np.full((6, 20, 24), -850, dtype=np.int16)  # (z, y, x)
+    arr[3, 8:12, 10:14] = 300
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.8, 0.8, 5.0))
+    image.SetOrigin((-10.0, 20.0, 30.0))
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(arr.shape[0]):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        sl.SetMetaData(
+            "0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))
+        )
+        sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0028|1052", "0")
+        sl.SetMetaData("0028|1053", "1")
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(sl)
+    sources = discover_scans(folder)
+    assert len(sources) == 1
+    scan = load_scan(sources[0])
+    assert scan.array.shape == (24, 20, 6)
+    # LPS origin (-10, 20, 30) is RAS (10, -20, 30); x spacing flips sign into RAS
+    np.testing.assert_allclose(scan.affine[:3, 3], [10.0, -20.0, 30.0], atol=1e-4)
+    assert nib.aff2axcodes(scan.affine) == ("L", "P", "S")
+    assert scan.array[12, 10, 3] == 300

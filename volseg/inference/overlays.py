@@ -1,0 +1,93 @@
+"""PNG overlays a radiologist can glance at: axial CT slices in lung window, lesion outlined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+LUNG_WINDOW = (-1350.0, 150.0)  # level -600, width 1500
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    import nibabel.orientations as nio
+
+    return nio.apply_orientation(array, nio.io_orientation(affine))
+
+
+def write_overlays(
+    out_dir: Path,
+    image: np.ndarray,
+    mask: np.ndarray,
+    affine: np.ndarray,
+    lungs: np.ndarray | None = None,
+    max_slices: int = 6,
+) -> list[Path]:
+    """Write up to ``max_slices`` axial PNGs, the slices with the most lesion first.
+
+    Displayed in radiological convention (patient's right on the viewer's left, anterior
+    up), orientation taken from the affine. Each PNG is written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from volseg.io import atomic_path
+
+    ct = _to_ras(image, affine)
+    lesion = _to_ras(mask, affine) > 0
+    lung = _to_ras(lungs, affine) > 0 if lungs is not None else None
+    per_slice = lesion.sum(axis=(0, 1))
+    if per_slice.max() > 0:
+        order = [int(k) for k in np.argsort(-per_slice) if per_slice[k] > 0][:max_slices]
+    else:
+        order = [int(k) for k in np.linspace(0, ct.shape[2] - 1, min(3, ct.shape[2]))]
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    ras_spacing = spacing[np.argsort(_axes_to_ras(affine))]
+    aspect = float(ras_spacing[1] / ras_spacing[0])
+    written = []
+    for k in sorted(set(order)):
+        fig, ax = plt.subplots(figsize=(5, 5 * aspect * ct.shape[1] / ct.shape[0]), dpi=100)
+        view = lambda a: a[:, :, k].T[:, ::-1]  # noqa: E731 - radiological: R on the left
+        ax.imshow(
+            view(ct),
+            cmap="gray",
+            vmin=LUNG_WINDOW[0],
+            vmax=LUNG_WINDOW[1],
+            origin="lower",
+            aspect=aspect,
+            interpolation="nearest",
+        )
+        if lung is not None and lung[:, :, k].any():
+            ax.contour(
+                view(lung).astype(float),
+                levels=[0.5],
+                colors="deepskyblue",
+                linewidths=0.6,
+                origin="lower",
+            )
+        if lesion[:, :, k].any():
+            ax.contour(
+                view(lesion).astype(float),
+                levels=[0.5],
+                colors="red",
+                linewidths=1.0,
+                origin="lower",
+            )
+        ax.set_title(f"axial slice {k} (RAS), lesion {int(lesion[:, :, k].sum())} vox", fontsize=8)
+        ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes)
+        ax.text(0.97, 0.5, "L", color="yellow", transform=ax.transAxes)
+        ax.axis("off")
+        dest = out_dir / f"slice_{k:03d}.png"
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(fig)
+        written.append(dest)
+    return written
+
+
+def _axes_to_ras(affine: np.ndarray) -> np.ndarray:
+    import nibabel.orientations as nio
+
+    return nio.io_orientation(affine)[:, 0].astype(int)
