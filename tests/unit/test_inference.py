@@ -92,7 +92,7 @@ def test_predict_paints_lesion_back_at_its_voxel(
     blob = np.zeros(shape, dtype=bool)
     sl = tuple(
         slice(c - r, c + r + 1)
-        for c, r in zip(centre, (4, 4, 1) if kind != "permuted" else (1, 4, 4))
+        for c, r in zip(centre, (4, 4, 1) if kind != "permuted" else (1, 4, 4), strict=True)
     )
     blob[sl] = True
     hu[blob] = 200

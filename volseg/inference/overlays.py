@@ -49,7 +49,10 @@ def write_overlays(
     written = []
     for k in sorted(set(order)):
         fig, ax = plt.subplots(figsize=(5, 5 * aspect * ct.shape[1] / ct.shape[0]), dpi=100)
-        view = lambda a: a[:, :, k].T[:, ::-1]  # noqa: E731 - radiological: R on the left
+
+        def view(a: np.ndarray, k: int = k) -> np.ndarray:
+            return a[:, :, k].T[:, ::-1]  # radiological: patient's right on the left
+
         ax.imshow(
             view(ct),
             cmap="gray",

@@ -25,7 +25,7 @@ import numpy as np
 from volseg.bundle import load_bundle
 from volseg.data.layout import lungs_path, prediction_path
 from volseg.errors import InputError
-from volseg.inference.predictor import Predictor, PredictOptions, default_device, lung_mask_for
+from volseg.inference.predictor import PredictOptions, Predictor, default_device, lung_mask_for
 from volseg.inference.scans import Scan, ScanSource, discover_scans, load_scan
 from volseg.io import load_nifti, read_nifti, write_json_atomic, write_nifti, write_text_atomic
 from volseg.progress import progress
