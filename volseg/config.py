@@ -49,6 +49,9 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     num_workers: int = Field(0, ge=0)
     cache: bool = True
+    lungs: Literal["compute", "dataset"] = "compute"
+    """Lung masks: ``compute`` them (``volseg.data.lungs``) or use the dataset's ``lungs/``
+    folder (synthetic data)."""
 
     @field_validator("hu_window")
     @classmethod
@@ -88,6 +91,10 @@ class TrainConfig(Section):
     amp: bool = True
     compile: bool = False
     val_every: int = Field(1, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    """Steps between mid-epoch ``checkpoint_last.pt`` writes (None: about four per epoch)."""
+    log_every: int = Field(10, ge=1)
+    """Steps between lines in ``metrics.jsonl`` / TensorBoard."""
 
 
 class GanConfig(TrainConfig):

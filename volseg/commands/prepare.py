@@ -1,4 +1,4 @@
-"""`volseg prepare` (not built yet: issue #2)."""
+"""`volseg prepare`: datalist with patient-level splits, lung masks, preprocessing cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import argparse
 
 from volseg.commands._common import add_config_arguments
 
-HELP = "prepare stage (not built yet)"
+HELP = "datalist + patient-level splits, lung masks, preprocessed cache"
+DESCRIPTION = (
+    "Read a MosMed-layout dataset (studies/CT-0..CT-4, masks/), split it by patient into "
+    "train/val/test stratified by category and labeled/unlabeled, compute lung masks and "
+    "cache the preprocessed train/val volumes. Writes <run_dir>/prepare/datalist.json, "
+    "<run_dir>/prepare/lungs/ and <run_dir>/cache/; work already done is reused."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
-    from volseg.errors import NotBuiltError
+    from volseg.stages.prepare import run_prepare
 
-    load_config_from_args(args)  # validate the config even before the stage exists
-    raise NotBuiltError("this stage is not built yet (issue #2)")
+    run_prepare(load_config_from_args(args))
+    return 0

@@ -1,0 +1,109 @@
+"""Device choice, seeding, mixed precision and optional ``torch.compile`` with eager fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def select_device(prefer: str | None = None) -> torch.device:
+    """CUDA if present (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+
+    ``prefer="cpu"`` forces the CPU. On CUDA the current device is set and cuDNN autotuning
+    (``cudnn.benchmark``) is switched on, since training patch shapes are fixed.
+    """
+    if prefer == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs.
+
+    ``deterministic`` also asks torch for deterministic kernels (warn-only) without filling
+    fresh memory with NaNs; it is cheap on CPU, so the trainer turns it on there only.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CUDA when supported, else fp16; None (fp32) on CPU or if off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class CompileFallback(nn.Module):
+    """Runs a compiled module and falls back to eager for good if compiling it fails.
+
+    ``torch.compile`` is lazy: errors surface on the first call (and on new shapes), so the
+    fallback is decided at call time, logged once.
+    """
+
+    def __init__(self, eager: nn.Module, compiled: Callable[..., Any]) -> None:
+        super().__init__()
+        self.eager = eager
+        object.__setattr__(self, "_compiled", compiled)  # not a registered submodule
+        self.failed = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as exc:  # compile backends raise many types
+                self.failed = True
+                log.warning(
+                    "torch.compile failed for %s (%s: %s); running eager",
+                    type(unwrap(self.eager)).__name__,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
+        return self.eager(*args, **kwargs)
+
+
+def maybe_compile(
+    module: nn.Module,
+    enabled: bool,
+    compile_fn: Callable[[nn.Module], Callable[..., Any]] | None = None,
+) -> nn.Module:
+    """``torch.compile`` the module behind an eager fallback when ``enabled``."""
+    if not enabled:
+        return module
+    fn = compile_fn or torch.compile
+    try:
+        compiled = fn(module)
+    except Exception as exc:
+        log.warning("torch.compile unavailable (%s); running eager", exc)
+        return module
+    return CompileFallback(module, compiled)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module under compile-fallback, ``torch.compile`` and DDP wrappers."""
+    while True:
+        if isinstance(module, CompileFallback):
+            module = module.eager
+        elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        else:
+            return module

@@ -1,0 +1,107 @@
+"""The prepare stage: datalist with patient-level splits, lung masks, preprocessing cache.
+
+Writes, under ``run_dir``::
+
+    prepare/datalist.json      studies, their files and their split
+    prepare/lungs/<id>_lungs.nii.gz   (data.lungs = "compute")
+    cache/<settings_hash>/...  preprocessed train/val studies (see volseg.data.cache)
+    config.yaml                the resolved config
+
+Work already done is skipped: existing lung masks are kept and valid cache entries reused.
+Test studies are not cached, so no training stage can read them from the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from volseg.config import Config, save_resolved
+from volseg.data import layout
+from volseg.data.mosmed import SPLITS, Datalist, Study
+from volseg.errors import InputError
+from volseg.progress import progress
+
+log = logging.getLogger(__name__)
+
+PREPARE_DIR = "prepare"
+DATALIST = "datalist.json"
+LUNGS_DIR = "lungs"
+CACHE_DIR = "cache"
+
+
+def datalist_path(run_dir: str | Path) -> Path:
+    """Where ``prepare`` writes the datalist of a run."""
+    return Path(run_dir) / PREPARE_DIR / DATALIST
+
+
+def compute_lungs(studies: list[Study], folder: Path) -> dict[str, Path]:
+    """Lung masks for ``studies`` into ``folder`` (existing masks are kept)."""
+    from volseg.data.lungs import segment_lungs_file
+
+    out: dict[str, Path] = {}
+    todo = []
+    for study in studies:
+        dst = layout.lungs_path(folder, study.id)
+        out[study.id] = dst
+        if not dst.is_file():
+            todo.append((study, dst))
+    log.info("lung masks: %d present, %d to compute", len(studies) - len(todo), len(todo))
+    for study, dst in progress(todo, desc="lungs"):
+        segment_lungs_file(study.image, dst)
+    return out
+
+
+def dataset_lungs(studies: list[Study]) -> dict[str, Path]:
+    """The dataset's own lung masks (``lungs/``); every study must have one."""
+    missing = [s.id for s in studies if s.lungs is None]
+    if missing:
+        raise InputError(
+            f"data.lungs is 'dataset' but {len(missing)} studies have no "
+            f"{layout.LUNGS_DIR}/<id>_lungs.nii.gz (first: {missing[0]}); "
+            "use data.lungs=compute"
+        )
+    return {s.id: s.lungs for s in studies if s.lungs is not None}
+
+
+def log_summary(datalist: Datalist) -> None:
+    """One line per split × category: labeled / unlabeled counts."""
+    for split, table in datalist.summary().items():
+        total = sum(r["labeled"] + r["unlabeled"] for r in table.values())
+        cells = ", ".join(f"{cat} {r['labeled']}L/{r['unlabeled']}U" for cat, r in table.items())
+        log.info("%-5s %4d studies: %s", split, total, cells or "-")
+
+
+def run_prepare(cfg: Config) -> Path:
+    """Discover, split, make lung masks, build the cache; returns ``<run_dir>/prepare``."""
+    data = cfg.data
+    out_dir = Path(cfg.run_dir) / PREPARE_DIR
+    split = data.split
+    datalist = Datalist.build(data.root, split.val_fraction, split.test_fraction, split.seed)
+    studies = [datalist.studies[i] for i in sorted(datalist.studies)]
+
+    if data.lungs == "dataset":
+        lungs = dataset_lungs(studies)
+    else:
+        lungs = compute_lungs(studies, out_dir / LUNGS_DIR)
+    datalist = datalist.with_lungs(lungs)
+
+    if data.cache:
+        from volseg.data.cache import build_cache, settings_hash
+
+        # Test studies never enter the cache the training stages read from.
+        usable = datalist.studies_in(("train", "val"))
+        build_cache(usable, data, None, Path(cfg.run_dir) / CACHE_DIR, data.num_workers)
+        cache_folder = Path(cfg.run_dir) / CACHE_DIR / settings_hash(data.spacing, data.hu_window)
+        datalist = dataclasses.replace(datalist, cache_dir=cache_folder)
+
+    datalist.save(out_dir / DATALIST)
+    save_resolved(cfg)
+    log_summary(datalist)
+    log.info(
+        "prepare: %s (%s)",
+        out_dir / DATALIST,
+        ", ".join(f"{n} {len(datalist.splits[n])}" for n in SPLITS),
+    )
+    return out_dir
