@@ -34,3 +34,15 @@ def real_lungs() -> Path:
     if not path.exists():
         pytest.skip(f"real lung mask fixture not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` synthetic MosMed-layout dataset (seed 0), generated once per session.
+
+    Treat it as read-only: every test in the session shares it.
+    """
+    from volseg.data.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset") / "data"
+    return synthesize_dataset(root, preset="tiny", seed=0)

@@ -1,0 +1,348 @@
+"""Synthetic MosMed-like chest CT: presets, one study, and a whole dataset on disk.
+
+Each study is a randomised chest (:mod:`volseg.data.synth_anatomy`) with COVID-19-like
+lesions (:mod:`volseg.data.synth_lesions`) grown to an involvement inside its CT-0…CT-4
+band, rendered on thin sub-slices and averaged into thick LAS slices like a MosMed scan.
+The dataset uses MosMed's layout and numbering (CT-0 first; the labeled CT-1 studies form a
+contiguous block) and adds the full truth: lung masks, every lesion mask and a manifest.
+Everything is deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from volseg.data import layout
+from volseg.errors import InputError
+
+if TYPE_CHECKING:
+    from volseg.data.synth_anatomy import ChestRender
+    from volseg.data.synth_lesions import LesionModel, Lesions
+
+log = logging.getLogger(__name__)
+
+SYNTH_VERSION = 1
+SYNTH_JSON = "synth.json"
+MANIFEST_COLUMNS = ("study_id", "category", "labeled", "involvement_pct", "lesion_ml", "lung_ml")
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class SynthPreset:
+    """Size and make-up of a synthetic dataset.
+
+    ``shape``/``spacing`` are (X, Y, Z) voxels / mm; ``counts`` the studies per CT category;
+    ``n_labeled`` how many CT-1 studies get a published mask; ``render_dz`` the thickest
+    sub-slice (mm) used to model partial volume across the slice; ``noise_hu`` the range of
+    the image noise standard deviation.
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    counts: dict[str, int]
+    n_labeled: int
+    render_dz: float = 6.0
+    noise_hu: tuple[float, float] = (10.0, 20.0)
+    center_mm: tuple[float, float, float] = (0.0, 0.0, -160.0)
+
+    @property
+    def n_studies(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def subslices(self) -> int:
+        """Sub-slices rendered per output slice."""
+        return max(1, math.ceil(self.spacing[2] / self.render_dz - 1e-9))
+
+
+PRESETS: dict[str, SynthPreset] = {
+    "tiny": SynthPreset(
+        name="tiny",
+        shape=(64, 64, 16),
+        spacing=(5.5, 5.5, 18.0),
+        counts={"CT-0": 4, "CT-1": 8, "CT-2": 2, "CT-3": 1, "CT-4": 1},
+        n_labeled=4,
+    ),
+    "demo": SynthPreset(
+        name="demo",
+        shape=(128, 128, 28),
+        spacing=(2.8, 2.8, 10.0),
+        counts={"CT-0": 10, "CT-1": 24, "CT-2": 6, "CT-3": 3, "CT-4": 2},
+        n_labeled=12,
+    ),
+    "mosmed": SynthPreset(
+        name="mosmed",
+        shape=(512, 512, 40),
+        spacing=(0.7, 0.7, 8.0),
+        counts={"CT-0": 4, "CT-1": 8, "CT-2": 2, "CT-3": 1, "CT-4": 1},
+        n_labeled=4,
+        render_dz=8.0,
+    ),
+}
+
+
+@dataclass
+class SynthStudy:
+    """One synthetic study. Arrays are (X, Y, Z) in the LAS voxel order of ``affine``."""
+
+    image: np.ndarray  # int16 HU
+    lesion: np.ndarray  # uint8 0/1 true lesion mask
+    lungs: np.ndarray  # uint8 0/1 true lung mask
+    affine: np.ndarray  # 4×4 LAS
+    involvement_pct: float  # lesion voxels inside lung / lung voxels × 100
+    category: str = "CT-0"
+    labels: np.ndarray | None = None  # uint8 tissue codes (synth_anatomy.TISSUE, 255 = mixed)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def get_preset(preset: str | SynthPreset) -> SynthPreset:
+    """A preset by name (InputError naming the choices) or the preset itself."""
+    if isinstance(preset, SynthPreset):
+        return preset
+    if preset not in PRESETS:
+        raise InputError(f"unknown synth preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def study_seed(seed: int, number: int) -> int:
+    """Independent per-study seed from the dataset seed and the study number."""
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+
+
+def synthesize_study(preset: SynthPreset | str, category: str, seed: int) -> SynthStudy:
+    """Generate one study of ``category`` whose true involvement lies in that category."""
+    from scipy import ndimage
+
+    from volseg.data.synth_anatomy import MIXED, TISSUE, render_chest, sample_anatomy
+    from volseg.data.synth_grid import average_subslices, las_affine, subdivide_slices
+    from volseg.data.synth_lesions import draw_lesion_model
+    from volseg.quantify import grade_from_involvement
+
+    preset = get_preset(preset)
+    if category not in layout.CATEGORIES:
+        raise ValueError(f"category must be one of {layout.CATEGORIES}, got {category!r}")
+    rng = np.random.default_rng(seed)
+    k = preset.subslices
+    affine = las_affine(preset.shape, preset.spacing, preset.center_mm)
+    r_affine = subdivide_slices(affine, k)
+    r_shape = (preset.shape[0], preset.shape[1], preset.shape[2] * k)
+    r_spacing = (preset.spacing[0], preset.spacing[1], preset.spacing[2] / k)
+    anat = sample_anatomy(rng, r_affine, r_shape)
+    chest = render_chest(anat, rng, r_affine, r_shape)
+    lungs = average_subslices(chest.lungs, k) >= 0.5
+    n_lung = int(lungs.sum())
+    grade = layout.CATEGORIES.index(category)
+
+    lesions = None
+    lesion = np.zeros(preset.shape, dtype=bool)
+    for attempt in range(MAX_ATTEMPTS):
+        if grade == 0:
+            break
+        model = draw_lesion_model(rng, chest, r_spacing, category)
+        lesions, lesion = _lesions_to_target(model, chest, lungs, k)
+        involvement = 100.0 * float(lesion.sum()) / n_lung
+        if grade_from_involvement(involvement) == grade:
+            break
+        log.debug(
+            "attempt %d: involvement %.2f%% outside %s, retrying", attempt, involvement, category
+        )
+    else:
+        raise RuntimeError(f"could not synthesise a {category} study with seed {seed}")
+    involvement = 100.0 * float(lesion.sum()) / n_lung
+
+    # Composite the lung: parenchyma, lesions, vessels; then airways everywhere.
+    lung_hu = chest.parenchyma
+    labels = chest.labels
+    if lesions is not None:
+        lung_hu = lung_hu + (lesions.hu - lung_hu) * lesions.weight
+        labels[lesions.mask] = TISSUE["ggo"]
+        labels[lesions.consolidation] = TISSUE["consolidation"]
+    vessel_hu = 42.0
+    lung_hu = lung_hu + (vessel_hu - lung_hu) * chest.vessel
+    hu = np.where(chest.lungs, lung_hu, chest.hu)
+    hu += (10.0 - hu) * chest.wall
+    hu += (-1000.0 - hu) * chest.lumen
+    labels[(chest.vessel >= 0.5) & chest.lungs] = TISSUE["vessel"]
+    labels[chest.lumen >= 0.5] = TISSUE["airway"]
+
+    # Thick slices, in-plane blur of the reconstruction kernel, quantum noise.
+    image = average_subslices(hu, k)
+    image = ndimage.gaussian_filter(image, sigma=(0.45, 0.45, 0.0))
+    image += rng.normal(0.0, rng.uniform(*preset.noise_hu), size=image.shape).astype(np.float32)
+    image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+    labels_out = _pure_labels(labels, k, MIXED)
+    return SynthStudy(
+        image=image,
+        lesion=lesion.astype(np.uint8),
+        lungs=lungs.astype(np.uint8),
+        affine=affine,
+        involvement_pct=involvement,
+        category=category,
+        labels=labels_out,
+    )
+
+
+def _lesions_to_target(
+    model: LesionModel, chest: ChestRender, lungs: np.ndarray, k: int, steps: int = 3
+) -> tuple[Lesions, np.ndarray]:
+    """Place lesions so the thick-slice mask, not just the render grid, hits the target.
+
+    Averaging sub-slices shifts the involvement a little (partial voxels at lung and lesion
+    borders), so the render-grid share is rescaled by target/achieved until within 0.25 %.
+    Returns the render-grid lesions and the output-grid mask.
+    """
+    from volseg.data.synth_grid import average_subslices
+    from volseg.data.synth_lesions import place_lesions
+
+    n_lung = int(lungs.sum())
+    render_pct = model.target_pct
+    for _ in range(steps):
+        lesions = place_lesions(model, chest, render_pct)
+        # Thick-slice mask: where the lesion's blend weight averages over half the voxel
+        # (a continuous field, so sub-slice ties do not bias the volume).
+        changed = lesions.weight * (chest.lumen < 0.5)
+        lesion = (average_subslices(changed, k) > 0.5) & lungs
+        achieved = 100.0 * float(lesion.sum()) / n_lung
+        if abs(achieved - model.target_pct) < 0.25 or achieved <= 0:
+            break
+        render_pct = float(np.clip(render_pct * model.target_pct / achieved, 0.05, 99.0))
+    return lesions, lesion
+
+
+def _pure_labels(labels: np.ndarray, k: int, mixed: int) -> np.ndarray:
+    """Label of each thick slice voxel where all its sub-slices agree, else ``mixed``."""
+    if k == 1:
+        return labels
+    x, y, zr = labels.shape
+    sub = labels.reshape(x, y, zr // k, k)
+    pure = (sub == sub[..., :1]).all(axis=3)
+    return np.where(pure, sub[..., 0], np.uint8(mixed)).astype(np.uint8)
+
+
+def study_plan(preset: SynthPreset | str) -> list[tuple[str, str, bool]]:
+    """``(study_id, category, labeled)`` for every study, numbered like MosMed."""
+    preset = get_preset(preset)
+    plan: list[tuple[str, str, bool]] = []
+    number = 0
+    for category in layout.CATEGORIES:
+        for j in range(preset.counts.get(category, 0)):
+            number += 1
+            labeled = category == "CT-1" and j < preset.n_labeled
+            plan.append((f"study_{number:04d}", category, labeled))
+    return plan
+
+
+_DATASET_ENTRIES = (
+    layout.STUDIES_DIR,
+    layout.MASKS_DIR,
+    layout.LUNGS_DIR,
+    layout.TRUTH_DIR,
+    layout.MANIFEST,
+    SYNTH_JSON,
+)
+
+
+def existing_dataset_entries(out_dir: str | Path) -> list[Path]:
+    """Dataset files/folders already present in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return [out_dir / name for name in _DATASET_ENTRIES if (out_dir / name).exists()]
+
+
+def synthesize_dataset(
+    out_dir: str | Path,
+    preset: str | SynthPreset = "tiny",
+    seed: int = 0,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a whole synthetic dataset in MosMed layout into ``out_dir``; returns it.
+
+    Refuses (InputError) a folder that already holds a dataset unless ``overwrite``, which
+    removes the old dataset's files first. Every file is written atomically, the manifest and
+    ``synth.json`` last, so a dataset with a manifest is complete.
+    """
+    from volseg import __version__
+    from volseg.io import write_json_atomic, write_nifti, write_text_atomic
+    from volseg.progress import progress
+    from volseg.quantify import quantify
+
+    preset = get_preset(preset)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    existing = existing_dataset_entries(out_dir)
+    if existing:
+        if not overwrite:
+            raise InputError(
+                f"{out_dir}: already contains a dataset ({existing[0].name}); "
+                "use --overwrite to replace it"
+            )
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    start = time.perf_counter()
+    plan = study_plan(preset)
+    for number, (sid, category, labeled) in enumerate(progress(plan, desc="synth"), start=1):
+        t0 = time.perf_counter()
+        study = synthesize_study(preset, category, study_seed(seed, number))
+        write_nifti(layout.image_path(out_dir, category, sid), study.image, study.affine)
+        write_nifti(layout.lungs_path(out_dir / layout.LUNGS_DIR, sid), study.lungs, study.affine)
+        write_nifti(layout.truth_path(out_dir, sid), study.lesion, study.affine)
+        if labeled:
+            write_nifti(layout.mask_path(out_dir, sid), study.lesion, study.affine)
+        q = quantify(study.lesion, study.lungs, study.spacing)
+        rows.append(
+            {
+                "study_id": sid,
+                "category": category,
+                "labeled": int(labeled),
+                "involvement_pct": f"{study.involvement_pct:.6f}",
+                "lesion_ml": f"{q['lesion_volume_ml']:.4f}",
+                "lung_ml": f"{q['lung_volume_ml']:.4f}",
+            }
+        )
+        log.debug(
+            "%s %s %.2f%% in %.2f s", sid, category, study.involvement_pct, time.perf_counter() - t0
+        )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out_dir / layout.MANIFEST, buffer.getvalue())
+    info = {
+        "preset": preset.name,
+        "seed": int(seed),
+        "version": SYNTH_VERSION,
+        "volseg_version": __version__,
+        "n_studies": len(plan),
+        "n_labeled": sum(1 for _, _, lab in plan if lab),
+        "params": {k: v for k, v in asdict(preset).items() if k != "name"},
+    }
+    write_json_atomic(out_dir / SYNTH_JSON, info)
+    elapsed = time.perf_counter() - start
+    log.info(
+        "wrote %d %s studies (%d labeled) to %s in %.1f s (%.2f s/volume)",
+        len(plan),
+        preset.name,
+        info["n_labeled"],
+        out_dir,
+        elapsed,
+        elapsed / max(len(plan), 1),
+    )
+    return out_dir
