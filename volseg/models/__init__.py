@@ -1,0 +1,41 @@
+"""volseg networks: 3D TransUNet, a U-Net baseline, the 3D GAN, projection heads, a registry.
+
+All networks take ``(B, C, D, H, W)`` tensors of CT scaled from [-1000, 400] HU to [0, 1] and
+explicit keyword arguments (never a config object); see ``docs/models.md``.
+"""
+
+from __future__ import annotations
+
+from volseg.models.corruption import LesionCorruptor
+from volseg.models.gan3d import Generator3D, PatchDiscriminator3D
+from volseg.models.heads import ProjectorHead, VoxelProjectionHead
+from volseg.models.registry import (
+    GAN_MODELS,
+    HEADS,
+    MODELS,
+    build_gan_model,
+    build_head,
+    build_model,
+    describe_models,
+    encoder_parameter_split,
+)
+from volseg.models.transunet3d import TransUNet3D
+from volseg.models.unet3d import UNet3D
+
+__all__ = [
+    "GAN_MODELS",
+    "HEADS",
+    "MODELS",
+    "Generator3D",
+    "LesionCorruptor",
+    "PatchDiscriminator3D",
+    "ProjectorHead",
+    "TransUNet3D",
+    "UNet3D",
+    "VoxelProjectionHead",
+    "build_gan_model",
+    "build_head",
+    "build_model",
+    "describe_models",
+    "encoder_parameter_split",
+]

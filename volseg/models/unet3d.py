@@ -1,0 +1,151 @@
+"""Plain 3D U-Net baseline built from MONAI's DynUNet blocks, with volseg's model interface.
+
+The blocks (residual encoder levels, transposed-conv decoder, 1x1x1 head) are exactly those
+``monai.networks.nets.DynUNet`` builds (nnU-Net style, after Isensee et al. 2021); they are
+regrouped into ``encoder`` / decoder submodules so pretrained encoder weights load by name and
+the last decoder features can be returned as the voxel embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+from volseg.models._common import (
+    NORMS,
+    as_strides,
+    check_positive_ints,
+    crop_to,
+    norm_spec,
+    pad_to_multiple,
+    total_stride,
+)
+from volseg.models.transunet3d import check_input
+
+DEFAULT_FILTERS = (32, 64, 128, 256, 320)
+DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+
+
+class UNetEncoder(nn.Module):
+    """``x -> (skips, bottleneck)``: ``skips[i]`` has ``filters[i]`` channels, full resolution first."""
+
+    def __init__(
+        self,
+        input_block: nn.Module,
+        downsamples: nn.ModuleList,
+        bottleneck: nn.Module,
+        *,
+        in_channels: int,
+        filters: tuple[int, ...],
+        strides: tuple[tuple[int, int, int], ...],
+    ) -> None:
+        super().__init__()
+        self.input_block = input_block
+        self.downsamples = downsamples
+        self.bottleneck = bottleneck
+        self.in_channels = in_channels
+        self.skip_channels = filters[:-1]
+        self.out_channels = filters[-1]
+        self.total_stride = total_stride(strides)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.input_block(x)
+        skips = [x]
+        for down in self.downsamples:
+            x = down(x)
+            skips.append(x)
+        return skips, self.bottleneck(x)
+
+
+class UNet3D(nn.Module):
+    """3D U-Net baseline: ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
+
+    Args:
+        in_channels, out_channels: input channels and output logit channels.
+        filters: channels per level, full resolution first; one more entry than ``strides``.
+        strides: per-level downsampling (1 or 2 per axis); default total stride (16, 16, 8).
+        norm: "instance" | "group" | "batch".
+        res_block: residual conv blocks (True) or plain conv-norm-act pairs.
+        dropout: dropout inside the conv blocks.
+
+    Any input size works (zero-padded to the total stride inside, output cropped back).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        filters: Sequence[int] = DEFAULT_FILTERS,
+        strides: Sequence[Sequence[int] | int] = DEFAULT_STRIDES,
+        norm: str = "instance",
+        res_block: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_positive_ints([in_channels], "in_channels")
+        check_positive_ints([out_channels], "out_channels")
+        strides_t = as_strides(strides)
+        if len(strides_t) < 2:
+            raise ValueError("strides must list at least two levels")
+        filters_t = check_positive_ints(filters, "filters", length=len(strides_t) + 1)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.init_args = {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "filters": list(filters_t),
+            "strides": [list(s) for s in strides_t],
+            "norm": norm,
+            "res_block": res_block,
+            "dropout": dropout,
+        }
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.embedding_channels = filters_t[0]
+        all_strides = [(1, 1, 1), *strides_t]
+        net = DynUNet(
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=[3] * len(all_strides),
+            strides=all_strides,
+            upsample_kernel_size=list(strides_t),
+            filters=list(filters_t),
+            norm_name=norm_spec(norm, filters_t),
+            dropout=dropout or None,
+            res_block=res_block,
+        )
+        # Take DynUNet's initialised blocks; its recursive skip wrapper is not kept, so every
+        # parameter has exactly one state-dict key.
+        self.encoder = UNetEncoder(
+            net.input_block,
+            net.downsamples,
+            net.bottleneck,
+            in_channels=in_channels,
+            filters=filters_t,
+            strides=strides_t,
+        )
+        self.up_blocks = net.upsamples  # deepest first
+        self.head = net.output_block
+
+    @property
+    def total_stride(self) -> tuple[int, int, int]:
+        return self.encoder.total_stride
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, out, D, H, W)`` and the last decoder features ``(B, E, D, H, W)``."""
+        check_input(x, self.in_channels, type(self).__name__)
+        padded, region = pad_to_multiple(x, self.total_stride)
+        skips, h = self.encoder(padded)
+        for up, skip in zip(self.up_blocks, reversed(skips), strict=True):
+            h = up(h, skip)
+        return crop_to(self.head(h), region), crop_to(h, region)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(x)[0]
