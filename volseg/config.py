@@ -104,8 +104,26 @@ class GanConfig(TrainConfig):
     l1_weight: float = Field(10.0, ge=0)
     adv_weight: float = Field(1.0, ge=0)
     threshold: float | None = None
+    """Residual threshold for pseudo-masks; None: calibrate (labeled train scans, else healthy)."""
     smoothing_sigma_mm: float = Field(2.0, ge=0)
     min_component_mm3: float = Field(50.0, ge=0)
+    generator_params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of ``Generator3D`` (e.g. ``widths``, ``strides``)."""
+    discriminator_params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of ``PatchDiscriminator3D``."""
+    corruptor_params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of ``LesionCorruptor`` (spacing and HU window come from ``data``)."""
+    lesion_l1_weight: float = Field(4.0, ge=0)
+    """Extra restoration-L1 weight on corrupted voxels (1 + this, versus 1 elsewhere)."""
+    val_crops: int = Field(8, ge=1)
+    """Corrupted healthy crops scored by the validation restoration error."""
+    overlap: float = Field(0.5, ge=0, lt=1)
+    """Sliding-window overlap when restoring whole volumes for the residual."""
+    sw_batch_size: int = Field(4, ge=1)
+    healthy_percentile: float = Field(99.5, gt=0, lt=100)
+    """Without labeled train scans: threshold = this percentile of healthy in-lung residuals."""
+    max_involvement_pct: float = Field(90.0, gt=0, le=100)
+    """QC: a pseudo-mask involving more of the lungs than this is implausible."""
 
 
 class PretrainConfig(TrainConfig):
@@ -113,6 +131,11 @@ class PretrainConfig(TrainConfig):
 
     lambda_offdiag: float = Field(5e-3, ge=0)
     projector_dims: tuple[int, ...] = (512, 512, 512)
+    probe: bool = True
+    """After training, fit a linear probe (lesion vs lung voxels) on frozen features of the
+    pretrained and of a random encoder; writes ``pretrain/probe.json``."""
+    probe_voxels: int = Field(500, ge=1)
+    """Lesion voxels (and as many lung-background voxels) sampled per labeled scan."""
 
 
 class FinetuneConfig(TrainConfig):
@@ -271,7 +294,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if loaded is None:

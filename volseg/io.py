@@ -63,7 +63,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(dest)
 
 
