@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+export PYTHONUTF8=1  # text files are UTF-8 whatever the machine locale
 bash scripts/install.sh test
 "$PY" -m ruff check volseg tests bench
 "$PY" -m pytest -q -p no:cacheprovider tests "$@"
