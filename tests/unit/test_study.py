@@ -1,0 +1,314 @@
+"""`volseg study`: arms, shared stages run once, resumability, tables, CSV and plot.
+
+The orchestrator's stage table is replaced by fakes that check what they can see through
+the links, record their calls and write plausible outputs (an evaluate ``summary.json``
+whose Dice is a known function of the arm, N and network), so no training happens.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from volseg.config import Config, load_config
+from volseg.errors import ConfigError, InputError
+from volseg.stages import manifest as mf
+from volseg.stages import run as orch
+from volseg.stages import study as st
+
+N_AVAILABLE = 4
+
+
+def expected_dice(cfg: Config) -> float:
+    """The fake evaluate's Dice: each aid, each label, the other network add known amounts."""
+    n = N_AVAILABLE if cfg.finetune.n_labeled is None else min(cfg.finetune.n_labeled, 4)
+    dice = 0.40 + 0.02 * n
+    dice += 0.05 if cfg.finetune.init == "pretrained" else 0.0
+    dice += 0.10 if cfg.finetune.use_pseudo else 0.0
+    dice += 0.03 if cfg.model.name == "unet3d" else 0.0
+    dice += 0.01 if cfg.model.recalibration == "se" else 0.0
+    return round(dice, 6)
+
+
+class FakeStudy:
+    """Fake stages; ``calls`` lists ``(stage, run_dir relative to the study)``."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.data = tmp_path / "data"
+        (self.data / "studies" / "CT-1").mkdir(parents=True)
+        (self.data / "studies" / "CT-1" / "study_0001.nii.gz").write_bytes(b"x")
+        self.study_dir = tmp_path / "study"
+        self.calls: list[tuple[str, str]] = []
+        self.configs: dict[str, Config] = {}
+        self.fail: Callable[[Config], None] | None = None
+        fakes = tuple(dataclasses.replace(s, target=self._fake(s.name)) for s in orch.STAGES)
+        monkeypatch.setattr(orch, "STAGES", fakes)
+
+    def rel(self, cfg: Config) -> str:
+        return Path(cfg.run_dir).relative_to(self.study_dir).as_posix()
+
+    def _fake(self, name: str) -> Callable[[Config], Path]:
+        def stage(cfg: Config) -> Path:
+            run_dir = Path(cfg.run_dir)
+            folder = run_dir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            self.calls.append((name, self.rel(cfg)))
+            getattr(self, f"_{name}")(cfg, run_dir, folder)
+            return folder
+
+        return stage
+
+    def _prepare(self, cfg: Config, run_dir: Path, folder: Path) -> None:
+        (folder / "datalist.json").write_text("{}")
+        (run_dir / "cache" / "abc").mkdir(parents=True, exist_ok=True)
+        (run_dir / "cache" / "abc" / "study_0001.npy").write_bytes(b"v")
+
+    def _gan(self, cfg: Config, run_dir: Path, folder: Path) -> None:
+        assert (run_dir / "prepare" / "datalist.json").is_file()
+        (folder / "qc.csv").write_text("study_id,passed\nstudy_0001,true\n")
+
+    def _pretrain(self, cfg: Config, run_dir: Path, folder: Path) -> None:
+        assert (run_dir / "prepare" / "datalist.json").is_file()
+        (folder / "encoder.pt").write_text(cfg.model.name)
+
+    def _finetune(self, cfg: Config, run_dir: Path, folder: Path) -> None:
+        self.configs[self.rel(cfg)] = cfg
+        if self.fail is not None:
+            self.fail(cfg)
+        assert (run_dir / "prepare" / "datalist.json").is_file()
+        assert (run_dir / "gan" / "qc.csv").is_file() == cfg.finetune.use_pseudo
+        encoder = run_dir / "pretrain" / "encoder.pt"
+        assert encoder.is_file() == (cfg.finetune.init == "pretrained")
+        if encoder.is_file():
+            assert encoder.read_text() == cfg.model.name  # this network's pretraining
+        n = cfg.finetune.n_labeled
+        ids = [f"study_{i:04d}" for i in range(N_AVAILABLE if n is None else min(n, 4))]
+        (folder / "labeled.json").write_text(json.dumps({"ids": ids, "n_available": 4}))
+        (folder / "model.pt").write_text("model")
+
+    def _predict(self, cfg: Config, run_dir: Path, folder: Path) -> None:
+        (folder / "study_0001_mask.nii.gz").write_text("mask")
+
+    def _evaluate(self, cfg: Config, run_dir: Path, folder: Path) -> None:
+        dice = expected_dice(cfg)
+        summary = {
+            "counts": {"pairs": 3},
+            "metrics": {
+                "dice": {"mean": dice, "sd": 0.05, "ci95": [dice - 0.02, dice + 0.02]},
+                "sensitivity": {"mean": dice + 0.1, "sd": 0.1, "ci95": None},
+                "abs_involvement_error_pct": {"mean": 2.5, "sd": 1.0, "ci95": None},
+            },
+        }
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    def config(self, *overrides: str) -> Config:
+        return load_config(
+            None,
+            ["evaluate.bootstrap=0", *overrides],
+            data_root=self.data,
+            run_dir=self.study_dir,
+        )
+
+    def run(self, labels: str = "0,2,all", *overrides: str, **kwargs) -> Path:
+        self.calls.clear()
+        return st.run_study(self.config(*overrides), labels, **kwargs)
+
+    def stage_calls(self, stage: str) -> list[str]:
+        return [where for name, where in self.calls if name == stage]
+
+    def rows(self) -> list[dict[str, str]]:
+        with open(self.study_dir / "study.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeStudy:
+    return FakeStudy(tmp_path, monkeypatch)
+
+
+TWO_NETS = {"backbones": ["transunet3d", "unet3d"]}
+CELLS_PER_NET = ["pseudo-n0", "full-n0"] + [
+    f"{arm}-n{n}" for n in ("2", "all") for arm in ("scratch", "pretrain", "pseudo", "full")
+]
+
+
+def test_shared_stages_run_once_and_each_cell_once(fake: FakeStudy) -> None:
+    assert fake.run(**TWO_NETS) == fake.study_dir
+    assert fake.stage_calls("prepare") == ["shared"]
+    assert fake.stage_calls("gan") == ["shared"]
+    assert fake.stage_calls("pretrain") == ["transunet3d-none/base", "unet3d-none/base"]
+    expected = [f"{net}-none/{cell}" for net in TWO_NETS["backbones"] for cell in CELLS_PER_NET]
+    for stage in st.ARM_STAGES:
+        assert sorted(fake.stage_calls(stage)) == sorted(expected)
+    # order within a cell: finetune, predict, evaluate
+    cell = [n for n, where in fake.calls if where == "unet3d-none/full-n2"]
+    assert cell == ["finetune", "predict", "evaluate"]
+    # 0 labels without pseudo-masks: nothing to train on, no folder made
+    assert not (fake.study_dir / "transunet3d-none" / "scratch-n0").exists()
+    assert not (fake.study_dir / "transunet3d-none" / "pretrain-n0").exists()
+
+
+def test_rerun_runs_nothing_and_keeps_results(fake: FakeStudy) -> None:
+    fake.run(**TWO_NETS)
+    before = (fake.study_dir / "study.csv").read_text()
+    fake.run(**TWO_NETS)
+    assert fake.calls == []
+    assert (fake.study_dir / "study.csv").read_text() == before
+
+
+def test_finetune_setting_reruns_cells_not_shared_stages(fake: FakeStudy) -> None:
+    fake.run("2")
+    fake.run("2", "finetune.lr=0.01")
+    assert {n for n, _ in fake.calls} == set(st.ARM_STAGES)
+    assert len(fake.stage_calls("finetune")) == 4
+
+
+def test_arms_get_their_config(fake: FakeStudy) -> None:
+    fake.run("0,2,all", "model.params={widths: [8, 16]}", **TWO_NETS)
+    scratch = fake.configs["transunet3d-none/scratch-n2"]
+    assert scratch.finetune.init == "scratch" and scratch.finetune.use_pseudo is False
+    assert scratch.gan.enabled is False and scratch.pretrain.enabled is False
+    assert scratch.finetune.n_labeled == 2
+    pretrain = fake.configs["transunet3d-none/pretrain-nall"]
+    assert pretrain.finetune.init == "pretrained" and pretrain.pretrain.enabled is True
+    assert pretrain.finetune.use_pseudo is False and pretrain.gan.enabled is False
+    assert pretrain.finetune.n_labeled is None
+    pseudo = fake.configs["transunet3d-none/pseudo-n0"]
+    assert pseudo.finetune.init == "scratch" and pseudo.pretrain.enabled is False
+    assert pseudo.finetune.use_pseudo is True and pseudo.gan.enabled is True
+    assert pseudo.finetune.n_labeled == 0
+    full = fake.configs["unet3d-none/full-n2"]
+    assert full.finetune.init == "pretrained" and full.finetune.use_pseudo is True
+    assert full.model.name == "unet3d"
+    assert full.model.params == {}  # model.params belong to model.name (transunet3d) only
+    assert fake.configs["transunet3d-none/full-n2"].model.params == {"widths": [8, 16]}
+    assert {c.data.split.seed for c in fake.configs.values()} == {0}
+
+
+def test_links_are_relative_and_only_what_the_arm_uses(fake: FakeStudy) -> None:
+    fake.run("2")
+    net = fake.study_dir / "transunet3d-none"
+    scratch, full = net / "scratch-n2", net / "full-n2"
+    assert (scratch / "prepare").is_symlink() and (scratch / "cache").is_symlink()
+    assert not (scratch / "gan").exists() and not (scratch / "pretrain").exists()
+    assert (full / "gan").resolve() == (fake.study_dir / "shared" / "gan").resolve()
+    assert (full / "pretrain").resolve() == (net / "base" / "pretrain").resolve()
+    assert not Path((full / "pretrain").readlink()).is_absolute()
+
+
+def test_orchestrator_treats_linked_stages_as_done(fake: FakeStudy) -> None:
+    """A plain `volseg run` in a cell folder skips everything, writing nothing shared."""
+    fake.run("2")
+    for arm in ("scratch", "full"):
+        cfg = st.arm_config(fake.config(), fake.study_dir, st.Cell("transunet3d", "none", arm, 2))
+        fake.calls.clear()
+        actions = orch.run_pipeline(cfg)
+        assert fake.calls == []
+        assert set(actions.values()) <= {"skipped", "disabled"}
+    scratch_gan = fake.study_dir / "transunet3d-none" / "scratch-n2" / "gan"
+    assert not scratch_gan.is_symlink()  # disabled manifest written in the cell's own folder
+    assert mf.read_manifest(fake.study_dir / "shared", "gan").status == mf.STATUS_DONE
+
+
+def test_scratch_only_study_needs_no_gan_or_pretrain(fake: FakeStudy) -> None:
+    fake.run("0,3", arms=["scratch"])
+    assert [n for n, _ in fake.calls] == ["prepare", "finetune", "predict", "evaluate"]
+    rows = fake.rows()
+    assert [(r["n_labeled"], r["status"]) for r in rows] == [("0", "n/a"), ("3", "done")]
+
+
+def test_table_csv_and_plot_have_the_right_numbers(fake: FakeStudy) -> None:
+    fake.run("0,2,all", recalibrations=["none", "se"])
+    rows = {(r["recalibration"], r["arm"], r["n_labeled"]): r for r in fake.rows()}
+    assert len(rows) == 2 * 4 * 3
+    assert rows[("none", "scratch", "0")]["status"] == "n/a"
+    assert rows[("none", "scratch", "0")]["dice_mean"] == ""
+    full2 = rows[("se", "full", "2")]
+    assert full2["status"] == "done"
+    assert float(full2["dice_mean"]) == pytest.approx(0.40 + 0.04 + 0.05 + 0.10 + 0.01)
+    assert float(full2["dice_ci95_high"]) == pytest.approx(float(full2["dice_mean"]) + 0.02)
+    assert full2["n_test"] == "3" and full2["n_labeled_used"] == "2"
+    assert float(rows[("none", "pseudo", "all")]["dice_mean"]) == pytest.approx(0.58)
+    assert rows[("none", "pseudo", "all")]["n_labeled_used"] == "4"
+
+    md = (fake.study_dir / "study.md").read_text()
+    assert "## transunet3d, recalibration none" in md and "## transunet3d, recalibration se" in md
+    assert "| arm | 0 | 2 | all |" in md
+    assert "| scratch | n/a | 0.440 ± 0.050 | 0.480 ± 0.050 |" in md
+    assert "| full | 0.550 ± 0.050 | 0.590 ± 0.050 | 0.630 ± 0.050 |" in md
+    compare = md.split("## Networks compared (full arm, 2 labeled scans)")[1]
+    assert "| transunet3d | se | 0.600 ± 0.050 | 0.580–0.620 | 0.700 | 2.5 | 3 |" in compare
+    png = fake.study_dir / "study.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_cell_is_recorded_and_rerun_continues(fake: FakeStudy) -> None:
+    def fail(cfg: Config) -> None:
+        if cfg.finetune.n_labeled == 0 and cfg.finetune.init == "scratch":
+            raise InputError("finetune: no QC-passed pseudo-masks")
+
+    fake.fail = fail
+    with pytest.raises(st.StudyIncomplete, match="1 of 6 study runs failed.*pseudo-n0"):
+        fake.run("0,2")
+    status = {(r["arm"], r["n_labeled"]): r["status"] for r in fake.rows()}
+    assert status[("pseudo", "0")] == "failed" and status[("full", "0")] == "done"
+    assert "no QC-passed pseudo-masks" in (fake.study_dir / "study.md").read_text()
+    fake.fail = None
+    fake.run("0,2")
+    assert fake.calls == [(s, "transunet3d-none/pseudo-n0") for s in st.ARM_STAGES]
+    assert {r["status"] for r in fake.rows()} == {"done", "n/a"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": "0,two"}, "'two' is not a number"),
+        ({"labels": "-1"}, "negative"),
+        ({"labels": "2", "arms": ["scrach"]}, "did you mean 'scratch'"),
+        ({"labels": "2", "backbones": ["unet"]}, "--backbones: unknown 'unet'"),
+        ({"labels": "2", "recalibrations": ["sse"]}, "--recalibration: unknown 'sse'"),
+    ],
+)
+def test_bad_options_are_config_errors(fake: FakeStudy, kwargs: dict, message: str) -> None:
+    labels = kwargs.pop("labels")
+    with pytest.raises(ConfigError, match=message):
+        st.run_study(fake.config(), labels, **kwargs)
+    assert not fake.study_dir.exists()
+
+
+def test_parse_labels_sorts_and_dedups() -> None:
+    assert st.parse_labels("all, 5,0,2,5") == [0, 2, 5, None]
+
+
+def test_study_dir_inside_the_dataset_is_refused(fake: FakeStudy) -> None:
+    cfg = load_config(None, data_root=fake.data, run_dir=fake.data / "study")
+    with pytest.raises(ConfigError, match="must be outside data.root"):
+        st.run_study(cfg, "2")
+
+
+def test_cli_runs_and_logs_the_table(fake: FakeStudy, tmp_path: Path, caplog) -> None:
+    from volseg.cli import main
+
+    config = tmp_path / "study.yaml"
+    config.write_text("evaluate: {bootstrap: 0}\n")
+    base = ["study", "-c", str(config), "--data", str(fake.data)]
+    base += ["--run-dir", str(fake.study_dir), "--labels", "1,all", "--arms", "scratch,full"]
+    with caplog.at_level("INFO"):
+        assert main([*base, "--dry-run"]) == 0
+    assert fake.calls == [] and not fake.study_dir.exists()
+    assert "2 network" not in caplog.text and "4 fine-tuning runs" in caplog.text
+    with caplog.at_level("INFO"):
+        assert main(base) == 0
+    assert "| scratch | 0.420 ± 0.050 | 0.480 ± 0.050 |" in caplog.text
+    assert len(fake.stage_calls("finetune")) == 4
+
+
+def test_command_arm_names_match_library() -> None:
+    from volseg.commands.study import ARM_NAMES
+
+    assert ARM_NAMES == tuple(st.ARMS)

@@ -1,0 +1,685 @@
+"""The label-budget study behind ``volseg study``: what each stage adds, per label count.
+
+Four arms fine-tune on the same patient-level split (one shared ``prepare``):
+
+=========  ====================================  ===================================
+arm        initialisation                        training labels
+=========  ====================================  ===================================
+scratch    random                                N true masks
+pretrain   Barlow Twins encoder                  N true masks
+pseudo     random                                N true masks + GAN pseudo-masks
+full       Barlow Twins encoder                  N true masks + GAN pseudo-masks
+=========  ====================================  ===================================
+
+With 0 labels only the arms with pseudo-masks can train; the others are recorded ``n/a``.
+
+Layout of the study directory (``cfg.run_dir``)::
+
+    shared/                         prepare (+ cache/) and gan: run once per study, as
+                                    neither depends on the network
+    <backbone>-<recal>/base/        pretrain: run once per backbone × recalibration
+    <backbone>-<recal>/<arm>-n<N>/  finetune, predict, evaluate of one arm at N labels;
+                                    prepare, cache, gan, pretrain are relative symlinks to
+                                    the folders above (only those the arm uses)
+    study.csv, study.md, study.png  the results
+
+Every folder is an ordinary run directory driven by the orchestrator
+(:func:`volseg.stages.run.run_pipeline`), so its manifests make the study resumable: a
+re-run skips every stage that finished with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from volseg.config import Config
+from volseg.errors import ConfigError, InputError, NotBuiltError, VolsegError
+from volseg.io import atomic_path, write_text_atomic
+from volseg.stages import manifest as mf
+
+log = logging.getLogger(__name__)
+
+SHARED_DIR = "shared"
+BASE_DIR = "base"
+CACHE_DIR = "cache"
+ARM_STAGES = ("finetune", "predict", "evaluate")
+COMPARE_MAX_LABELS = 5
+"""The comparison table across backbones uses the largest label count up to this."""
+
+STATUS_DONE = "done"
+STATUS_NA = "n/a"
+STATUS_FAILED = "failed"
+STATUS_MISSING = "missing"
+
+CSV_COLUMNS = (
+    "backbone",
+    "recalibration",
+    "arm",
+    "n_labeled",
+    "status",
+    "n_labeled_used",
+    "n_labeled_available",
+    "n_test",
+    "dice_mean",
+    "dice_sd",
+    "dice_ci95_low",
+    "dice_ci95_high",
+    "sensitivity_mean",
+    "abs_involvement_error_pct_mean",
+    "run_dir",
+    "error",
+)
+
+
+class StudyIncomplete(VolsegError):
+    """Some runs of the study failed; the others' results were still written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm of the study: which of the two few-label aids it uses."""
+
+    name: str
+    pretrain: bool
+    pseudo: bool
+    description: str
+
+
+ARMS: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm("scratch", False, False, "random init, true masks only"),
+        Arm("pretrain", True, False, "Barlow Twins encoder, true masks only"),
+        Arm("pseudo", False, True, "random init, true masks + GAN pseudo-masks"),
+        Arm("full", True, True, "Barlow Twins encoder, true masks + GAN pseudo-masks"),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the study: a backbone × recalibration × arm × label count."""
+
+    backbone: str
+    recalibration: str
+    arm: str
+    n_labeled: int | None
+    """None: every labeled training scan."""
+
+    @property
+    def variant(self) -> str:
+        """``<backbone>-<recalibration>``, the folder shared by the arms of one network."""
+        return f"{self.backbone}-{self.recalibration}"
+
+    @property
+    def name(self) -> str:
+        """``<arm>-n<N>`` (``n`` followed by ``all`` for every labeled scan)."""
+        return f"{self.arm}-n{label_text(self.n_labeled)}"
+
+    @property
+    def applicable(self) -> bool:
+        """False for 0 labels without pseudo-masks: there is nothing to train on."""
+        return self.n_labeled != 0 or ARMS[self.arm].pseudo
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def label_text(n: int | None) -> str:
+    return "all" if n is None else str(n)
+
+
+def _label_key(n: int | None) -> float:
+    return math.inf if n is None else float(n)
+
+
+def parse_labels(text: str | Iterable[str | int | None]) -> list[int | None]:
+    """``"0,2,5,all"`` -> ``[0, 2, 5, None]`` (sorted, duplicates dropped, ``all`` last)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: set[int | None] = set()
+    for item in items:
+        if item is None or str(item).strip().lower() == "all":
+            out.add(None)
+            continue
+        token = str(item).strip()
+        try:
+            value = int(token)
+        except ValueError:
+            raise ConfigError(
+                f"--labels: {token!r} is not a number of labeled scans or 'all'"
+            ) from None
+        if value < 0:
+            raise ConfigError(f"--labels: {value} is negative")
+        out.add(value)
+    if not out:
+        raise ConfigError("--labels: give at least one label count, e.g. 0,2,5,all")
+    return sorted(out, key=_label_key)
+
+
+def parse_names(
+    text: str | Iterable[str], choices: Sequence[str], option: str, *, keep_order: bool = False
+) -> list[str]:
+    """Comma-separated names checked against ``choices`` (with a did-you-mean).
+
+    The result follows the order of ``choices`` unless ``keep_order``; duplicates dropped.
+    """
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    items = [t for t in items if t]
+    if not items:
+        raise ConfigError(f"{option}: give at least one of {', '.join(choices)}")
+    for item in items:
+        if item not in choices:
+            close = difflib.get_close_matches(item, list(choices), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{option}: unknown {item!r}{hint}; choose from {', '.join(choices)}")
+    if keep_order:
+        return list(dict.fromkeys(items))
+    return [c for c in choices if c in items]
+
+
+def _backbone_choices() -> list[str]:
+    from volseg.models.registry import MODELS
+
+    return sorted(MODELS)
+
+
+def _recalibration_choices() -> list[str]:
+    from typing import get_args
+
+    from volseg.config import ModelConfig
+
+    return list(get_args(ModelConfig.model_fields["recalibration"].annotation))
+
+
+def plan_study(
+    cfg: Config,
+    labels: Sequence[int | None],
+    arms: Sequence[str],
+    backbones: Sequence[str] | None = None,
+    recalibrations: Sequence[str] | None = None,
+) -> list[Cell]:
+    """Every cell of the study, in running order (variant, then label count, then arm)."""
+    backbones = list(backbones) if backbones else [cfg.model.name]
+    recalibrations = list(recalibrations) if recalibrations else [cfg.model.recalibration]
+    arms = parse_names(arms, list(ARMS), "--arms")
+    recalibrations = parse_names(
+        recalibrations, _recalibration_choices(), "--recalibration", keep_order=True
+    )
+    backbones = parse_names(backbones, _backbone_choices(), "--backbones", keep_order=True)
+    labels = parse_labels(labels)
+    return [
+        Cell(b, r, a, n) for b in backbones for r in recalibrations for n in labels for a in arms
+    ]
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _derive(cfg: Config, changes: Mapping[str, Any]) -> Config:
+    """A validated copy of ``cfg`` with dotted keys (``"finetune.init"``) replaced."""
+    tree = cfg.model_dump()
+    for key, value in changes.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"study: invalid derived config ({exc.errors()[0]['msg']})") from None
+
+
+def _model_changes(cfg: Config, backbone: str, recalibration: str) -> dict[str, Any]:
+    """The network of a variant; ``model.params`` belong to ``model.name`` only.
+
+    Another backbone builds with its own defaults, since parameter names (and meanings)
+    differ between networks.
+    """
+    params = dict(cfg.model.params) if backbone == cfg.model.name else {}
+    return {
+        "model.name": backbone,
+        "model.recalibration": recalibration,
+        "model.params": params,
+    }
+
+
+def shared_config(cfg: Config, study_dir: Path) -> Config:
+    """The config of ``shared/`` (prepare and gan; gan enabled)."""
+    return _derive(
+        cfg, {"run_dir": study_dir / SHARED_DIR, "gan.enabled": True, "pretrain.enabled": False}
+    )
+
+
+def base_config(cfg: Config, study_dir: Path, backbone: str, recalibration: str) -> Config:
+    """The config of ``<variant>/base/`` (pretrain, enabled, for this network)."""
+    folder = study_dir / f"{backbone}-{recalibration}" / BASE_DIR
+    changes = {"run_dir": folder, "gan.enabled": True, "pretrain.enabled": True}
+    changes.update(_model_changes(cfg, backbone, recalibration))
+    return _derive(cfg, changes)
+
+
+def arm_config(cfg: Config, study_dir: Path, cell: Cell) -> Config:
+    """The config of one cell: its network, arm switches and ``finetune.n_labeled``.
+
+    ``gan`` and ``pretrain`` sections differ from the shared runs' only in ``enabled``, and
+    only when the arm does not use them, so the linked stages' config hashes match.
+    """
+    arm = ARMS[cell.arm]
+    changes: dict[str, Any] = {
+        "run_dir": study_dir / cell.variant / cell.name,
+        "gan.enabled": arm.pseudo,
+        "pretrain.enabled": arm.pretrain,
+        "finetune.use_pseudo": arm.pseudo,
+        "finetune.init": "pretrained" if arm.pretrain else "scratch",
+        "finetune.n_labeled": cell.n_labeled,
+    }
+    changes.update(_model_changes(cfg, cell.backbone, cell.recalibration))
+    return _derive(cfg, changes)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to the folder ``target`` (kept if already so)."""
+    rel = os.path.relpath(target, link.parent)
+    if link.is_symlink():
+        if os.readlink(link) == rel:
+            return
+        link.unlink()
+    elif link.exists():
+        raise InputError(
+            f"{link}: a folder where the study expects a link to {target}; "
+            "remove it to let the study re-create the link"
+        )
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(rel, target_is_directory=True)
+    except OSError as exc:
+        raise InputError(f"{link}: cannot create a symlink to {target} ({exc})") from exc
+
+
+def _stage_spec(name: str) -> Any:
+    from volseg.stages import run as orch
+
+    for spec in orch.STAGES:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def _check_linked(cfg: Config, stages: Sequence[str]) -> None:
+    """Each linked stage must be ``done`` with the settings this run would give it.
+
+    Then the orchestrator reads it as up to date and never re-runs it through the link
+    (which would write into the shared folder).
+    """
+    run_dir = Path(cfg.run_dir)
+    for name in stages:
+        record = mf.read_manifest(run_dir, name)
+        current, _ = mf.config_fingerprint(cfg, _stage_spec(name).sections)
+        if record is None or record.status != mf.STATUS_DONE or record.config_hash != current:
+            state = "missing" if record is None else record.status
+            raise InputError(
+                f"{run_dir / name}: linked stage is {state} or made with other settings; "
+                "re-run the study to rebuild the shared stages"
+            )
+
+
+def _link_stages(cfg: Config, targets: Mapping[str, Path]) -> None:
+    """Link ``<run_dir>/<name>`` to each target folder and check the linked stages."""
+    run_dir = Path(cfg.run_dir)
+    for name, target in targets.items():
+        _link(run_dir / name, target)
+    _check_linked(cfg, [n for n in targets if n != CACHE_DIR])
+
+
+def _run_stages(cfg: Config, stages: Sequence[str]) -> dict[str, str]:
+    """Run (or skip, when up to date) each stage alone, in order, in ``cfg.run_dir``."""
+    from volseg.stages.run import run_pipeline
+
+    actions: dict[str, str] = {}
+    for name in stages:
+        actions.update(run_pipeline(cfg, only=name))
+    return actions
+
+
+def _check_study_dir(cfg: Config) -> Path:
+    study_dir = Path(cfg.run_dir).resolve()
+    root = Path(cfg.data.root).resolve()
+    if study_dir == root or root in study_dir.parents:
+        raise ConfigError(
+            f"{study_dir}: the study directory (run_dir) must be outside data.root ({root}); "
+            "the dataset's file listing would otherwise change with every run"
+        )
+    return study_dir
+
+
+def run_study(
+    cfg: Config,
+    labels: Sequence[int | None] | str,
+    arms: Sequence[str] | str = tuple(ARMS),
+    backbones: Sequence[str] | str | None = None,
+    recalibrations: Sequence[str] | str | None = None,
+) -> Path:
+    """Run the label-budget study in ``cfg.run_dir``; returns that folder.
+
+    ``labels``: numbers of labeled training scans (None or ``"all"``: every one);
+    ``arms``: names from :data:`ARMS`; ``backbones`` / ``recalibrations``: networks and
+    recalibration modules to compare (default: the config's). Writes ``study.csv``,
+    ``study.md`` and ``study.png``. A cell whose stages raise a user-level error is
+    recorded ``failed`` and the others still run; then :class:`StudyIncomplete` is raised
+    after the results are written.
+    """
+    cells = plan_study(cfg, _as_list(labels), _as_list(arms), _opt(backbones), _opt(recalibrations))
+    study_dir = _check_study_dir(cfg)
+    todo = [c for c in cells if c.applicable]
+    log.info("study: %s", describe_plan(cells))
+    study_dir.mkdir(parents=True, exist_ok=True)
+
+    shared = shared_config(cfg, study_dir)
+    needs_gan = any(ARMS[c.arm].pseudo for c in todo)
+    needs_pretrain = any(ARMS[c.arm].pretrain for c in todo)
+    _run_stages(shared, ["prepare", "gan"] if needs_gan else ["prepare"])
+    common: dict[str, Path] = {"prepare": study_dir / SHARED_DIR / "prepare"}
+    if (study_dir / SHARED_DIR / CACHE_DIR).is_dir():
+        common[CACHE_DIR] = study_dir / SHARED_DIR / CACHE_DIR
+
+    errors: dict[Cell, str] = {}
+    for variant in dict.fromkeys((c.backbone, c.recalibration) for c in todo):
+        base = base_config(cfg, study_dir, *variant)
+        if needs_pretrain:
+            _link_stages(base, common)
+            _run_stages(base, ["pretrain"])
+        for cell in (c for c in todo if (c.backbone, c.recalibration) == variant):
+            arm = ARMS[cell.arm]
+            run_cfg = arm_config(cfg, study_dir, cell)
+            targets = dict(common)
+            if arm.pseudo:
+                targets["gan"] = study_dir / SHARED_DIR / "gan"
+            if arm.pretrain:
+                targets["pretrain"] = Path(base.run_dir) / "pretrain"
+            log.info("study: %s / %s", cell.variant, cell.name)
+            try:
+                _link_stages(run_cfg, targets)
+                _run_stages(run_cfg, ARM_STAGES)
+            except NotBuiltError:
+                raise
+            except VolsegError as exc:
+                log.error("study: %s/%s failed: %s", cell.variant, cell.name, exc)
+                errors[cell] = str(exc)
+
+    rows = collect_results(study_dir, cells, errors)
+    write_results(study_dir, rows)
+    if errors:
+        first, message = next(iter(errors.items()))
+        raise StudyIncomplete(
+            f"{len(errors)} of {len(todo)} study runs failed (see {study_dir / 'study.md'}); "
+            f"first: {first.variant}/{first.name}: {message}"
+        )
+    return study_dir
+
+
+def _as_list(value: Sequence[Any] | str) -> list[Any]:
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
+def _opt(value: Sequence[str] | str | None) -> list[str] | None:
+    return None if value is None else _as_list(value)
+
+
+def describe_plan(cells: Sequence[Cell]) -> str:
+    """What a study will run, in stage runs (its cost in units of each stage)."""
+    todo = [c for c in cells if c.applicable]
+    variants = list(dict.fromkeys(c.variant for c in todo))
+    gan = any(ARMS[c.arm].pseudo for c in todo)
+    pretrain = len(variants) if any(ARMS[c.arm].pretrain for c in todo) else 0
+    skipped = len(cells) - len(todo)
+    return (
+        f"{len(variants)} network(s), {len(todo)} fine-tuning runs "
+        f"(each finetune + predict + evaluate; {skipped} n/a), "
+        f"1 prepare, {int(gan)} gan, {pretrain} pretrain"
+    )
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def cell_result(study_dir: Path, cell: Cell, error: str | None = None) -> dict[str, Any]:
+    """One CSV row: the cell's test-split figures from its ``evaluate/summary.json``."""
+    run_dir = study_dir / cell.variant / cell.name
+    row: dict[str, Any] = {
+        "backbone": cell.backbone,
+        "recalibration": cell.recalibration,
+        "arm": cell.arm,
+        "n_labeled": label_text(cell.n_labeled),
+        "run_dir": str(run_dir),
+    }
+    if not cell.applicable:
+        row["status"] = STATUS_NA
+        return row
+    record = mf.read_manifest(run_dir, "evaluate")
+    summary = _read_json(run_dir / "evaluate" / "summary.json")
+    if error is not None or record is None or record.status != mf.STATUS_DONE or not summary:
+        row["status"] = STATUS_FAILED if error is not None else STATUS_MISSING
+        row["error"] = error
+        return row
+    metrics = summary.get("metrics") or {}
+    dice = metrics.get("dice") or {}
+    ci = dice.get("ci95") or [None, None]
+    row.update(
+        status=STATUS_DONE,
+        n_test=(summary.get("counts") or {}).get("pairs"),
+        dice_mean=_number(dice.get("mean")),
+        dice_sd=_number(dice.get("sd")),
+        dice_ci95_low=_number(ci[0]),
+        dice_ci95_high=_number(ci[1]),
+        sensitivity_mean=_number((metrics.get("sensitivity") or {}).get("mean")),
+        abs_involvement_error_pct_mean=_number(
+            (metrics.get("abs_involvement_error_pct") or {}).get("mean")
+        ),
+    )
+    labeled = _read_json(run_dir / "finetune" / "labeled.json") or {}
+    if isinstance(labeled.get("ids"), list):
+        row["n_labeled_used"] = len(labeled["ids"])
+        row["n_labeled_available"] = labeled.get("n_available")
+        if cell.n_labeled is not None and len(labeled["ids"]) < cell.n_labeled:
+            log.warning(
+                "study: %s/%s used %d labeled scans (only %s available)",
+                cell.variant,
+                cell.name,
+                len(labeled["ids"]),
+                labeled.get("n_available"),
+            )
+    return row
+
+
+def collect_results(
+    study_dir: Path, cells: Sequence[Cell], errors: Mapping[Cell, str] | None = None
+) -> list[dict[str, Any]]:
+    """The CSV rows of every cell, in plan order."""
+    errors = errors or {}
+    return [cell_result(study_dir, c, errors.get(c)) for c in cells]
+
+
+def _dice_cell(row: Mapping[str, Any]) -> str:
+    """``0.812 ± 0.050``; ``n/a``, ``failed`` or ``missing`` when there is no figure."""
+    if row.get("status") != STATUS_DONE or row.get("dice_mean") is None:
+        return str(row.get("status") or STATUS_MISSING)
+    text = f"{row['dice_mean']:.3f}"
+    if row.get("dice_sd") is not None:
+        text += f" ± {row['dice_sd']:.3f}"
+    return text
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "–" if _number(value) is None else f"{value:.{digits}f}"
+
+
+def _variants(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((r["backbone"], r["recalibration"]) for r in rows))
+
+
+def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
+    present = set(values)
+    return [v for v in order if v in present]
+
+
+def _label_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted(
+        dict.fromkeys(r["n_labeled"] for r in rows),
+        key=lambda t: math.inf if t == "all" else int(t),
+    )
+
+
+def comparison_choice(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """``(arm, label)`` of the cross-network table: ``full`` (or the richest arm run) at
+    the largest label count up to :data:`COMPARE_MAX_LABELS` (else the smallest)."""
+    arms = _ordered((r["arm"] for r in rows), list(ARMS))
+    labels = _label_columns(rows)
+    small = [t for t in labels if t != "all" and int(t) <= COMPARE_MAX_LABELS]
+    return arms[-1], (small[-1] if small else labels[0])
+
+
+def render_markdown(rows: Sequence[Mapping[str, Any]], study_dir: Path | None = None) -> str:
+    """``study.md``: a Dice table per network (arms × label counts) and a comparison."""
+    labels = _label_columns(rows)
+    arms = _ordered((r["arm"] for r in rows), list(ARMS))
+    by_key = {(r["backbone"], r["recalibration"], r["arm"], r["n_labeled"]): r for r in rows}
+    lines = ["# Label-budget study", ""]
+    if study_dir is not None:
+        lines += [f"Study directory: `{study_dir}`", ""]
+    lines += [
+        "Test-split Dice, mean ± sd over test cases, by arm (rows) and number of labeled "
+        "training scans (columns); `n/a`: 0 labels without pseudo-masks has nothing to "
+        "train on. Arms: "
+        + "; ".join(f"**{a}**: {ARMS[a].description}" for a in arms)
+        + ". Every run uses the same patient-level split.",
+        "",
+    ]
+    for backbone, recal in _variants(rows):
+        lines += [f"## {backbone}, recalibration {recal}", ""]
+        lines += ["| arm | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        for arm in arms:
+            cells = [_dice_cell(by_key.get((backbone, recal, arm, t), {})) for t in labels]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        n_test = {r.get("n_test") for r in rows if r["backbone"] == backbone and r.get("n_test")}
+        if n_test:
+            lines += ["", f"Test cases: {', '.join(str(n) for n in sorted(n_test))}."]
+        lines.append("")
+    arm, label = comparison_choice(rows)
+    lines += [
+        f"## Networks compared ({arm} arm, {label} labeled scans)",
+        "",
+        "| backbone | recalibration | Dice | 95 % CI | sensitivity | "
+        "abs. involvement error (pp) | test cases |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for backbone, recal in _variants(rows):
+        r = by_key.get((backbone, recal, arm, label), {})
+        ci = (
+            f"{r['dice_ci95_low']:.3f}–{r['dice_ci95_high']:.3f}"
+            if r.get("dice_ci95_low") is not None and r.get("dice_ci95_high") is not None
+            else "–"
+        )
+        lines.append(
+            f"| {backbone} | {recal} | {_dice_cell(r)} | {ci} | "
+            f"{_fmt(r.get('sensitivity_mean'))} | "
+            f"{_fmt(r.get('abs_involvement_error_pct_mean'), 1)} | {r.get('n_test') or '–'} |"
+        )
+    failed = [r for r in rows if r.get("status") == STATUS_FAILED]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- `{r['run_dir']}`: {r.get('error')}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(rows: Sequence[Mapping[str, Any]], dest: Path) -> Path:
+    """``study.png``: test Dice vs labeled scans, a line per arm, a panel per network.
+
+    Label counts are evenly spaced categories (``all`` last); error bars are the 95 %
+    bootstrap CI where evaluate gave one.
+    """
+    from matplotlib.figure import Figure
+
+    labels = _label_columns(rows)
+    arms = _ordered((r["arm"] for r in rows), list(ARMS))
+    variants = _variants(rows)
+    ncols = min(3, len(variants))
+    nrows = math.ceil(len(variants) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.6 * nrows))
+    by_key = {(r["backbone"], r["recalibration"], r["arm"], r["n_labeled"]): r for r in rows}
+    xs = list(range(len(labels)))
+    for i, (backbone, recal) in enumerate(variants):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for arm in arms:
+            ys, lo, hi = [], [], []
+            for t in labels:
+                r = by_key.get((backbone, recal, arm, t), {})
+                y = r.get("dice_mean") if r.get("status") == STATUS_DONE else None
+                ys.append(math.nan if y is None else y)
+                low, high = r.get("dice_ci95_low"), r.get("dice_ci95_high")
+                ok = y is not None and low is not None and high is not None
+                lo.append(y - low if ok else 0.0)
+                hi.append(high - y if ok else 0.0)
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+        ax.set_xticks(xs, [_tick(t, rows, backbone, recal) for t in labels])
+        ax.set_xlabel("labeled training scans")
+        ax.set_ylabel("test Dice")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(f"{backbone}, recalibration {recal}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return Path(dest)
+
+
+def _tick(label: str, rows: Sequence[Mapping[str, Any]], backbone: str, recal: str) -> str:
+    """``all`` becomes ``all (k)`` when the runs recorded how many labeled scans exist."""
+    if label != "all":
+        return label
+    counts = {
+        r.get("n_labeled_available")
+        for r in rows
+        if r["backbone"] == backbone and r["recalibration"] == recal and r["n_labeled"] == "all"
+    } - {None}
+    return f"all ({counts.pop()})" if len(counts) == 1 else label
+
+
+def write_results(study_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+    """Write ``study.csv``, ``study.md`` and ``study.png`` atomically; returns their paths."""
+    from volseg.evaluation.report import per_case_csv
+
+    paths = {
+        "csv": write_text_atomic(study_dir / "study.csv", per_case_csv(rows, CSV_COLUMNS)),
+        "png": plot_study(rows, study_dir / "study.png"),
+        "md": write_text_atomic(study_dir / "study.md", render_markdown(rows, study_dir)),
+    }
+    log.info("study: results in %s", ", ".join(str(p) for p in paths.values()))
+    return paths
