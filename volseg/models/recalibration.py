@@ -14,6 +14,7 @@ the features with a gate in (0, 1), so either can follow any encoder or decoder 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 from collections.abc import Sequence
@@ -23,6 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 RECALIBRATIONS = ("none", "se", "ssr")
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device``; a no-op where autocast does not exist (``meta``)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_channels(channels: int) -> None:
@@ -119,7 +127,7 @@ def local_singularity_strength(
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
     weights = _slope_weights(radii_t)
-    with torch.autocast(device_type=measure_input.device.type, enabled=False):
+    with _autocast_off(measure_input.device):
         m = measure_input.float()
         alpha = torch.zeros_like(m)
         for r, w in zip(radii_t, weights, strict=True):
@@ -163,7 +171,7 @@ class SingularityStrengthRecalibration3D(nn.Module):
                 f"SingularityStrengthRecalibration3D({self.channels}) expects "
                 f"(B, {self.channels}, D, H, W), got {tuple(x.shape)}"
             )
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x.device):
             f = x.float()
             alpha = local_singularity_strength(f.abs(), self.radii, self.eps)
             weight = self.affine.weight.float()

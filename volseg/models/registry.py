@@ -1,6 +1,7 @@
 """Networks by name: the one place the config, the CLI and checkpoints look models up.
 
-``MODELS`` holds segmentation networks (``model.name`` in the config), ``GAN_MODELS`` the GAN
+``MODELS`` holds segmentation networks (``model.name`` in the config; every one takes
+``recalibration="none"|"se"|"ssr"``), ``GAN_MODELS`` the GAN
 pair and ``HEADS`` the projection heads. ``build_model(name, **params)`` checks the name (with
 a did-you-mean) and the parameter names against the constructor before building, so a typo
 in a YAML file fails with a message naming it. Every built model carries ``init_args``, so
@@ -20,12 +21,16 @@ from torch import nn
 from volseg.models._common import count_parameters
 from volseg.models.gan3d import Generator3D, PatchDiscriminator3D
 from volseg.models.heads import ProjectorHead, VoxelProjectionHead
+from volseg.models.resunet3d import ResUNet3D
 from volseg.models.transunet3d import TransUNet3D
 from volseg.models.unet3d import UNet3D
+from volseg.models.unetpp3d import UNetPlusPlus3D
 
 MODELS: dict[str, type[nn.Module]] = {
     "transunet3d": TransUNet3D,
     "unet3d": UNet3D,
+    "resunet3d": ResUNet3D,
+    "unetpp3d": UNetPlusPlus3D,
 }
 GAN_MODELS: dict[str, type[nn.Module]] = {
     "generator3d": Generator3D,

@@ -3,7 +3,8 @@
 After Chen et al., "TransUNet: Transformers Make Strong Encoders for Medical Image
 Segmentation" (arXiv:2102.04306, 2021), made volumetric: the CNN stem and decoder use 3D
 MONAI blocks, the transformer runs over 3D tokens at the coarsest level, and strides may be
-anisotropic so thick-slice axes are not downsampled as often as in-plane axes.
+anisotropic so thick-slice axes are not downsampled as often as in-plane axes. An optional
+SE/SSR recalibration follows every CNN block (encoder stages, bottleneck projection, decoder).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from volseg.models._common import (
     pad_to_multiple,
     total_stride,
 )
+from volseg.models.recalibrated import check_recalibration, recalibrated
 from volseg.models.vit import ViTBottleneck
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 256)
@@ -61,6 +63,7 @@ class TransUNetEncoder(nn.Module):
         dropout: float,
         norm: tuple[str, dict],
         img_size: tuple[int, int, int],
+        recalibration: str = "none",
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -71,9 +74,8 @@ class TransUNetEncoder(nn.Module):
         prev = in_channels
         for level, width in enumerate(widths):
             stride = (1, 1, 1) if level == 0 else strides[level - 1]
-            self.stages.append(
-                UnetResBlock(3, prev, width, kernel_size=3, stride=stride, norm_name=norm)
-            )
+            block = UnetResBlock(3, prev, width, kernel_size=3, stride=stride, norm_name=norm)
+            self.stages.append(recalibrated(block, recalibration, width))
             prev = width
         grid = tuple(math.ceil(s / t) for s, t in zip(img_size, self.total_stride, strict=True))
         self.vit = ViTBottleneck(
@@ -105,6 +107,8 @@ class TransUNet3D(nn.Module):
         norm: "instance" | "group" | "batch" for the conv blocks.
         img_size: reference patch size on which the positional embedding grid is defined;
             other sizes get a trilinearly resampled embedding.
+        recalibration: "none" | "se" | "ssr" after every CNN block: the encoder stages (inside
+            ``encoder``), the bottleneck projection and each decoder block. Not on the ViT.
 
     Inputs of any spatial size are zero-padded to a multiple of the total stride and the
     output cropped back: the output size always equals the input size. ``encoder`` holds the
@@ -125,6 +129,7 @@ class TransUNet3D(nn.Module):
         dropout: float = 0.0,
         norm: str = "instance",
         img_size: Sequence[int] | int = (96, 96, 32),
+        recalibration: str = "none",
     ) -> None:
         super().__init__()
         check_positive_ints([in_channels], "in_channels")
@@ -145,6 +150,7 @@ class TransUNet3D(nn.Module):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         img_size_t = as_int3(img_size, "img_size")
+        check_recalibration(recalibration)
         norm_t = norm_spec(norm, widths_t)
         self.init_args = {
             "in_channels": in_channels,
@@ -158,6 +164,7 @@ class TransUNet3D(nn.Module):
             "dropout": dropout,
             "norm": norm,
             "img_size": list(img_size_t),
+            "recalibration": recalibration,
         }
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -173,19 +180,26 @@ class TransUNet3D(nn.Module):
             dropout=dropout,
             norm=norm_t,
             img_size=img_size_t,
+            recalibration=recalibration,
         )
-        self.bottleneck_proj = UnetBasicBlock(
-            3, hidden_size, widths_t[-1], kernel_size=3, stride=1, norm_name=norm_t
+        self.bottleneck_proj = recalibrated(
+            UnetBasicBlock(3, hidden_size, widths_t[-1], kernel_size=3, stride=1, norm_name=norm_t),
+            recalibration,
+            widths_t[-1],
         )
         self.up_blocks = nn.ModuleList(
-            UnetUpBlock(
-                3,
-                widths_t[level + 1],
+            recalibrated(
+                UnetUpBlock(
+                    3,
+                    widths_t[level + 1],
+                    widths_t[level],
+                    kernel_size=3,
+                    stride=1,
+                    upsample_kernel_size=strides_t[level],
+                    norm_name=norm_t,
+                ),
+                recalibration,
                 widths_t[level],
-                kernel_size=3,
-                stride=1,
-                upsample_kernel_size=strides_t[level],
-                norm_name=norm_t,
             )
             for level in reversed(range(len(strides_t)))
         )

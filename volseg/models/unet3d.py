@@ -1,9 +1,10 @@
-"""Plain 3D U-Net baseline built from MONAI's DynUNet blocks, with volseg's model interface.
+"""3D U-Net (Ronneberger et al. 2015, made 3D) built from MONAI's DynUNet blocks.
 
-The blocks (residual encoder levels, transposed-conv decoder, 1x1x1 head) are exactly those
-``monai.networks.nets.DynUNet`` builds (nnU-Net style, after Isensee et al. 2021); they are
-regrouped into ``encoder`` / decoder submodules so pretrained encoder weights load by name and
-the last decoder features can be returned as the voxel embedding.
+The blocks (double conv-norm-act encoder levels, or residual ones with ``res_block=True``;
+transposed-conv decoder; 1x1x1 head) are exactly those ``monai.networks.nets.DynUNet`` builds
+(nnU-Net style, after Isensee et al. 2021); they are regrouped into ``encoder`` / decoder
+submodules so pretrained encoder weights load by name and the last decoder features can be
+returned as the voxel embedding. An optional SE/SSR recalibration follows every block.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from volseg.models._common import (
     pad_to_multiple,
     total_stride,
 )
+from volseg.models.recalibrated import check_recalibration, recalibrated
 from volseg.models.transunet3d import check_input
 
 DEFAULT_FILTERS = (32, 64, 128, 256, 320)
@@ -61,15 +63,17 @@ class UNetEncoder(nn.Module):
 
 
 class UNet3D(nn.Module):
-    """3D U-Net baseline: ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
+    """3D U-Net (Ronneberger et al. 2015): ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
 
     Args:
         in_channels, out_channels: input channels and output logit channels.
         filters: channels per level, full resolution first; one more entry than ``strides``.
         strides: per-level downsampling (1 or 2 per axis); default total stride (16, 16, 8).
         norm: "instance" | "group" | "batch".
-        res_block: residual conv blocks (True) or plain conv-norm-act pairs.
+        res_block: residual conv blocks (True) or the original plain double conv (False).
         dropout: dropout inside the conv blocks.
+        recalibration: "none" | "se" | "ssr", applied after every encoder and decoder block
+            (see ``volseg.models.recalibration``); the encoder's ones live in ``encoder``.
 
     Any input size works (zero-padded to the total stride inside, output cropped back).
     """
@@ -82,8 +86,9 @@ class UNet3D(nn.Module):
         filters: Sequence[int] = DEFAULT_FILTERS,
         strides: Sequence[Sequence[int] | int] = DEFAULT_STRIDES,
         norm: str = "instance",
-        res_block: bool = True,
+        res_block: bool = False,
         dropout: float = 0.0,
+        recalibration: str = "none",
     ) -> None:
         super().__init__()
         check_positive_ints([in_channels], "in_channels")
@@ -96,6 +101,7 @@ class UNet3D(nn.Module):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_recalibration(recalibration)
         self.init_args = {
             "in_channels": in_channels,
             "out_channels": out_channels,
@@ -104,6 +110,7 @@ class UNet3D(nn.Module):
             "norm": norm,
             "res_block": res_block,
             "dropout": dropout,
+            "recalibration": recalibration,
         }
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -121,17 +128,28 @@ class UNet3D(nn.Module):
             dropout=dropout or None,
             res_block=res_block,
         )
+
         # Take DynUNet's initialised blocks; its recursive skip wrapper is not kept, so every
-        # parameter has exactly one state-dict key.
+        # parameter has exactly one state-dict key. Recalibration wraps each block
+        # (a no-op for "none", which keeps DynUNet's keys).
+        def recal(block: nn.Module, channels: int) -> nn.Module:
+            return recalibrated(block, recalibration, channels)
+
         self.encoder = UNetEncoder(
-            net.input_block,
-            net.downsamples,
-            net.bottleneck,
+            recal(net.input_block, filters_t[0]),
+            nn.ModuleList(
+                recal(down, width)
+                for down, width in zip(net.downsamples, filters_t[1:-1], strict=True)
+            ),
+            recal(net.bottleneck, filters_t[-1]),
             in_channels=in_channels,
             filters=filters_t,
             strides=strides_t,
         )
-        self.up_blocks = net.upsamples  # deepest first
+        self.up_blocks = nn.ModuleList(  # deepest first
+            recal(up, width)
+            for up, width in zip(net.upsamples, reversed(filters_t[:-1]), strict=True)
+        )
         self.head = net.output_block
 
     @property
