@@ -12,10 +12,15 @@ affine (so "axial" is right for any orientation):
    large enough (one when the lungs touch);
 5. per lung and slice, fill the dents of its convex hull that hold ground glass (dense
    lesions with their ground-glass rim), then a rolling-ball closing sized in mm and 2D +
-   3D hole filling, so vessels and lesions at the pleura end up inside the lung.
+   3D hole filling, so vessels and lesions at the pleura end up inside the lung;
+6. extensive disease only (thick ground glass >= 40 % of the aerated volume): grow each
+   slice's lung from its ground glass, through aerated pockets and tissue that can be
+   consolidation -- inside the bony thorax (convex hull of rib/spine/sternum bone), below
+   +20 HU after smoothing (heart, liver, muscle are denser), not thick fat, within 30 mm.
 
-Limits: a lung whose air is almost entirely replaced by consolidation (severe CT-4) cannot be
-recovered from intensity alone; the mask then under-segments that lung.
+Limits: step 6 recovers most, not all, of a lung whose air is almost entirely replaced by
+consolidation; consolidation far (> 30 mm) from any ground glass, or as dense as the heart,
+stays out. Healthy and mild scans (CT-0..CT-2) are unaffected by step 6.
 
 All sizes are in millimetres and converted with the image spacing, so anisotropic MosMed
 scans (0.7 x 0.7 x 8 mm) and isotropic ones behave alike.
@@ -70,18 +75,55 @@ class LungParams:
     """Dense ground glass spans threshold_hu..ggo_max_hu; soft tissue lies above."""
     min_ggo_fraction: float = 0.2
     """Share of ground glass that marks a dense region next to a lung as lesion, not organ."""
+    dense_fill: bool = True
+    """In extensive disease, grow the lungs into consolidation (see _recover_dense)."""
+    dense_min_ggo_share: float = 0.4
+    """Extensive disease: thick ground glass at least this share of the aerated lung volume."""
+    ggo_min_hu: float = -720.0
+    """Lower bound of ground glass for that test; healthy aerated lung lies below."""
+    ggo_open_mm: float = 3.0
+    """Ground glass thinner than this (radius, mm; at least 1.5 pixels) is a partial-volume rim."""
+    bone_hu: float = 200.0
+    """Ribs, spine and sternum are above this; their hull per slice bounds the thorax."""
+    cavity_margin_mm: float = 5.0
+    """Inward margin (mm) from that hull to the pleural cavity."""
+    dense_smoothing_mm: float = 3.0
+    """In-plane Gaussian sigma (mm) before judging consolidation against organs."""
+    dense_max_hu: float = 20.0
+    """Consolidation is below this after smoothing; heart, liver and muscle lie above."""
+    fat_hu: tuple[float, float] = (-130.0, -60.0)
+    """Thick regions in this range are fat (mediastinal, pericardial), never lung."""
+    dense_open_mm: float = 4.0
+    """Radius (mm) of the opening that cuts thin bridges from consolidation to organs."""
+    dense_reach_mm: float = 30.0
+    """Consolidation is added up to this in-plane path length (mm) from ground glass."""
 
     def __post_init__(self) -> None:
-        for name in ("smoothing_mm", "min_component_ml", "gas_margin_hu", "closing_mm"):
+        for name in (
+            "smoothing_mm",
+            "min_component_ml",
+            "gas_margin_hu",
+            "closing_mm",
+            "ggo_open_mm",
+            "cavity_margin_mm",
+            "dense_smoothing_mm",
+            "dense_open_mm",
+            "dense_reach_mm",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"lungs.{name} must be >= 0, got {getattr(self, name)}")
         for name in (
             "second_lung_fraction",
             "airway_central_fraction",
             "min_ggo_fraction",
+            "dense_min_ggo_share",
         ):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"lungs.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.ggo_min_hu < self.ggo_max_hu:
+            raise ConfigError("lungs.ggo_min_hu must be below lungs.ggo_max_hu")
+        if not self.fat_hu[0] < self.fat_hu[1]:
+            raise ConfigError(f"lungs.fat_hu must be (low, high), got {self.fat_hu}")
 
 
 def segment_lungs(image: sitk.Image, params: LungParams | None = None) -> sitk.Image:
@@ -117,14 +159,112 @@ def lung_mask_array(
     air_ref = float(np.median(hu[outside])) if outside.sum() >= 100 else -1000.0
     inside = air & ~outside
     inside &= ~_airway_blobs(inside, smooth, ~outside, air_ref, spacing, p)
-    components = _select_lungs(inside, smooth, air_ref, spacing, p)
+    components, satellites, gas = _select_lungs(inside, smooth, air_ref, spacing, p)
     lungs = np.zeros(hu.shape, dtype=bool)
     ground_glass = (smooth >= p.threshold_hu) & (smooth < p.ggo_max_hu)
     for comp in components:
         if p.pleural_fill:
             comp = _fill_pleural_bites(comp, ground_glass, p.min_ggo_fraction)
         lungs |= _fill_lung(comp, spacing, p.closing_mm)
+    if p.dense_fill and lungs.any():
+        lungs = _recover_dense(lungs, satellites, smooth, gas, spacing, p)
     return lungs
+
+
+_COARSE_MM = 1.5
+"""In-plane grid (mm) of the dense-fill step; finer scans are subsampled to it."""
+
+
+def _recover_dense(
+    lungs: np.ndarray,
+    satellites: np.ndarray,
+    smooth: np.ndarray,
+    gas: np.ndarray,
+    spacing: tuple[float, float, float],
+    p: LungParams,
+) -> np.ndarray:
+    """Add the consolidated lung that thresholding missed, in extensive disease only.
+
+    When much of a lung is consolidated, its air is reduced to ground glass and scattered
+    pockets, and the air-based mask under-segments it. Lesion evidence is thick ground glass
+    (partial-volume rims around aerated lung and organs removed by an in-plane opening); if
+    it amounts to ``dense_min_ggo_share`` of the aerated lung volume, the disease is
+    extensive and the lung is grown, per slice, from that ground glass through tissue that
+    can be consolidation: inside the bony thorax, below ``dense_max_hu`` after smoothing
+    (heart, liver and muscle are denser), not thick fat, not gas, at most
+    ``dense_reach_mm`` away along the path. Healthy and mildly diseased scans are returned
+    unchanged, so the gain on severe scans costs nothing on the common ones.
+    """
+    zs = np.nonzero(lungs.any(axis=(1, 2)))[0]
+    # Work on the lung slices, in-plane on a grid of about ``_COARSE_MM`` (speed only).
+    f = max(1, int(_COARSE_MM // max(spacing[1:])))
+    box = (slice(int(zs[0]), int(zs[-1]) + 1), slice(None, None, f), slice(None, None, f))
+    sm, lung_b = smooth[box], lungs[box]
+    spacing = (spacing[0], spacing[1] * f, spacing[2] * f)
+    plane = (1e6, spacing[1], spacing[2])  # in-plane distances: slices are independent
+    band = max(p.ggo_open_mm, 1.5 * max(spacing[1:]))
+    aerated = (sm < p.ggo_min_hu) & ~gas[box]
+    rim = ndi.distance_transform_edt(~aerated, sampling=plane) <= band
+    seeds = _open_mm((sm >= p.ggo_min_hu) & (sm < p.ggo_max_hu), plane, band)
+    share = float(seeds.sum()) / max(float(lung_b.sum()), 1.0)
+    log.debug("thick ground glass: %.3f of the aerated lung volume", share)
+    if share < p.dense_min_ggo_share:
+        return lungs
+    cavity = _thoracic_cavity(sm, spacing, p)
+    seeds &= cavity
+    sigma = [0.0, p.dense_smoothing_mm / spacing[1], p.dense_smoothing_mm / spacing[2]]
+    dense = ndi.gaussian_filter(sm, sigma)
+    # Fat planes are thick; the fat-range ring around any air/tissue edge is thin.
+    fat = _open_mm((dense > p.fat_hu[0]) & (dense < p.fat_hu[1]), plane, p.ggo_open_mm)
+    tissue = cavity & (dense < p.dense_max_hu) & ~fat & ~gas[box] & ~lung_b
+    tissue = _open_mm(tissue, plane, p.dense_open_mm) & ~rim
+    tissue |= seeds | (satellites[box] & cavity)
+    tissue |= ndi.binary_dilation(seeds, _plane_cross(), iterations=2) & cavity
+    steps = max(1, int(round(p.dense_reach_mm / min(spacing[1:]))))
+    reach = ndi.binary_dilation(seeds, _plane_cross(), iterations=steps, mask=tissue)
+    if f > 1:
+        reach = reach.repeat(f, axis=1).repeat(f, axis=2)[:, : lungs.shape[1], : lungs.shape[2]]
+    out = lungs.copy()
+    out[box[0]] |= reach
+    return out
+
+
+def _plane_cross() -> np.ndarray:
+    """3D structuring element connecting 4-neighbours within an axial slice only."""
+    s = np.zeros((3, 3, 3), dtype=bool)
+    s[1] = ndi.generate_binary_structure(2, 1)
+    return s
+
+
+def _open_mm(mask: np.ndarray, sampling: tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """Morphological opening with a ball of ``radius_mm`` (exact, via two distance maps)."""
+    if radius_mm <= 0:
+        return mask
+    core = ndi.distance_transform_edt(mask, sampling=sampling) > radius_mm
+    return ndi.distance_transform_edt(~core, sampling=sampling) <= radius_mm
+
+
+def _thoracic_cavity(
+    smooth: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+) -> np.ndarray:
+    """Per slice, the region enclosed by the bony thorax minus a wall margin (mm).
+
+    Bone (> ``bone_hu``) of the body (the largest non-air component, so not the table)
+    spans ribs, spine and sternum; its convex hull per slice is the rib cage and what it
+    encloses, eroded by ``cavity_margin_mm`` for the ribs and intercostal muscles.
+    """
+    body = smooth >= p.threshold_hu
+    labels, n = ndi.label(body)
+    if n > 1:
+        body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    bone = (smooth > p.bone_hu) & body
+    cavity = np.zeros_like(bone)
+    for z in range(bone.shape[0]):
+        if bone[z].sum() < 3:
+            continue
+        hull = _convex_hull_2d(bone[z])
+        cavity[z] = ndi.distance_transform_edt(hull, sampling=spacing[1:]) > p.cavity_margin_mm
+    return cavity & ~bone
 
 
 def _fill_pleural_bites(
@@ -230,17 +370,18 @@ def _select_lungs(
     air_ref: float,
     spacing: tuple[float, float, float],
     p: LungParams,
-) -> list[np.ndarray]:
-    """The one or two 3D air components that are lungs (largest lung-like ones)."""
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The one or two 3D air components that are lungs (largest lung-like ones), and the
+    gas: air that is not lung-like (bowel, stomach, airways), excluded from later growth."""
     labels, n = ndi.label(inside)
     if n == 0:
-        return []
+        return [], np.zeros_like(inside), np.zeros_like(inside)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     idx = np.arange(1, n + 1)
     big = idx[sizes * voxel_ml >= p.min_component_ml]
     if big.size == 0:
-        return []
+        return [], np.zeros_like(inside), inside.copy()
     medians = _label_medians(labels, smooth, big)
     lung_like = big[medians >= air_ref + p.gas_margin_hu]
     if lung_like.size == 0:
@@ -250,7 +391,9 @@ def _select_lungs(
     chosen = [order[0]]
     if order.size > 1 and sizes[order[1] - 1] >= p.second_lung_fraction * sizes[order[0] - 1]:
         chosen.append(order[1])
-    return [labels == k for k in chosen]
+    gas = inside & ~np.isin(labels, lung_like)
+    satellites = np.isin(labels, np.setdiff1d(lung_like, chosen))
+    return [labels == k for k in chosen], satellites, gas
 
 
 def _label_medians(labels: np.ndarray, values: np.ndarray, index: np.ndarray) -> np.ndarray:
