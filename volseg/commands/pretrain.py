@@ -1,4 +1,4 @@
-"""`volseg pretrain` (not built yet: issue #4)."""
+"""`volseg pretrain`: Barlow Twins pretraining of the segmentation encoder (no labels)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,39 @@ import argparse
 
 from volseg.commands._common import add_config_arguments
 
-HELP = "pretrain stage (not built yet)"
+HELP = "Barlow Twins pretraining of the encoder; writes <run_dir>/pretrain/encoder.pt"
+DESCRIPTION = (
+    "Self-supervised Barlow Twins pretraining of the encoder of the segmentation network "
+    "(model.name) on every train-split scan, labels unused: two augmented views per "
+    "lung-centred crop, encoder + projector, cross-correlation towards the identity. Writes "
+    "<run_dir>/pretrain/encoder.pt (loaded by finetune when finetune.init is 'pretrained') "
+    "and probe.json (a linear probe separating lesion from lung voxels on frozen features, "
+    "pretrained vs random encoder). An interrupted run resumes from its last checkpoint; a "
+    "finished one is a no-op. Many GPUs: torchrun --nproc_per_node N -m volseg pretrain ..."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="continue from the last checkpoint if there is one (default)",
+    )
+    group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over, discarding this stage's checkpoints and encoder",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
-    from volseg.errors import NotBuiltError
+    from volseg.stages.pretrain import run_pretrain
 
-    load_config_from_args(args)  # validate the config even before the stage exists
-    raise NotBuiltError("this stage is not built yet (issue #4)")
+    run_pretrain(load_config_from_args(args), resume=args.resume)
+    return 0
