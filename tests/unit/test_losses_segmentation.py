@@ -151,8 +151,8 @@ def test_finetune_terms_sum_to_total() -> None:
     assert set(terms) == {"dice", "bce", "mse", "supcon"}
     weights = {"dice": 1.0, "bce": 0.7, "mse": 0.5, "supcon": 0.3}
     assert total.item() == pytest.approx(sum(weights[k] * v for k, v in terms.items()), rel=1e-6)
-    assert terms["bce"] == pytest.approx(SensitivityBCELoss()(logits, target, weight).item())
-    assert terms["dice"] == pytest.approx(SoftDiceLoss()(logits, target, weight).item())
+    assert float(terms["bce"]) == pytest.approx(SensitivityBCELoss()(logits, target, weight).item())
+    assert float(terms["dice"]) == pytest.approx(SoftDiceLoss()(logits, target, weight).item())
     assert all(v > 0 for v in terms.values())
     total.backward()
     assert torch.isfinite(logits.grad).all() and torch.isfinite(emb.grad).all()
@@ -163,7 +163,7 @@ def test_finetune_skips_supcon_and_zero_weight_terms() -> None:
     logits, target, emb = _finetune_inputs(1)
     total, terms = FinetuneLoss(mse_weight=0.0)(logits, target)
     assert set(terms) == {"dice", "bce"}
-    assert total.item() == pytest.approx(terms["dice"] + terms["bce"], rel=1e-6)
+    assert total.item() == pytest.approx(float(terms["dice"]) + float(terms["bce"]), rel=1e-6)
     _, terms = FinetuneLoss(supcon_weight=0.0)(logits, target, emb)
     assert "supcon" not in terms
     with pytest.raises(ValueError, match="needs embeddings"):
@@ -174,7 +174,7 @@ def test_finetune_all_zero_target_is_finite() -> None:
     logits, _, emb = _finetune_inputs(2)
     total, terms = FinetuneLoss(max_per_class=8)(logits, torch.zeros(2, 1, 4, 6, 6), emb)
     total.backward()
-    assert terms["supcon"] == 0.0
+    assert float(terms["supcon"]) == 0.0
     assert torch.isfinite(total) and torch.isfinite(logits.grad).all()
     assert torch.isfinite(emb.grad).all()
 

@@ -17,7 +17,7 @@ class FinetuneLoss(nn.Module):
 
     ``forward(logits, target, embeddings=None, weight=None, valid_mask=None)`` returns
     ``(total, terms)`` where ``terms`` maps each computed term name (``dice``, ``bce``,
-    ``mse``, ``supcon``) to its *unweighted*, detached float value for logging, so
+    ``mse``, ``supcon``) to its *unweighted*, detached 0-d tensor for logging (no device sync per step), so
     ``total == Σ weight_k · terms[k]``. Terms with weight 0 are not computed; SupCon is also
     skipped when ``embeddings`` is None. ``weight`` (per-voxel ``(B, 1, *spatial)`` or per-volume
     ``(B,)``) lets pseudo-labels count less in every term (see each term for how).
@@ -94,5 +94,5 @@ class FinetuneLoss(nn.Module):
             raise ValueError("FinetuneLoss computed no term: supcon-only loss needs embeddings")
         parts = [self.weights[name] * value for name, value in values.items()]
         total = torch.stack(parts).sum()
-        terms = {name: float(value.detach()) for name, value in values.items()}
+        terms = {name: value.detach() for name, value in values.items()}
         return total, terms
