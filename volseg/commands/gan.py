@@ -1,4 +1,4 @@
-"""`volseg gan` (not built yet: issue #4)."""
+"""`volseg gan`: train the healthy-lung 3D GAN and write pseudo-masks for unlabeled COVID scans."""
 
 from __future__ import annotations
 
@@ -6,16 +6,34 @@ import argparse
 
 from volseg.commands._common import add_config_arguments
 
-HELP = "gan stage (not built yet)"
+HELP = "train the 3D GAN on healthy lungs; pseudo-masks + QC for unlabeled COVID scans"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="continue from <run_dir>/gan/checkpoint_last.pt if present (default)",
+    )
+    group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start training from scratch, discarding earlier GAN checkpoints",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.commands._common import load_config_from_args
-    from volseg.errors import NotBuiltError
+    import logging
 
-    load_config_from_args(args)  # validate the config even before the stage exists
-    raise NotBuiltError("this stage is not built yet (issue #4)")
+    from volseg.commands._common import load_config_from_args
+    from volseg.stages.gan import run_gan
+
+    cfg = load_config_from_args(args)
+    folder = run_gan(cfg, resume=args.resume)
+    logging.getLogger(__name__).info("gan: outputs in %s", folder)
+    return 0

@@ -1,0 +1,256 @@
+"""Training the healthy-lung GAN (after Shabani et al., Comput Biol Med 2022).
+
+The generator learns to restore healthy lung: healthy (CT-0) training crops are corrupted
+with synthetic lesions (:class:`~volseg.models.LesionCorruptor`) and ``G`` must give back the
+clean crop (restoration L1, heavier on the corrupted voxels). A 3D PatchGAN discriminator
+sees clean healthy crops as real and every generator output as fake: the restored healthy
+crops and ``G`` applied to unlabeled COVID crops of the training split, so ``G`` also learns
+to make real COVID lungs look healthy. Both optimizers step through the engine's
+``ctx.backward_step``; checkpoints, resume and logs are the engine's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from volseg.config import Config
+from volseg.data.cache import CachedVolume
+from volseg.data.patches import UnlabeledPatchDataset
+from volseg.engine import (
+    FitResult,
+    StepContext,
+    StepDataset,
+    Trainer,
+    TrainState,
+    build_scheduler,
+    derive_seed,
+    load_model_weights,
+    make_loader,
+    seed_everything,
+    select_device,
+)
+from volseg.errors import ConfigError, InputError
+from volseg.losses import AdversarialLoss, RestorationL1Loss
+from volseg.models import LesionCorruptor, build_gan_model
+from volseg.stages.common import Prepared
+
+log = logging.getLogger(__name__)
+
+STAGE = "gan"
+GENERATOR = "generator"
+DISCRIMINATOR = "discriminator"
+GENERATOR_NAME = "generator3d"
+DISCRIMINATOR_NAME = "patch_discriminator3d"
+BEST_METRIC = "val_restore"
+ADAM_BETAS = (0.5, 0.999)
+
+
+def make_corruptor(cfg: Config) -> LesionCorruptor:
+    """The lesion painter, on the working grid's spacing and HU window."""
+    params: dict[str, Any] = {
+        "spacing": tuple(cfg.data.spacing),
+        "hu_window": tuple(cfg.data.hu_window),
+        **cfg.gan.corruptor_params,
+    }
+    try:
+        return LesionCorruptor(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"gan.corruptor_params: {exc}") from None
+
+
+def build_networks(cfg: Config) -> tuple[nn.Module, nn.Module]:
+    """Generator and discriminator from ``gan.generator_params`` / ``gan.discriminator_params``."""
+    nets = []
+    for key, name in (
+        ("generator_params", GENERATOR_NAME),
+        ("discriminator_params", DISCRIMINATOR_NAME),
+    ):
+        try:
+            nets.append(build_gan_model(name, **getattr(cfg.gan, key)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"gan.{key}: {exc}") from None
+    return nets[0], nets[1]
+
+
+class GanPatchDataset(StepDataset):
+    """Step-indexed GAN samples: a corrupted healthy crop with its clean target, plus a COVID crop.
+
+    Each sample has ``clean``, ``corrupted``, ``blob`` (corruption weight) and ``lungs``
+    ``(1, X, Y, Z)`` from a healthy volume, and ``covid`` ``(1, X, Y, Z)`` from an unlabeled
+    COVID volume when any are given. Crops are centred inside the lungs; all randomness
+    (volume, centre, lesions) comes from the per-index generator.
+    """
+
+    def __init__(
+        self,
+        healthy: Sequence[CachedVolume],
+        covid: Sequence[CachedVolume],
+        patch_size: Sequence[int],
+        corruptor: LesionCorruptor,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        self.healthy = UnlabeledPatchDataset(healthy, patch_size, seed)
+        self.covid = UnlabeledPatchDataset(covid, patch_size, seed) if covid else None
+        self.corruptor = corruptor
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        crop = self.healthy.sample(index, rng)
+        clean, lungs = crop["image"], crop["lungs"]
+        corrupted, blob = self.corruptor(clean[None], lungs[None], self.torch_generator(rng))
+        out = {"clean": clean, "corrupted": corrupted[0], "blob": blob[0], "lungs": lungs}
+        if self.covid is not None:
+            out["covid"] = self.covid.sample(index, rng)["image"]
+        return out
+
+
+class GanSteps:
+    """``step_fn`` and ``val_fn`` of the GAN stage (losses built once from the config)."""
+
+    def __init__(self, cfg: Config, val_batch: dict[str, torch.Tensor] | None) -> None:
+        self.gan = cfg.gan
+        self.adversarial = AdversarialLoss(cfg.gan.adversarial)
+        self.l1 = RestorationL1Loss()
+        self.val_batch = val_batch
+
+    def l1_weight_map(self, blob: torch.Tensor) -> torch.Tensor:
+        """1 everywhere, ``1 + lesion_l1_weight`` where lesions were painted."""
+        return 1.0 + self.gan.lesion_l1_weight * (blob > 0).to(blob.dtype)
+
+    def step(
+        self, batch: dict[str, torch.Tensor], state: TrainState, ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
+        b = ctx.to_device(batch)
+        gen, disc = state.modules[GENERATOR], state.modules[DISCRIMINATOR]
+        opt_g, opt_d = state.optimizers[GENERATOR], state.optimizers[DISCRIMINATOR]
+        n = b["clean"].shape[0]
+        inputs = torch.cat([b["corrupted"], b["covid"]]) if "covid" in b else b["corrupted"]
+
+        # Discriminator: clean healthy crops are real, every generator output is fake.
+        with ctx.autocast():
+            fake = gen(inputs)
+            logits = disc(torch.cat([b["clean"], fake.detach()]))
+            loss_d = self.adversarial.discriminator_loss(logits[:n], logits[n:])
+        opt_d.zero_grad(set_to_none=True)  # drop gradients the last generator step left in D
+        ctx.backward_step(loss_d, opt_d)
+
+        # Generator: restore the corrupted healthy crops and fool the discriminator on all.
+        with ctx.autocast():
+            l1 = self.l1(fake[:n], b["clean"], self.l1_weight_map(b["blob"]))
+            adv = self.adversarial.generator_loss(disc(fake))
+            loss_g = self.gan.l1_weight * l1 + self.gan.adv_weight * adv
+        ctx.backward_step(loss_g, opt_g)
+        opt_d.zero_grad(set_to_none=True)
+        return {
+            "loss_g": loss_g.detach(),
+            "loss_d": loss_d.detach(),
+            "l1": l1.detach(),
+            "adv_g": adv.detach(),
+        }
+
+    def validate(self, state: TrainState) -> dict[str, float]:
+        """Restoration error of corrupted healthy validation crops (lower is better)."""
+        if self.val_batch is None:
+            return {}
+        gen = state.raw(GENERATOR)
+        device = next(gen.parameters()).device
+        b = {k: v.to(device) for k, v in self.val_batch.items()}
+        was_training = gen.training
+        gen.eval()
+        with torch.no_grad():
+            restored = gen(b["corrupted"])
+        gen.train(was_training)
+        lungs = b["lungs"] > 0
+        painted = b["blob"] > 0
+        return {
+            BEST_METRIC: float(self.l1(restored, b["clean"], lungs)),
+            "val_l1_lesion": float(self.l1(restored, b["clean"], painted & lungs)),
+            "val_l1_healthy": float(self.l1(restored, b["clean"], lungs & ~painted)),
+            "val_l1_identity": float(self.l1(b["corrupted"], b["clean"], lungs)),
+        }
+
+
+def _volumes(prepared: Prepared, studies: Sequence[Any]) -> list[CachedVolume]:
+    return prepared.volumes_of(list(studies))
+
+
+def training_volumes(prepared: Prepared) -> tuple[list[CachedVolume], list[CachedVolume]]:
+    """Healthy and unlabeled COVID volumes of the TRAIN split (InputError without healthy)."""
+    dl = prepared.datalist
+    healthy = _volumes(prepared, dl.healthy("train"))
+    covid = _volumes(prepared, dl.covid_unlabeled("train"))
+    if not healthy:
+        raise InputError(
+            f"{dl.root}: the training split has no healthy (CT-0) scans to train the GAN on; "
+            "set gan.enabled: false"
+        )
+    if any(v.lungs() is None for v in healthy + covid):
+        raise InputError("the GAN needs lung masks in the cache; re-run 'volseg prepare'")
+    return healthy, covid
+
+
+def validation_batch(
+    cfg: Config, prepared: Prepared, corruptor: LesionCorruptor
+) -> dict[str, torch.Tensor]:
+    """A fixed batch of corrupted healthy crops: validation scans, else training scans."""
+    dl = prepared.datalist
+    volumes = _volumes(prepared, dl.healthy("val")) or _volumes(prepared, dl.healthy("train"))
+    data = GanPatchDataset(
+        volumes, [], cfg.gan.patch_size, corruptor, seed=derive_seed(cfg.seed, 0x6A4)
+    )
+    return default_collate([data[i] for i in range(cfg.gan.val_crops)])
+
+
+def train_gan(cfg: Config, prepared: Prepared, resume: bool = True) -> FitResult:
+    """Train (or resume, or skip when finished) the GAN; checkpoints in ``<run_dir>/gan``."""
+    healthy, covid = training_volumes(prepared)
+    log.info("gan: training on %d healthy and %d unlabeled COVID scans", len(healthy), len(covid))
+    if not covid:
+        log.warning("gan: no unlabeled COVID training scans; the discriminator sees only healthy")
+    corruptor = make_corruptor(cfg)
+    seed_everything(cfg.seed)  # the same initial weights on every rank and every fresh run
+    gen, disc = build_networks(cfg)
+    opts = {
+        name: torch.optim.Adam(
+            net.parameters(), lr=cfg.gan.lr, betas=ADAM_BETAS, weight_decay=cfg.gan.weight_decay
+        )
+        for name, net in ((GENERATOR, gen), (DISCRIMINATOR, disc))
+    }
+    state = TrainState(
+        modules={GENERATOR: gen, DISCRIMINATOR: disc},
+        optimizers=opts,
+        schedulers={name: build_scheduler(opt, cfg.gan) for name, opt in opts.items()},
+        model_args={GENERATOR: dict(gen.init_args), DISCRIMINATOR: dict(disc.init_args)},
+    )
+    steps = GanSteps(cfg, validation_batch(cfg, prepared, corruptor))
+    data = GanPatchDataset(healthy, covid, cfg.gan.patch_size, corruptor, seed=cfg.seed)
+    trainer = Trainer(
+        state,
+        steps.step,
+        lambda sampler: make_loader(data, sampler, cfg.data.num_workers),
+        cfg.gan,
+        cfg.run_dir,
+        STAGE,
+        steps.validate,
+        seed=cfg.seed,
+        best_metric=BEST_METRIC,
+        best_mode="min",
+        config=cfg.model_dump(mode="json"),
+    )
+    return trainer.fit(resume=resume)
+
+
+def load_generator(path: str | Path, device: torch.device | None = None) -> nn.Module:
+    """The generator of a GAN checkpoint, rebuilt from its stored arguments, in eval mode."""
+    state_dict, kwargs = load_model_weights(path, GENERATOR)
+    gen = build_gan_model(GENERATOR_NAME, **kwargs)
+    gen.load_state_dict(state_dict)
+    return gen.to(device or select_device()).eval()
