@@ -10,13 +10,16 @@ network built from the registry, and the same ROI; lung restriction is off in bo
 work is comparable. Prints a table with s/volume, volumes/s, the speed ratio and the Dice
 between the two pipelines' masks.
 
-    python bench/predict_bench.py --studies 4 --model unet3d              # CPU-sized
+    python bench/predict_bench.py --studies 4 --model transunet3d \
+        --params '{"widths": [8, 16, 32, 64], "strides": [[2, 2, 1], [2, 2, 2], [2, 2, 2]],
+                   "hidden_size": 96, "depth": 2, "num_heads": 4}' --roi 64 64 16   # CPU
     python bench/predict_bench.py --studies 16 --model transunet3d --roi 128 128 32   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -29,14 +32,14 @@ import torch
 def make_studies(out: Path, count: int, seed: int) -> list[Path]:
     from volseg.data.synth import synthesize_dataset
 
-    synthesize_dataset(out, preset="mosmed", seed=seed)
+    if not (out / "manifest.csv").exists():  # reuse a dataset made by an earlier run
+        synthesize_dataset(out, preset="mosmed", seed=seed)
     files = sorted((out / "studies").rglob("*.nii.gz"))
     return files[:count]
 
 
 def reference_pipeline(files, model, spacing, hu_window, roi, out_dir: Path, device) -> float:
     """The MONAI-reference predict chain; returns wall seconds for all files."""
-    from monai.data import decollate_batch
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
         Activationsd,
@@ -58,7 +61,11 @@ def reference_pipeline(files, model, spacing, hu_window, roi, out_dir: Path, dev
             Orientationd(keys="image", axcodes="RAS"),
             Spacingd(keys="image", pixdim=spacing, mode="bilinear"),
             ScaleIntensityRanged(
-                keys="image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0,
+                keys="image",
+                a_min=hu_window[0],
+                a_max=hu_window[1],
+                b_min=0.0,
+                b_max=1.0,
                 clip=True,
             ),
         ]
@@ -70,19 +77,23 @@ def reference_pipeline(files, model, spacing, hu_window, roi, out_dir: Path, dev
             AsDiscreted(keys="pred", threshold=0.5),
         ]
     )
-    saver = SaveImage(output_dir=str(out_dir), output_postfix="mask", separate_folder=False,
-                      output_dtype=np.uint8, print_log=False)
+    saver = SaveImage(
+        output_dir=str(out_dir),
+        output_postfix="mask",
+        separate_folder=False,
+        output_dtype=np.uint8,
+        print_log=False,
+    )
     start = time.perf_counter()
     for f in files:
         data = pre({"image": str(f)})
         with torch.inference_mode():
             x = data["image"].unsqueeze(0).to(device)
-            data["pred"] = sliding_window_inference(
-                x, roi, 4, model, overlap=0.5, mode="gaussian"
-            )[0].cpu()
-        for item in decollate_batch([data]) if False else [data]:
-            item = post(item)
-            saver(item["pred"], meta_data=item["pred"].meta)
+            data["pred"] = sliding_window_inference(x, roi, 4, model, overlap=0.5, mode="gaussian")[
+                0
+            ].cpu()
+        item = post(data)
+        saver(item["pred"], meta_data=item["pred"].meta)
     return time.perf_counter() - start
 
 
@@ -96,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=4)
     parser.add_argument("--model", default="unet3d")
+    parser.add_argument("--params", default="{}", help="network constructor arguments (JSON)")
     parser.add_argument("--roi", type=int, nargs=3, default=[96, 96, 32])
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 5.0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -112,9 +124,13 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="volseg-bench-"))
     files = make_studies(work / "data", args.studies, seed=0)
     torch.manual_seed(0)
-    net = build_model(args.model, in_channels=1, out_channels=1)
+    params = {"in_channels": 1, "out_channels": 1, **json.loads(args.params)}
+    net = build_model(args.model, **params)
     bundle_path = save_bundle(
-        work / "run" / "model.pt", net, args.model, {"in_channels": 1, "out_channels": 1},
+        work / "run" / "model.pt",
+        net,
+        args.model,
+        params,
         {"spacing": args.spacing, "hu_window": [-1000.0, 400.0]},
         {"roi_size": args.roi, "overlap": 0.5, "sw_batch_size": 4, "min_component_mm3": 0},
     )
@@ -123,14 +139,16 @@ def main() -> None:
 
     # warm-up both paths on the first file (imports, cuDNN autotune)
     run_predict(bundle_path, files[:1], work / "warm", use_lungs=False, device=args.device)
-    reference_pipeline(files[:1], model, args.spacing, (-1000.0, 400.0), args.roi,
-                       work / "warm_ref", device)
+    reference_pipeline(
+        files[:1], model, args.spacing, (-1000.0, 400.0), args.roi, work / "warm_ref", device
+    )
 
     t0 = time.perf_counter()
     run_predict(bundle_path, files, work / "volseg", use_lungs=False, device=args.device)
     t_volseg = time.perf_counter() - t0
-    t_ref = reference_pipeline(files, model, args.spacing, (-1000.0, 400.0), args.roi,
-                               work / "ref", device)
+    t_ref = reference_pipeline(
+        files, model, args.spacing, (-1000.0, 400.0), args.roi, work / "ref", device
+    )
 
     dices = []
     for f in files:
@@ -139,15 +157,22 @@ def main() -> None:
         b = np.asarray(nib.load(work / "ref" / f"{sid}_mask.nii.gz").dataobj).squeeze()
         dices.append(dice(a, b))
     n = len(files)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"CPU ({torch.get_num_threads()} threads)")
-    print(f"\npredict benchmark: {n} studies 512x512x~40 -> spacing {args.spacing}, "
-          f"model {args.model}, roi {args.roi}, {device_name}")
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"CPU ({torch.get_num_threads()} threads)")
+    )
+    print(
+        f"\npredict benchmark: {n} studies 512x512x~40 -> spacing {args.spacing}, "
+        f"model {args.model}, roi {args.roi}, {device_name}"
+    )
     print(f"{'pipeline':<18}{'s/volume':>10}{'volumes/s':>12}")
     print(f"{'MONAI reference':<18}{t_ref / n:>10.2f}{n / t_ref:>12.3f}")
     print(f"{'volseg':<18}{t_volseg / n:>10.2f}{n / t_volseg:>12.3f}")
-    print(f"speed-up volseg / reference: {t_ref / t_volseg:.2f}x; "
-          f"mask Dice volseg vs reference: mean {np.mean(dices):.4f}, min {np.min(dices):.4f}")
+    print(
+        f"speed-up volseg / reference: {t_ref / t_volseg:.2f}x; "
+        f"mask Dice volseg vs reference: mean {np.mean(dices):.4f}, min {np.min(dices):.4f}"
+    )
 
 
 if __name__ == "__main__":

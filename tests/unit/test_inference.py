@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -171,6 +172,7 @@ def test_dicom_series_input(oracle_bundle: Path, tmp_path: Path) -> None:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    process_locale = locale.setlocale(locale.LC_ALL)
     for k in range(arr.shape[0]):
         sl = image[:, :, k]
         sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
@@ -183,9 +185,12 @@ def test_dicom_series_input(oracle_bundle: Path, tmp_path: Path) -> None:
         sl.SetMetaData("0028|1053", "1")
         writer.SetFileName(str(folder / f"{k:03d}.dcm"))
         writer.Execute(sl)
+    locale.setlocale(locale.LC_ALL, process_locale)  # GDCM's writer sets "C"; undo it here
+    before = locale.setlocale(locale.LC_ALL)
     sources = discover_scans(folder)
     assert len(sources) == 1
     scan = load_scan(sources[0])
+    assert locale.setlocale(locale.LC_ALL) == before  # GDCM's locale change is undone
     assert scan.array.shape == (24, 20, 6)
     # LPS origin (-10, 20, 30) is RAS (10, -20, 30); x spacing flips sign into RAS
     np.testing.assert_allclose(scan.affine[:3, 3], [10.0, -20.0, 30.0], atol=1e-4)

@@ -1,4 +1,4 @@
-"""`volseg finetune` (not built yet: issue #4)."""
+"""`volseg finetune`: 3D TransUNet on few true masks + pseudo-masks -> model bundle."""
 
 from __future__ import annotations
 
@@ -6,16 +6,39 @@ import argparse
 
 from volseg.commands._common import add_config_arguments
 
-HELP = "finetune stage (not built yet)"
+HELP = "fine-tune the segmentation network; writes <run_dir>/finetune/model.pt"
+DESCRIPTION = (
+    "Train the segmentation network (model.name) on the labeled training scans (at most "
+    "finetune.n_labeled) plus the GAN's QC-passed pseudo-masks (weight "
+    "finetune.pseudo_weight), starting from the pretrained encoder when finetune.init is "
+    "'pretrained'. Validates by sliding-window Dice on the labeled val scans and writes the "
+    "best weights as <run_dir>/finetune/model.pt (for `volseg predict -m <run_dir>`) and "
+    "summary.json. An interrupted run resumes from its last checkpoint; a finished one is "
+    "a no-op. Many GPUs: torchrun --nproc_per_node N -m volseg finetune ..."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="continue from the last checkpoint if there is one (default)",
+    )
+    group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over, discarding this stage's checkpoints",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
-    from volseg.errors import NotBuiltError
+    from volseg.stages.finetune import run_finetune
 
-    load_config_from_args(args)  # validate the config even before the stage exists
-    raise NotBuiltError("this stage is not built yet (issue #4)")
+    run_finetune(load_config_from_args(args), resume=args.resume)
+    return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import locale
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +44,21 @@ class Scan:
         return self.source.id
 
 
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    """GDCM switches the process locale to "C" while reading DICOM; put it back after."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _dicom_series(folder: Path) -> list[str]:
     import SimpleITK as sitk
 
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+    with _locale_kept():
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
 
 
 def discover_scans(path: str | Path, series_uid: str | None = None) -> list[ScanSource]:
@@ -96,10 +110,11 @@ def _load_dicom(source: ScanSource) -> Scan:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(source.path), source.series_uid)
-    reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        with _locale_kept():
+            files = reader.GetGDCMSeriesFileNames(str(source.path), source.series_uid)
+            reader.SetFileNames(files)
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{source.path}: could not read DICOM series ({exc})") from exc
     if image.GetDimension() != 3 or min(image.GetSize()) < 1:

@@ -1,0 +1,252 @@
+"""`volseg finetune` end to end on the tiny synthetic dataset with a tiny TransUNet (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from volseg.bundle import load_bundle
+from volseg.cli import main
+from volseg.config import Config, load_config
+from volseg.data import layout
+from volseg.data.mosmed import Datalist, Study
+from volseg.errors import InputError
+from volseg.io import read_nifti, write_nifti
+from volseg.models import build_model
+from volseg.stages import finetune as ft_stage
+from volseg.stages import validation
+from volseg.stages.common import model_kwargs
+from volseg.stages.finetune import (
+    load_pretrained_encoder,
+    run_finetune,
+    select_labeled,
+)
+from volseg.stages.prepare import datalist_path
+
+TINY_MODEL = (
+    "model:\n"
+    "  name: transunet3d\n"
+    "  params:\n"
+    "    widths: [8, 16, 32, 64]\n"
+    "    strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]]\n"
+    "    hidden_size: 64\n"
+    "    depth: 2\n"
+    "    num_heads: 4\n"
+    "    img_size: [32, 32, 16]\n"
+)
+DATA = (
+    "seed: 0\n"
+    "data:\n"
+    "  spacing: [5.5, 5.5, 12.0]\n"
+    "  lungs: dataset\n"
+    "  split: {seed: 0, val_fraction: 0.2, test_fraction: 0.25}\n"
+)
+FINETUNE = (
+    "finetune:\n"
+    "  epochs: 2\n"
+    "  iters_per_epoch: 2\n"
+    "  batch_size: 2\n"
+    "  patch_size: [32, 32, 16]\n"
+    "  warmup_epochs: 0\n"
+    "  n_labeled: 1\n"
+    "predict: {roi_size: [32, 32, 16], overlap: 0.25}\n"
+)
+CONFIG = DATA + TINY_MODEL + FINETUNE
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory on which ``prepare`` has run (shared; copy it before training)."""
+    root = tmp_path_factory.mktemp("ft_prepared")
+    cfg = root / "cfg.yaml"
+    cfg.write_text(CONFIG)
+    run = root / "run"
+    args = ["prepare", "--config", str(cfg), "--data", str(tiny_dataset), "--run-dir", str(run)]
+    assert main(args) == 0
+    return run
+
+
+def _run_copy(prepared_run: Path, dest: Path) -> Path:
+    """A fresh run dir sharing the prepared datalist (the cache stays where it is)."""
+    shutil.copytree(prepared_run / "prepare", dest / "prepare")
+    (dest / "cfg.yaml").write_text(CONFIG)
+    return dest
+
+
+def _config(run: Path, data: Path, *overrides: str) -> Config:
+    return load_config(run / "cfg.yaml", list(overrides), data_root=data, run_dir=run)
+
+
+@pytest.fixture
+def spy_validation(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Records the study ids of every validation call the stage makes."""
+    calls: list[list[str]] = []
+    real = validation.validate_volumes
+
+    def spy(model, volumes, *args, **kwargs):
+        calls.append([v.id for v in volumes])
+        return real(model, volumes, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "validate_volumes", spy)
+    return calls
+
+
+def _write_encoder(path: Path, name: str, params: dict, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model(name, **params)
+    state = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": "volseg-encoder",
+            "model": {"name": name, "params": params},
+            "state_dict": state,
+        },
+        path,
+    )
+    return state
+
+
+# ----------------------------------------------------------------------------- unit-level
+
+
+def test_select_labeled_deterministic_and_stratified(tmp_path: Path) -> None:
+    studies = [Study(f"s{i:02d}", "CT-1" if i < 8 else "CT-2", tmp_path / "x") for i in range(12)]
+    a = select_labeled(studies, 6, seed=3)
+    assert [s.id for s in a] == [s.id for s in select_labeled(list(reversed(studies)), 6, 3)]
+    assert len(a) == 6 and [s.category for s in a].count("CT-2") == 2  # 6 x 4/12
+    assert [s.id for s in select_labeled(studies, 6, seed=4)] != [s.id for s in a]
+    assert select_labeled(studies, None, 0) == sorted(studies, key=lambda s: s.id)
+    assert select_labeled(studies, 0, 0) == []
+
+
+def test_encoder_mismatch_is_an_error(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        ["model.params={widths: [8, 16], strides: [[2, 2, 2]], hidden_size: 64, num_heads: 4}"],
+    )
+    params = model_kwargs(cfg)
+    model = build_model(cfg.model.name, **params)
+    other = dict(params, hidden_size=32)
+    _write_encoder(tmp_path / "a.pt", cfg.model.name, other, seed=0)
+    with pytest.raises(InputError, match="hidden_size: 32 vs 64"):
+        load_pretrained_encoder(model, tmp_path / "a.pt", cfg.model.name, params)
+    _write_encoder(tmp_path / "b.pt", "unet3d", {"in_channels": 1, "out_channels": 1}, seed=0)
+    with pytest.raises(InputError, match="pretrained for model 'unet3d'"):
+        load_pretrained_encoder(model, tmp_path / "b.pt", cfg.model.name, params)
+    (tmp_path / "c.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="c.pt"):
+        load_pretrained_encoder(model, tmp_path / "c.pt", cfg.model.name, params)
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def test_finetune_end_to_end(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path, spy_validation: list
+) -> None:
+    run = _run_copy(prepared_run, tmp_path / "run")
+    args = ["finetune", "--config", str(run / "cfg.yaml"), "--data", str(tiny_dataset)]
+    assert main([*args, "--run-dir", str(run)]) == 0
+    out = run / "finetune"
+    dl = Datalist.load(datalist_path(run))
+
+    # labeled.json: n_labeled respected, only labeled TRAIN scans
+    labeled = json.loads((out / "labeled.json").read_text())
+    assert len(labeled["ids"]) == 1 and labeled["n_requested"] == 1
+    assert set(labeled["ids"]) <= {s.id for s in dl.labeled("train")}
+
+    # validation: every epoch, only labeled VAL scans, never a train or test id
+    val_ids = {s.id for s in dl.labeled("val")}
+    assert val_ids and len(spy_validation) == 2
+    for ids in spy_validation:
+        assert set(ids) == val_ids
+        assert not set(ids) & (set(dl.splits["train"]) | set(dl.splits["test"]))
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labeled_ids"] == labeled["ids"]
+    assert summary["init"] == "scratch" and summary["n_pseudo"] == 0
+    assert sorted(summary["val_ids"]) == sorted(val_ids)
+    assert 0.0 <= summary["best_val_dice"] <= 1.0 and summary["best_epoch"] in (1, 2)
+    assert (out / "checkpoint_best.pt").is_file() and (out / "checkpoint_last.pt").is_file()
+
+    # the bundle rebuilds from the run dir and holds the BEST checkpoint's weights
+    bundle = load_bundle(run)
+    assert bundle.model_name == "transunet3d" and bundle.model_params["hidden_size"] == 64
+    assert bundle.preprocessing["spacing"] == [5.5, 5.5, 12.0]
+    assert bundle.predict_defaults["roi_size"] == [32, 32, 16]
+    best = torch.load(out / "checkpoint_best.pt", weights_only=True)["modules"]["net"]
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(value, best[f"seg.{key}"]), key
+    with torch.no_grad():
+        y = bundle.model(torch.rand(1, 1, 24, 20, 10))
+    assert y.shape == (1, 1, 24, 20, 10) and torch.isfinite(y).all()
+
+    # re-running is a no-op: no training, no validation, files untouched
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    spy_validation.clear()
+    assert main([*args, "--run-dir", str(run)]) == 0
+    assert spy_validation == []
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
+
+
+def test_pretrained_encoder_initialises_the_network(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(prepared_run, tmp_path / "run")
+    # a learning rate so small that the weights cannot move from their start
+    cfg = _config(
+        run, tiny_dataset, "finetune.lr=1e-12", "finetune.epochs=1", "finetune.supcon_weight=0"
+    )
+    params = model_kwargs(cfg)
+    known = _write_encoder(ft_stage.encoder_path(run), cfg.model.name, params, seed=1234)
+    scratch = build_model(cfg.model.name, **params).encoder.state_dict()
+    run_finetune(cfg)
+    summary = json.loads((run / "finetune" / "summary.json").read_text())
+    assert summary["init"] == "pretrained"
+    encoder = load_bundle(run).model.encoder.state_dict()
+    for key, value in known.items():
+        assert torch.allclose(encoder[key], value, atol=1e-6), key
+    assert any(not torch.equal(scratch[k], known[k]) for k in known)  # not the default init
+
+    # an encoder pretrained with other params stops the stage with a clear error
+    _write_encoder(ft_stage.encoder_path(run), cfg.model.name, dict(params, depth=1), seed=0)
+    with pytest.raises(InputError, match="depth: 1 vs 2"):
+        run_finetune(cfg, resume=False)
+
+
+def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    run = _run_copy(prepared_run, tmp_path / "run")
+    dl = Datalist.load(datalist_path(run))
+    # no labels and no pseudo-masks: a clear error
+    cfg = _config(run, tiny_dataset, "finetune.n_labeled=0", "finetune.epochs=1")
+    with pytest.raises(InputError, match="no training labels"):
+        run_finetune(cfg)
+
+    # fake GAN outputs: the true lesion masks of unlabeled COVID scans as pseudo-masks
+    folder = ft_stage.pseudo_dir(run)
+    folder.mkdir(parents=True)
+    rows = []
+    covid = dl.covid_unlabeled(("train", "val"))
+    for i, study in enumerate(covid):
+        data, affine = read_nifti(study.truth, dtype=np.float32)
+        write_nifti(layout.pseudo_path(folder, study.id), data.astype(np.uint8), affine)
+        rows.append({"study_id": study.id, "split": dl.split_of(study.id), "passed": i != 0})
+    with open(ft_stage.qc_path(run), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["study_id", "split", "passed"])
+        writer.writeheader()
+        writer.writerows(rows)
+    expected = sorted(r["study_id"] for r in rows if r["passed"] and r["split"] == "train")
+    assert expected
+
+    run_finetune(cfg)
+    summary = json.loads((run / "finetune" / "summary.json").read_text())
+    assert summary["labeled_ids"] == [] and sorted(summary["pseudo_ids"]) == expected
+    assert summary["n_pseudo"] == len(expected)
+    assert (run / "finetune" / "model.pt").is_file()

@@ -1,0 +1,479 @@
+"""The finetune stage: a 3D TransUNet trained on few true masks plus QC-passed pseudo-masks.
+
+Reads ``prepare``'s cache, optionally ``<run_dir>/pretrain/encoder.pt`` (Barlow Twins
+encoder) and ``<run_dir>/gan/qc.csv`` + ``gan/pseudo_masks`` (GAN pseudo-masks). Writes,
+under ``<run_dir>/finetune/``::
+
+    labeled.json         which labeled training scans were used (``finetune.n_labeled``)
+    checkpoint_last.pt   engine checkpoints (resume), checkpoint_best.pt (best val Dice)
+    metrics.jsonl, tb/   training and validation logs
+    model.pt             the bundle ``volseg predict -m <run_dir>`` loads (best weights)
+    summary.json         best val Dice and epoch, labeled/pseudo/val ids
+
+Training data: labeled TRAIN scans (weight 1) and pseudo-labeled TRAIN scans (weight
+``finetune.pseudo_weight``). Pseudo-masks of val-split scans are never trained on, so the
+validation split stays untouched by training. Validation: labeled VAL scans only
+(:mod:`volseg.stages.validation`). Loss: :class:`volseg.losses.FinetuneLoss` with a voxel
+projection head on the decoder embedding for the supervised contrastive term (trained
+jointly, not part of the bundle).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from volseg.config import Config
+from volseg.data import layout
+from volseg.data.mosmed import Study
+from volseg.errors import InputError
+from volseg.io import write_json_atomic
+from volseg.stages import validation
+from volseg.stages.common import (
+    Prepared,
+    load_prepared,
+    model_kwargs,
+    preprocessing_of,
+    stage_dir,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "finetune"
+LABELED_FILE = "labeled.json"
+SUMMARY_FILE = "summary.json"
+ENCODER_FORMAT = "volseg-encoder"
+PROJECTION_DIM = 64
+"""Output width of the voxel projection head feeding the supervised contrastive loss."""
+QC_COLUMNS = ("study_id", "passed")
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def encoder_path(run_dir: str | Path) -> Path:
+    """Where the pretrain stage writes the Barlow Twins encoder."""
+    return Path(run_dir) / "pretrain" / "encoder.pt"
+
+
+def qc_path(run_dir: str | Path) -> Path:
+    """The GAN stage's pseudo-mask QC table."""
+    return Path(run_dir) / "gan" / "qc.csv"
+
+
+def pseudo_dir(run_dir: str | Path) -> Path:
+    """Folder of the GAN stage's ``<id>_pseudo.nii.gz`` / ``<id>_prob.nii.gz``."""
+    return Path(run_dir) / "gan" / "pseudo_masks"
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class FinetuneNet(nn.Module):
+    """Segmentation network plus an optional voxel projection head, as one module.
+
+    ``forward(x) -> (logits, projected embeddings or None)``. One module so DDP sees the
+    embedding branch through ``forward``; the bundle keeps only ``seg``.
+    """
+
+    def __init__(self, seg: nn.Module, proj: nn.Module | None) -> None:
+        super().__init__()
+        self.seg = seg
+        self.proj = proj
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.proj is None:
+            return self.seg(x), None
+        logits, emb = self.seg.forward_with_embedding(x)
+        return logits, self.proj(emb)
+
+
+def _normalised(obj: Any) -> Any:
+    """JSON round trip, so tuples and lists (and int/float spellings) compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def load_pretrained_encoder(
+    model: nn.Module, path: str | Path, name: str, params: dict[str, Any]
+) -> None:
+    """Load ``path`` (pretrain's ``encoder.pt``) strictly into ``model.encoder``.
+
+    ``name``/``params`` describe ``model``; an encoder pretrained for another network or
+    other constructor arguments is an :class:`InputError` naming the differing keys.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable encoder file ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
+        raise InputError(f"{path}: not a volseg encoder (format {ENCODER_FORMAT!r} expected)")
+    info = payload.get("model") or {}
+    if info.get("name") != name:
+        raise InputError(
+            f"{path}: encoder was pretrained for model '{info.get('name')}', but model.name "
+            f"is '{name}'; re-run pretrain or set finetune.init: scratch"
+        )
+    theirs, mine = _normalised(info.get("params") or {}), _normalised(params)
+    if theirs != mine:
+        keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        diffs = ", ".join(f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in keys)
+        raise InputError(
+            f"{path}: encoder was pretrained with other model.params ({diffs}; pretrained vs "
+            f"now); re-run pretrain or set finetune.init: scratch"
+        )
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise InputError(f"model '{name}' has no encoder to initialise from {path}")
+    try:
+        encoder.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0][:300]
+        raise InputError(f"{path}: encoder weights do not fit model '{name}' ({first})") from exc
+
+
+def _init_encoder(cfg: Config, model: nn.Module) -> str | None:
+    """Initialise from the pretrained encoder when asked and available; returns its path."""
+    if cfg.finetune.init != "pretrained":
+        return None
+    path = encoder_path(cfg.run_dir)
+    if not cfg.pretrain.enabled:
+        log.warning("finetune.init is 'pretrained' but pretrain is disabled: training from scratch")
+        return None
+    if not path.is_file():
+        log.warning("%s not found (pretrain not run?): training from scratch", path)
+        return None
+    load_pretrained_encoder(model, path, cfg.model.name, model_kwargs(cfg))
+    log.info("encoder initialised from %s", path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def select_labeled(studies: Sequence[Study], n: int | None, seed: int) -> list[Study]:
+    """At most ``n`` of ``studies`` (all when None), chosen deterministically from ``seed``.
+
+    Stratified by CT category: each category gets its share of ``n`` (largest remainder,
+    ties to the category name), its members drawn in a seeded random order. Sorted by id.
+    """
+    studies = sorted(studies, key=lambda s: s.id)
+    if n is None or n >= len(studies):
+        return studies
+    groups: dict[str, list[Study]] = {}
+    for s in studies:
+        groups.setdefault(s.category, []).append(s)
+    rng = np.random.default_rng(seed)
+    names = sorted(groups)
+    for name in names:
+        order = rng.permutation(len(groups[name]))
+        groups[name] = [groups[name][i] for i in order]
+    exact = {c: n * len(groups[c]) / len(studies) for c in names}
+    quota = {c: int(math.floor(exact[c])) for c in names}
+    for c in sorted(names, key=lambda c: (-(exact[c] - quota[c]), c))[: n - sum(quota.values())]:
+        quota[c] += 1
+    chosen = [s for c in names for s in groups[c][: quota[c]]]
+    return sorted(chosen, key=lambda s: s.id)
+
+
+def _truthy(text: str) -> bool:
+    return str(text).strip().lower() in ("true", "1", "yes", "y")
+
+
+def read_qc_passed(path: str | Path) -> list[str]:
+    """Study ids whose ``passed`` column is true in the GAN's ``qc.csv``."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in QC_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+            return [row["study_id"] for row in reader if _truthy(row["passed"])]
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from exc
+
+
+def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
+    """Patch sources of the QC-passed pseudo-masks of unlabeled TRAIN scans, on the cache grid.
+
+    Empty when pseudo-masks are switched off, the GAN is disabled or its QC table is absent.
+    """
+    from volseg.data.cache import mask_on_grid
+    from volseg.data.patches import PatchSource
+
+    ft = cfg.finetune
+    table = qc_path(cfg.run_dir)
+    if not ft.use_pseudo:
+        return []
+    if not cfg.gan.enabled:
+        log.info("gan is disabled: no pseudo-masks")
+        return []
+    if not table.is_file():
+        log.warning("%s not found (gan not run?): training without pseudo-masks", table)
+        return []
+    dl = prepared.datalist
+    sources = []
+    for sid in read_qc_passed(table):
+        if sid not in dl.studies:
+            raise InputError(f"{table}: study {sid} is not in this run's datalist")
+        study = dl.studies[sid]
+        if dl.split_of(sid) != "train" or study.labeled or study.healthy:
+            log.debug("pseudo-mask of %s not used (split %s)", sid, dl.split_of(sid))
+            continue
+        vol = prepared.volumes.get(sid)
+        if vol is None:
+            raise InputError(f"{sid}: no cache entry (re-run 'volseg prepare')")
+        mask_file = layout.pseudo_path(pseudo_dir(cfg.run_dir), sid)
+        if not mask_file.is_file():
+            raise InputError(f"{mask_file}: pseudo-mask listed as passed in {table} is missing")
+        mask = mask_on_grid(mask_file, vol)
+        sources.append(PatchSource.from_cached(vol, label=mask, weight=ft.pseudo_weight))
+    log.info("pseudo-masks: %d QC-passed training scans", len(sources))
+    return sources
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf (undefined metrics) to None, so summary.json is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _config_hash(cfg: Config) -> str:
+    """Hash of every setting the stage's outputs depend on (a re-run with it is a no-op)."""
+    parts = {
+        name: cfg.section_hash(name)
+        for name in ("data", "model", "gan", "pretrain", "finetune", "predict")
+    }
+    parts["seed"] = str(cfg.seed)
+    text = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(out: Path, cfg: Config) -> bool:
+    summary = out / SUMMARY_FILE
+    if not (summary.is_file() and (out / "model.pt").is_file()):
+        return False
+    try:
+        return json.loads(summary.read_text()).get("config_hash") == _config_hash(cfg)
+    except (OSError, ValueError):
+        return False
+
+
+def _optimizer(model: FinetuneNet, cfg: Config, pretrained: bool) -> torch.optim.Optimizer:
+    """AdamW; a pretrained encoder learns at ``lr * encoder_lr_mult``."""
+    from volseg.models import encoder_parameter_split
+
+    ft = cfg.finetune
+    enc, rest = encoder_parameter_split(model.seg)
+    if model.proj is not None:
+        rest = rest + list(model.proj.parameters())
+    enc_lr = ft.lr * ft.encoder_lr_mult if pretrained else ft.lr
+    groups = [{"params": enc, "lr": enc_lr}, {"params": rest, "lr": ft.lr}]
+    return torch.optim.AdamW(groups, lr=ft.lr, weight_decay=ft.weight_decay)
+
+
+def _bundle_from_checkpoint(cfg: Config, checkpoint: Path, out: Path, extra: dict) -> Path:
+    """Write ``model.pt`` with the segmentation weights of a training checkpoint."""
+    from volseg.bundle import BUNDLE_NAME, save_bundle
+    from volseg.engine import load_model_weights
+    from volseg.models import build_model
+
+    state, _ = load_model_weights(checkpoint, "net")
+    seg_state = {k[len("seg.") :]: v for k, v in state.items() if k.startswith("seg.")}
+    model = build_model(cfg.model.name, **model_kwargs(cfg))
+    model.load_state_dict(seg_state, strict=True)
+    return save_bundle(
+        out / BUNDLE_NAME,
+        model,
+        cfg.model.name,
+        model_kwargs(cfg),
+        preprocessing_of(cfg),
+        predict_defaults=cfg.predict.model_dump(mode="json"),
+        extra=extra,
+    )
+
+
+def run_finetune(cfg: Config, resume: bool = True) -> Path:
+    """Fine-tune the segmentation network; returns ``<run_dir>/finetune/model.pt``.
+
+    ``resume``: continue an interrupted run from its last checkpoint (a finished run with
+    the same settings is a no-op); False starts over.
+    """
+    from volseg.data.patches import PatchSource, SegPatchDataset
+    from volseg.engine import (
+        Trainer,
+        TrainState,
+        build_scheduler,
+        init_distributed,
+        is_main_process,
+        make_loader,
+        seed_everything,
+    )
+    from volseg.losses import FinetuneLoss
+    from volseg.models import build_head, build_model
+
+    ft = cfg.finetune
+    out = stage_dir(cfg, STAGE)
+    if resume and _finished(out, cfg):
+        log.info("finetune: already finished with these settings (%s)", out / "model.pt")
+        return out / "model.pt"
+    init_distributed()
+    main = is_main_process()
+    if main:  # until this run completes, the folder must not look finished
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
+    prepared = load_prepared(cfg)
+    dl = prepared.datalist
+
+    available = dl.labeled("train")
+    labeled = select_labeled(available, ft.n_labeled, cfg.seed)
+    pseudo = pseudo_sources(cfg, prepared)
+    if not labeled and not pseudo:
+        raise InputError(
+            "finetune: no training labels: finetune.n_labeled is 0 (or no labeled training "
+            "scans) and no QC-passed pseudo-masks (finetune.use_pseudo / gan stage)"
+        )
+    if main:
+        write_json_atomic(
+            out / LABELED_FILE,
+            {
+                "seed": cfg.seed,
+                "n_requested": ft.n_labeled,
+                "n_available": len(available),
+                "ids": [s.id for s in labeled],
+                "categories": {s.id: s.category for s in labeled},
+            },
+        )
+    sources = [PatchSource.from_cached(prepared.volumes[s.id], weight=1.0) for s in labeled]
+    sources += pseudo
+    val_volumes = prepared.volumes_of(dl.labeled("val"))
+    log.info(
+        "finetune: %d labeled + %d pseudo-labeled training scans, %d validation scans",
+        len(labeled),
+        len(pseudo),
+        len(val_volumes),
+    )
+
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    seg = build_model(cfg.model.name, **model_kwargs(cfg))
+    encoder_file = _init_encoder(cfg, seg)
+    proj = None
+    if ft.supcon_weight > 0:
+        emb = getattr(seg, "embedding_channels", None)
+        if emb is None or not hasattr(seg, "forward_with_embedding"):
+            raise InputError(
+                f"model '{cfg.model.name}' gives no voxel embedding; set finetune.supcon_weight: 0"
+            )
+        proj = build_head("voxel_projection", in_channels=int(emb), out_dim=PROJECTION_DIM)
+    net = FinetuneNet(seg, proj)
+    optimizer = _optimizer(net, cfg, pretrained=encoder_file is not None)
+    state = TrainState(
+        modules={"net": net},
+        optimizers={"net": optimizer},
+        schedulers={"net": build_scheduler(optimizer, ft)},
+        model_args={"net": {"name": cfg.model.name, "params": model_kwargs(cfg)}},
+        extra={"labeled": [s.id for s in labeled], "encoder": encoder_file},
+    )
+    loss_fn = FinetuneLoss(
+        dice_weight=ft.dice_weight,
+        bce_weight=ft.bce_weight,
+        mse_weight=ft.mse_weight,
+        supcon_weight=ft.supcon_weight,
+        beta=ft.sensitivity_beta,
+        temperature=ft.supcon_temperature,
+    )
+    dataset = SegPatchDataset(sources, ft.patch_size, seed=cfg.seed, augment=True)
+
+    def step_fn(batch: dict, state: TrainState, ctx: Any) -> dict[str, Any]:
+        batch = ctx.to_device(batch)
+        with ctx.autocast():
+            logits, emb = state.modules["net"](batch["image"])
+        label = batch["label"]
+        valid = (batch["lungs"] > 0) | (label > 0)
+        loss, terms = loss_fn(
+            logits.float(),
+            label,
+            None if emb is None else emb.float(),
+            weight=batch["weight"],
+            valid_mask=valid,
+        )
+        norm = ctx.backward_step(loss, state.optimizers["net"])
+        return {"loss": loss.detach(), **terms, "grad_norm": norm}
+
+    last_cases: dict[str, dict[str, float]] = {}
+
+    def val_fn(state: TrainState) -> dict[str, float]:
+        result = validation.validate_volumes(
+            state.raw("net").seg,
+            val_volumes,
+            cfg.predict.roi_size,
+            overlap=cfg.predict.overlap,
+            sw_batch_size=cfg.predict.sw_batch_size,
+            threshold=0.5,
+            restrict_to_lungs=True,
+        )
+        last_cases.clear()
+        last_cases.update(result.cases)
+        return result.means("val_")
+
+    if not val_volumes:
+        log.warning("no labeled validation scans: the bundle will hold the LAST weights")
+    trainer = Trainer(
+        state,
+        step_fn,
+        lambda sampler: make_loader(dataset, sampler, cfg.data.num_workers),
+        ft,
+        cfg.run_dir,
+        STAGE,
+        val_fn if val_volumes else None,
+        seed=cfg.seed,
+        best_metric="val_dice" if val_volumes else None,
+        config=cfg.model_dump(mode="json"),
+    )
+    result = trainer.fit(resume=resume)
+    bundle = out / "model.pt"
+    if main:
+        checkpoint = result.best or result.last
+        summary = {
+            "best_val_dice": result.best_metric,
+            "best_epoch": result.best_epoch,
+            "checkpoint": checkpoint.name,
+            "last_val": result.last_val,
+            "last_val_cases": last_cases,
+            "steps": result.global_step,
+            "init": "pretrained" if encoder_file else "scratch",
+            "encoder": encoder_file,
+            "labeled_ids": [s.id for s in labeled],
+            "n_pseudo": len(pseudo),
+            "pseudo_ids": [s.id for s in pseudo],
+            "val_ids": [v.id for v in val_volumes],
+            "config_hash": _config_hash(cfg),
+        }
+        extra = {k: summary[k] for k in ("best_val_dice", "best_epoch", "init", "n_pseudo")}
+        bundle = _bundle_from_checkpoint(cfg, checkpoint, out, extra)
+        write_json_atomic(out / SUMMARY_FILE, _json_safe(summary))
+        log.info(
+            "finetune: best val_dice %s at epoch %s -> %s",
+            "n/a" if result.best_metric is None else f"{result.best_metric:.4f}",
+            result.best_epoch,
+            bundle,
+        )
+    return bundle
