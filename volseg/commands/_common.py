@@ -25,3 +25,22 @@ def load_config_from_args(args: argparse.Namespace):
     from volseg.config import load_config
 
     return load_config(args.config, args.overrides, data_root=args.data, run_dir=args.run_dir)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Config arguments plus ``--resume`` (default) / ``--no-resume`` for training stages."""
+    add_config_arguments(parser)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="continue from the stage's last checkpoint if there is one (default)",
+    )
+    group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over, discarding the stage's checkpoints",
+    )

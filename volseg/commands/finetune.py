@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from volseg.commands._common import add_config_arguments
+from volseg.commands._common import add_training_arguments
 
 HELP = "fine-tune the segmentation network; writes <run_dir>/finetune/model.pt"
 DESCRIPTION = (
@@ -19,21 +19,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--resume",
-        dest="resume",
-        action="store_true",
-        default=True,
-        help="continue from the last checkpoint if there is one (default)",
-    )
-    group.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        help="start over, discarding this stage's checkpoints",
-    )
+    add_training_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

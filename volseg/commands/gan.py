@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from volseg.commands._common import add_config_arguments
+from volseg.commands._common import add_training_arguments
 
 HELP = "train the 3D GAN on healthy lungs; pseudo-masks + QC for unlabeled COVID scans"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--resume",
-        dest="resume",
-        action="store_true",
-        default=True,
-        help="continue from <run_dir>/gan/checkpoint_last.pt if present (default)",
-    )
-    group.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        help="start training from scratch, discarding earlier GAN checkpoints",
-    )
+    add_training_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
