@@ -9,7 +9,6 @@ mask, removal of small components. The output grid is the input grid by construc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from volseg.bundle import Bundle
+from volseg.engine.device import autocast_for
 from volseg.geometry import WorkingGrid, window_hu
 from volseg.inference.postprocess import remove_small_components
 from volseg.quantify import spacing_from_affine
@@ -64,13 +64,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 def body_bbox(volume: torch.Tensor, threshold: float, margin: int) -> tuple[slice, ...]:
     """Bounding box (over the last three dims) of voxels above ``threshold``, with a margin."""
     fg = (volume > threshold).reshape(volume.shape[-3:])
@@ -113,7 +106,7 @@ class Predictor:
         opts = self.options
         flips = TTA_FLIPS if opts.tta else ((),)
         prob = torch.zeros_like(x)
-        with _autocast(self.device):
+        with autocast_for(self.device):
             for dims in flips:
                 xi = x.flip(dims) if dims else x
                 logits = sliding_window_inference(

@@ -11,7 +11,6 @@ over scans is ``val_dice``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from volseg.data.cache import CachedVolume
+from volseg.engine.device import autocast_for
 from volseg.evaluation.metrics import overlap_metrics
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ class ValidationResult:
         return out
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def volume_probability(
     model: nn.Module,
@@ -69,7 +62,7 @@ def volume_probability(
 
     device = device or next(model.parameters()).device
     x = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)[None, None]
-    with _autocast(device):
+    with autocast_for(device):
         logits = sliding_window_inference(
             x,
             roi_size=tuple(int(r) for r in roi_size),
