@@ -46,13 +46,14 @@ from volseg.stages.common import (
     preprocessing_of,
     stage_dir,
 )
+from volseg.stages.gan import pseudo_dir, qc_path
+from volseg.stages.pretrain import ENCODER_FILE, read_encoder
 
 log = logging.getLogger(__name__)
 
 STAGE = "finetune"
 LABELED_FILE = "labeled.json"
 SUMMARY_FILE = "summary.json"
-ENCODER_FORMAT = "volseg-encoder"
 PROJECTION_DIM = 64
 """Output width of the voxel projection head feeding the supervised contrastive loss."""
 QC_COLUMNS = ("study_id", "passed")
@@ -63,17 +64,7 @@ QC_COLUMNS = ("study_id", "passed")
 
 def encoder_path(run_dir: str | Path) -> Path:
     """Where the pretrain stage writes the Barlow Twins encoder."""
-    return Path(run_dir) / "pretrain" / "encoder.pt"
-
-
-def qc_path(run_dir: str | Path) -> Path:
-    """The GAN stage's pseudo-mask QC table."""
-    return Path(run_dir) / "gan" / "qc.csv"
-
-
-def pseudo_dir(run_dir: str | Path) -> Path:
-    """Folder of the GAN stage's ``<id>_pseudo.nii.gz`` / ``<id>_prob.nii.gz``."""
-    return Path(run_dir) / "gan" / "pseudo_masks"
+    return Path(run_dir) / "pretrain" / ENCODER_FILE
 
 
 # ----------------------------------------------------------------------------- network
@@ -112,12 +103,7 @@ def load_pretrained_encoder(
     other constructor arguments is an :class:`InputError` naming the differing keys.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable encoder file ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
-        raise InputError(f"{path}: not a volseg encoder (format {ENCODER_FORMAT!r} expected)")
+    payload = read_encoder(path)
     info = payload.get("model") or {}
     if info.get("name") != name:
         raise InputError(
