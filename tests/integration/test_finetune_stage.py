@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from volseg.data.mosmed import Datalist, Study
 from volseg.errors import InputError
 from volseg.io import read_nifti, write_nifti
 from volseg.models import build_model
+from volseg.pseudo.qc import QcRow, write_qc
 from volseg.stages import finetune as ft_stage
 from volseg.stages import validation
 from volseg.stages.common import model_kwargs
@@ -237,12 +237,9 @@ def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Pat
     for i, study in enumerate(covid):
         data, affine = read_nifti(study.truth, dtype=np.float32)
         write_nifti(layout.pseudo_path(folder, study.id), data.astype(np.uint8), affine)
-        rows.append({"study_id": study.id, "split": dl.split_of(study.id), "passed": i != 0})
-    with open(ft_stage.qc_path(run), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["study_id", "split", "passed"])
-        writer.writeheader()
-        writer.writerows(rows)
-    expected = sorted(r["study_id"] for r in rows if r["passed"] and r["split"] == "train")
+        rows.append(QcRow(study.id, dl.split_of(study.id), study.category, 1.0, 1.0, 1, i != 0, ""))
+    write_qc(ft_stage.qc_path(run), rows)
+    expected = sorted(r.study_id for r in rows if r.passed and r.split == "train")
     assert expected
 
     run_finetune(cfg)

@@ -20,7 +20,6 @@ jointly, not part of the bundle).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ from volseg.data import layout
 from volseg.data.mosmed import Study
 from volseg.errors import InputError
 from volseg.io import write_json_atomic
+from volseg.pseudo.qc import passed_ids
 from volseg.stages import validation
 from volseg.stages.common import (
     Prepared,
@@ -56,7 +56,6 @@ LABELED_FILE = "labeled.json"
 SUMMARY_FILE = "summary.json"
 PROJECTION_DIM = 64
 """Output width of the voxel projection head feeding the supervised contrastive loss."""
-QC_COLUMNS = ("study_id", "passed")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -172,24 +171,6 @@ def select_labeled(studies: Sequence[Study], n: int | None, seed: int) -> list[S
     return sorted(chosen, key=lambda s: s.id)
 
 
-def _truthy(text: str) -> bool:
-    return str(text).strip().lower() in ("true", "1", "yes", "y")
-
-
-def read_qc_passed(path: str | Path) -> list[str]:
-    """Study ids whose ``passed`` column is true in the GAN's ``qc.csv``."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in QC_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-            return [row["study_id"] for row in reader if _truthy(row["passed"])]
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from exc
-
-
 def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
     """Patch sources of the QC-passed pseudo-masks of unlabeled TRAIN scans, on the cache grid.
 
@@ -210,7 +191,7 @@ def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
         return []
     dl = prepared.datalist
     sources = []
-    for sid in read_qc_passed(table):
+    for sid in passed_ids(table):
         if sid not in dl.studies:
             raise InputError(f"{table}: study {sid} is not in this run's datalist")
         study = dl.studies[sid]
