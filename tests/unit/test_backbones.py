@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from monai.networks.blocks import ResidualUnit, UnetBasicBlock, UnetResBlock
 from torch import nn
 
+from tests.blob_fitting import blob_volume, fit_blob
 from volseg.bundle import load_bundle, save_bundle
 from volseg.config import Config, ModelConfig
 from volseg.models import MODELS, Recalibrated, build_model
@@ -219,28 +219,6 @@ def test_bundle_round_trip_rebuilds_backbone_with_recalibration(
 def test_new_backbones_learn_a_blob(name: str, recalibration: str) -> None:
     """A few Adam steps fit one blob: the networks (and their recalibration) can learn."""
     torch.manual_seed(0)
-    size = (24, 24, 12)
-    d, h, w = (torch.arange(n, dtype=torch.float32) for n in size)
-    dist = (
-        ((d[:, None, None] - 10) / 5) ** 2
-        + ((h[None, :, None] - 13) / 4) ** 2
-        + ((w[None, None, :] - 6) / 3) ** 2
-    )
-    label = (dist <= 1).float()[None, None]
-    image = 0.1 + 0.05 * torch.rand(1, 1, *size) + 0.4 * label
-    model = tiny(name, recalibration)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    dice = 0.0
-    for _ in range(80):
-        logits = model(image)
-        prob = torch.sigmoid(logits)
-        soft_dice = (2 * (prob * label).sum() + 1) / (prob.sum() + label.sum() + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, label) + 1 - soft_dice
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        pred = (logits.detach() > 0).float()
-        dice = float(2 * (pred * label).sum() / (pred.sum() + label.sum()))
-        if dice > 0.9:
-            break
+    image, label = blob_volume((24, 24, 12), (10, 13, 6), (5, 4, 3))
+    dice = fit_blob(tiny(name, recalibration), image, label, lr=1e-2)
     assert dice > 0.9

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from tests.blob_fitting import blob_volume, fit_blob
 from volseg.models import Generator3D, LesionCorruptor, TransUNet3D
 
 SIZE = (32, 32, 16)
 
 
 def _blob_volume() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    d, h, w = (torch.arange(n, dtype=torch.float32) for n in SIZE)
-    dist = (
-        ((d[:, None, None] - 14) / 6) ** 2
-        + ((h[None, :, None] - 18) / 5) ** 2
-        + ((w[None, None, :] - 8) / 3) ** 2
-    )
-    label = (dist <= 1).float()[None, None]
-    image = 0.1 + 0.05 * torch.rand(1, 1, *SIZE, generator=gen) + 0.4 * label
-    return image, label
-
-
-def _dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
-    return float(2 * (pred * ref).sum() / (pred.sum() + ref.sum()))
+    return blob_volume(SIZE, (14, 18, 8), (6, 5, 3), torch.Generator().manual_seed(0))
 
 
 def test_tiny_transunet_overfits_one_volume() -> None:
@@ -38,22 +25,7 @@ def test_tiny_transunet_overfits_one_volume() -> None:
         num_heads=2,
         img_size=SIZE,
     )
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    dice = 0.0
-    for _ in range(80):
-        logits = model(image)
-        prob = torch.sigmoid(logits)
-        soft_dice = (2 * (prob * label).sum() + 1) / (prob.sum() + label.sum() + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, label) + 1 - soft_dice
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            dice = _dice((logits > 0).float(), label)
-        if dice > 0.93:
-            break
-    with torch.no_grad():
-        dice = _dice((model(image) > 0).float(), label)
+    dice = fit_blob(model, image, label, lr=3e-3)
     assert dice > 0.9
 
 
