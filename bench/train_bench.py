@@ -239,16 +239,23 @@ def bench_model(
     device: torch.device,
     compile_model: bool = False,
     lr: float = 1e-4,
+    channels_last: bool = False,
 ) -> BenchResult:
     """Count, build, warm up and time one network; OOM and compile failure go in ``note``."""
     result = describe_model(name, factory, patch, batch)
     if compile_model:
         result.name += " (compile)"
         result.compiled = True
+    if channels_last:
+        result.name += " (channels-last)"
     torch.manual_seed(0)
     model = factory().to(device).train()
     image = torch.rand(batch, 1, *patch, device=device)
     label = (torch.rand(batch, 1, *patch, device=device) < 0.1).float()
+    if channels_last:
+        fmt = torch.channels_last_3d
+        model = model.to(memory_format=fmt)
+        image, label = image.contiguous(memory_format=fmt), label.contiguous(memory_format=fmt)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -372,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="TransUNet3D constructor overrides, e.g. '{\"widths\": [48, 96, 192, 384, 384]}'",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="every network, input and label in channels_last_3d (NDHWC) memory format",
+    )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
@@ -407,6 +419,7 @@ def run_benchmark(
             device=device,
             compile_model=compiled,
             lr=args.lr,
+            channels_last=args.channels_last,
         )
         for name, compiled in runs
     ]

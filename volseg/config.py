@@ -90,6 +90,11 @@ class TrainConfig(Section):
     grad_clip: float | None = 1.0
     amp: bool = True
     compile: bool = False
+    channels_last: bool = False
+    """On CUDA, keep weights and 5D batches in ``channels_last_3d`` (NDHWC) memory format:
+    cuDNN's 3D convolutions then skip their layout transposes. Measured on an H100 with the
+    default TransUNet3D at 128³: +46 % patches/s together with ``compile``, neutral eager
+    (bench/README.md). Ignored on CPU."""
     val_every: int = Field(1, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
     """Steps between mid-epoch ``checkpoint_last.pt`` writes (None: about four per epoch)."""

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from volseg.config import TrainConfig
-from volseg.engine.device import CompileFallback, amp_dtype, maybe_compile, select_device, unwrap
+from volseg.engine.device import (
+    CompileFallback,
+    amp_dtype,
+    maybe_compile,
+    select_device,
+    training_memory_format,
+    unwrap,
+)
 from volseg.engine.distributed import (
     all_reduce_mean,
     broadcast_object,
@@ -31,6 +38,25 @@ def test_cpu_device_runs_in_fp32() -> None:
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     moved = ctx.to_device({"a": [torch.zeros(1), (torch.ones(1), "x")]})
     assert moved["a"][1][1] == "x" and isinstance(moved["a"][1], tuple)
+
+
+def test_channels_last_is_cuda_only() -> None:
+    assert training_memory_format(torch.device("cuda"), True) is torch.channels_last_3d
+    assert training_memory_format(torch.device("cuda"), False) is None
+    assert training_memory_format(torch.device("cpu"), True) is None
+
+
+def test_channels_last_converts_five_d_batches_only() -> None:
+    cfg = TrainConfig(channels_last=True)
+    cpu = torch.device("cpu")
+    ctx = StepContext(cpu, dist_info(), cfg, torch.amp.GradScaler("cpu", enabled=False))
+    volume = torch.arange(2 * 3 * 4 * 5 * 6, dtype=torch.float32).reshape(2, 3, 4, 5, 6)
+    assert ctx.to_device(volume).is_contiguous()  # a no-op on CPU
+    ctx.memory_format = torch.channels_last_3d  # what a CUDA context holds
+    moved = ctx.to_device({"image": volume, "ids": torch.arange(3)})
+    assert moved["image"].is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(moved["image"], volume)
+    assert moved["ids"].is_contiguous()
 
 
 def test_backward_step_clips_steps_and_zeroes() -> None:

@@ -66,6 +66,7 @@ from volseg.engine.device import (
     maybe_compile,
     seed_everything,
     select_device,
+    training_memory_format,
     unwrap,
 )
 from volseg.engine.distributed import (
@@ -112,6 +113,7 @@ __all__ = [
     "load_model_weights",
     "make_loader",
     "maybe_compile",
+    "training_memory_format",
     "read_metrics",
     "restore_rng_state",
     "save_checkpoint",

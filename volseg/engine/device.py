@@ -116,3 +116,12 @@ def unwrap(module: nn.Module) -> nn.Module:
             module = module._orig_mod
         else:
             return module
+
+
+def training_memory_format(device: torch.device, channels_last: bool) -> torch.memory_format | None:
+    """``channels_last_3d`` when asked for on CUDA; None (leave layouts alone) otherwise.
+
+    CPU convolutions gain nothing from it, so the option is a no-op there and CPU runs stay
+    bit-identical whatever the config says.
+    """
+    return torch.channels_last_3d if channels_last and device.type == "cuda" else None

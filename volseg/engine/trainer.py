@@ -25,7 +25,13 @@ from torch.optim import Optimizer
 
 from volseg.config import TrainConfig
 from volseg.engine import checkpoint as ckpt_io
-from volseg.engine.device import amp_dtype, maybe_compile, seed_everything, select_device
+from volseg.engine.device import (
+    amp_dtype,
+    maybe_compile,
+    seed_everything,
+    select_device,
+    training_memory_format,
+)
 from volseg.engine.distributed import (
     DistInfo,
     all_gather_object,
@@ -67,6 +73,7 @@ class StepContext:
         self.cfg = cfg
         self.scaler = scaler
         self.amp_dtype = amp_dtype(device, cfg.amp)
+        self.memory_format = training_memory_format(device, cfg.channels_last)
         self.epoch = 0
         self.global_step = 0
         self._stepped = False
@@ -80,7 +87,10 @@ class StepContext:
     def to_device(self, obj: Any) -> Any:
         """Move tensors (also inside dicts, lists, tuples) to the training device."""
         if isinstance(obj, torch.Tensor):
-            return obj.to(self.device, non_blocking=True)
+            moved = obj.to(self.device, non_blocking=True)
+            if self.memory_format is not None and moved.ndim == 5:
+                moved = moved.contiguous(memory_format=self.memory_format)
+            return moved
         if isinstance(obj, Mapping):
             return {k: self.to_device(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
@@ -224,8 +234,11 @@ class Trainer:
         if state.scaler is None:
             fp16 = amp_dtype(self.device, cfg.amp) == torch.float16
             state.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        memory_format = training_memory_format(self.device, cfg.channels_last)
         for name, module in list(state.modules.items()):
             module.to(self.device)
+            if memory_format is not None:
+                module.to(memory_format=memory_format)
             state.modules[name] = maybe_compile(
                 wrap_ddp(module, self.device, **dict(ddp_kwargs or {})), cfg.compile
             )
