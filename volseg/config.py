@@ -149,6 +149,10 @@ class FinetuneConfig(TrainConfig):
     init: Literal["pretrained", "scratch"] = "pretrained"
     use_pseudo: bool = True
     pseudo_weight: float = Field(0.5, ge=0, le=1)
+    use_healthy: bool = True
+    """CT-0 training scans join with an all-zero mask at weight 1: CT-0 means "no CT signs of
+    viral pneumonia", so the empty mask is a true label. They teach the network that vessels
+    and normal lung are not lesion (the labeled scans are all CT-1 in MosMed)."""
     n_labeled: int | None = Field(None, ge=0)
     encoder_lr_mult: float = Field(0.5, gt=0)
     dice_weight: float = Field(1.0, ge=0)

@@ -172,6 +172,9 @@ def test_finetune_end_to_end(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labeled_ids"] == labeled["ids"]
     assert summary["init"] == "scratch" and summary["n_pseudo"] == 0
+    # CT-0 train scans join as lesion-free examples; never a val/test scan, never a labeled one
+    healthy = {s.id for s in dl.healthy("train") if not s.labeled}
+    assert healthy and set(summary["healthy_ids"]) == healthy
     assert sorted(summary["val_ids"]) == sorted(val_ids)
     assert 0.0 <= summary["best_val_dice"] <= 1.0 and summary["best_epoch"] in (1, 2)
     assert (out / "checkpoint_best.pt").is_file() and (out / "checkpoint_last.pt").is_file()
@@ -219,6 +222,25 @@ def test_pretrained_encoder_initialises_the_network(
     _write_encoder(ft_stage.encoder_path(run), cfg.model.name, dict(params, depth=1), seed=0)
     with pytest.raises(InputError, match="depth: 1 vs 2"):
         run_finetune(cfg, resume=False)
+
+
+def test_healthy_sources_are_empty_masks_of_train_ct0(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from volseg.stages.common import load_prepared
+
+    run = _run_copy(prepared_run, tmp_path / "run")
+    cfg = _config(run, tiny_dataset)
+    prepared = load_prepared(cfg)
+    sources = ft_stage.healthy_sources(cfg, prepared)
+    dl = prepared.datalist
+    assert sorted(s.id for s in sources) == sorted(s.id for s in dl.healthy("train"))
+    for src in sources:
+        label = src.get("label")
+        assert label.shape == tuple(prepared.volumes[src.id].shape) and not label.any()
+        assert src.weight == 1.0
+    off = _config(run, tiny_dataset, "finetune.use_healthy=false")
+    assert ft_stage.healthy_sources(off, prepared) == []
 
 
 def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:

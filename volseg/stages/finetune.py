@@ -210,6 +210,29 @@ def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
     return sources
 
 
+def healthy_sources(cfg: Config, prepared: Prepared) -> list[Any]:
+    """Patch sources of the unlabeled CT-0 TRAIN scans with an all-zero (true) mask.
+
+    The mask is a zero-strided view (no memory per scan). Empty when
+    ``finetune.use_healthy`` is off.
+    """
+    from volseg.data.patches import PatchSource
+
+    if not cfg.finetune.use_healthy:
+        return []
+    sources = []
+    for study in prepared.datalist.healthy("train"):
+        if study.labeled:
+            continue  # its own mask is already among the labeled scans' candidates
+        vol = prepared.volumes.get(study.id)
+        if vol is None:
+            raise InputError(f"{study.id}: no cache entry (re-run 'volseg prepare')")
+        empty = np.broadcast_to(np.uint8(0), tuple(vol.shape))
+        sources.append(PatchSource.from_cached(vol, label=empty, weight=1.0))
+    log.info("healthy (CT-0) scans as lesion-free examples: %d", len(sources))
+    return sources
+
+
 # ----------------------------------------------------------------------------- stage
 
 
@@ -329,13 +352,16 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
                 "categories": {s.id: s.category for s in labeled},
             },
         )
+    healthy = healthy_sources(cfg, prepared)
     sources = [PatchSource.from_cached(prepared.volumes[s.id], weight=1.0) for s in labeled]
-    sources += pseudo
+    sources += pseudo + healthy
     val_volumes = prepared.volumes_of(dl.labeled("val"))
     log.info(
-        "finetune: %d labeled + %d pseudo-labeled training scans, %d validation scans",
+        "finetune: %d labeled + %d pseudo-labeled + %d healthy training scans, "
+        "%d validation scans",
         len(labeled),
         len(pseudo),
+        len(healthy),
         len(val_volumes),
     )
 
@@ -357,7 +383,11 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         optimizers={"net": optimizer},
         schedulers={"net": build_scheduler(optimizer, ft)},
         model_args={"net": {"name": cfg.model.name, "params": model_kwargs(cfg)}},
-        extra={"labeled": [s.id for s in labeled], "encoder": encoder_file},
+        extra={
+            "labeled": [s.id for s in labeled],
+            "healthy": [s.id for s in healthy],
+            "encoder": encoder_file,
+        },
     )
     loss_fn = FinetuneLoss(
         dice_weight=ft.dice_weight,
@@ -431,6 +461,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             "labeled_ids": [s.id for s in labeled],
             "n_pseudo": len(pseudo),
             "pseudo_ids": [s.id for s in pseudo],
+            "healthy_ids": [s.id for s in healthy],
             "val_ids": [v.id for v in val_volumes],
             "config_hash": _config_hash(cfg),
         }
