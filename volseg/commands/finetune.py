@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.commands._common import load_config_from_args
+    from volseg.commands._common import leave_process_group, load_config_from_args
     from volseg.stages.finetune import run_finetune
 
     run_finetune(load_config_from_args(args), resume=args.resume)
+    leave_process_group()
     return 0

@@ -312,6 +312,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     from volseg.engine import (
         Trainer,
         TrainState,
+        barrier,
         build_scheduler,
         init_distributed,
         is_main_process,
@@ -474,4 +475,5 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             result.best_epoch,
             bundle,
         )
+    barrier()  # every rank returns once the bundle exists
     return bundle
