@@ -172,9 +172,7 @@ def test_finetune_end_to_end(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labeled_ids"] == labeled["ids"]
     assert summary["init"] == "scratch" and summary["n_pseudo"] == 0
-    # CT-0 train scans join as lesion-free examples; never a val/test scan, never a labeled one
-    healthy = {s.id for s in dl.healthy("train") if not s.labeled}
-    assert healthy and set(summary["healthy_ids"]) == healthy
+    assert summary["healthy_ids"] == []  # finetune.use_healthy is off by default
     assert sorted(summary["val_ids"]) == sorted(val_ids)
     assert 0.0 <= summary["best_val_dice"] <= 1.0 and summary["best_epoch"] in (1, 2)
     assert (out / "checkpoint_best.pt").is_file() and (out / "checkpoint_last.pt").is_file()
@@ -230,7 +228,7 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
     from volseg.stages.common import load_prepared
 
     run = _run_copy(prepared_run, tmp_path / "run")
-    cfg = _config(run, tiny_dataset)
+    cfg = _config(run, tiny_dataset, "finetune.use_healthy=true")
     prepared = load_prepared(cfg)
     sources = ft_stage.healthy_sources(cfg, prepared)
     dl = prepared.datalist
@@ -239,8 +237,15 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
         label = src.get("label")
         assert label.shape == tuple(prepared.volumes[src.id].shape) and not label.any()
         assert src.weight == 1.0
-    off = _config(run, tiny_dataset, "finetune.use_healthy=false")
-    assert ft_stage.healthy_sources(off, prepared) == []
+    # only CT-0 scans of the TRAIN split: never a val/test scan, never a labeled one
+    assert sources and all(dl.split_of(s.id) == "train" for s in sources)
+    assert not {s.id for s in sources} & {s.id for s in dl.labeled("train")}
+    assert ft_stage.healthy_sources(_config(run, tiny_dataset), prepared) == []  # default off
+
+    # a fine-tune with them records which scans were used
+    run_finetune(_config(run, tiny_dataset, "finetune.use_healthy=true", "finetune.epochs=1"))
+    summary = json.loads((run / "finetune" / "summary.json").read_text())
+    assert sorted(summary["healthy_ids"]) == sorted(s.id for s in sources)
 
 
 def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
