@@ -30,8 +30,8 @@ def load_config_from_args(args: argparse.Namespace):
 def leave_process_group() -> None:
     """After a training stage: all ranks meet, then leave the torchrun process group.
 
-    Without it a worker that finishes first exits with gloo/NCCL threads still running and
-    aborts ("terminate called without an active exception"), failing the torchrun job.
+    Without it a worker that finishes first can exit with gloo/NCCL threads still running
+    and abort ("terminate called without an active exception"), failing the torchrun job.
     A no-op in a single process.
     """
     from volseg.engine.distributed import cleanup_distributed
