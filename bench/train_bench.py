@@ -384,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every network, input and label in channels_last_3d (NDHWC) memory format",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the table, profile N steps of the first model (kernel-time table)",
+    )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
@@ -433,6 +440,48 @@ def run_benchmark(
     return results, ceiling, header
 
 
+def profile_steps(
+    name: str,
+    factory: Callable[[], nn.Module],
+    *,
+    patch: tuple[int, int, int],
+    batch: int,
+    device: torch.device,
+    steps: int,
+    channels_last: bool = False,
+    rows: int = 15,
+) -> str:
+    """Kernel-time table of ``steps`` training steps of one network (after 3 warm-up steps).
+
+    Answers "where does the step's time go" (e.g. how much is normalisation or layout
+    transposes) with ``torch.profiler``; sorted by device self time on CUDA, CPU self time
+    otherwise.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = factory().to(device).train()
+    image = torch.rand(batch, 1, *patch, device=device)
+    label = (torch.rand(batch, 1, *patch, device=device) < 0.1).float()
+    if channels_last:
+        fmt = torch.channels_last_3d
+        model = model.to(memory_format=fmt)
+        image, label = image.contiguous(memory_format=fmt), label.contiguous(memory_format=fmt)
+    step = make_train_step(model, device, lr=1e-4)
+    for _ in range(3):
+        step(image, label)
+    synchronize(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(image, label)
+        synchronize(device)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    return f"profile of {steps} training steps of {name}:\n{table}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -462,6 +511,20 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results, ceiling))
     print()
     print("\n".join(summary_lines(results, ceiling)))
+    if args.profile > 0 and not args.costs_only:
+        name = args.models[0]
+        print()
+        print(
+            profile_steps(
+                name,
+                factories[name],
+                patch=patch,
+                batch=args.batch,
+                device=device,
+                steps=args.profile,
+                channels_last=args.channels_last,
+            )
+        )
     if args.json is not None:
         from volseg.io import write_json_atomic
 
