@@ -157,6 +157,10 @@ class FinetuneConfig(TrainConfig):
     number of CT-0 scans. On the demo (5 labels, 480 steps) it cut the false positives
     on healthy test scans by ~43 % (test Dice 0.445 -> 0.449); with 120 steps the network
     learned to predict nothing at every label count of the study (docs/study.md)."""
+    healthy_fraction: float | None = Field(None, ge=0, lt=1)
+    """With ``use_healthy``: the share of training crops taken from the CT-0 scans (the rest
+    spread evenly over the labeled and pseudo-labeled scans). None: every training scan is
+    drawn with equal probability."""
     n_labeled: int | None = Field(None, ge=0)
     encoder_lr_mult: float = Field(0.5, gt=0)
     dice_weight: float = Field(1.0, ge=0)

@@ -248,6 +248,17 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
     assert sorted(summary["healthy_ids"]) == sorted(s.id for s in sources)
 
 
+def test_healthy_fraction_probabilities() -> None:
+    from volseg.config import FinetuneConfig
+
+    probs = ft_stage.source_probabilities(3, 2, FinetuneConfig(healthy_fraction=0.1))
+    assert probs == pytest.approx([0.3, 0.3, 0.3, 0.05, 0.05])
+    assert ft_stage.source_probabilities(3, 2, FinetuneConfig()) is None  # uniform
+    assert ft_stage.source_probabilities(3, 0, FinetuneConfig(healthy_fraction=0.1)) is None
+    with pytest.raises(InputError, match="healthy scans alone"):
+        ft_stage.source_probabilities(0, 2, FinetuneConfig(healthy_fraction=0.1))
+
+
 def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     run = _run_copy(prepared_run, tmp_path / "run")
     dl = Datalist.load(datalist_path(run))

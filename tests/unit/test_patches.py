@@ -58,6 +58,23 @@ def test_lesion_biased_fraction(pos_fraction: float) -> None:
     assert abs(centred - pos_fraction) <= 3 * np.sqrt(0.25 / n)
 
 
+def test_source_probabilities_set_each_volumes_share() -> None:
+    # source "b" weighs 0.5 and "c" 0.2 of the crops, whatever their count
+    sources = [_source(sid="a", weight=1.0), _source(sid="b", weight=0.5)]
+    sources.append(_source(sid="c", weight=0.25))
+    ds = SegPatchDataset(sources, PATCH, seed=0, augment=False, source_probs=[0.3, 0.5, 0.2])
+    n = 600
+    seen = [float(ds[i]["weight"]) for i in range(n)]
+    for weight, share in ((1.0, 0.3), (0.5, 0.5), (0.25, 0.2)):
+        assert abs(seen.count(weight) / n - share) <= 3 * np.sqrt(share * (1 - share) / n)
+    uniform = SegPatchDataset(sources, PATCH, seed=0, augment=False)
+    assert _same(uniform[5], SegPatchDataset(sources, PATCH, seed=0, augment=False)[5])
+    with pytest.raises(ValueError, match="sum to 1"):
+        SegPatchDataset(sources, PATCH, source_probs=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="3 non-negative"):
+        SegPatchDataset(sources, PATCH, source_probs=[0.5, 0.5])
+
+
 def test_patches_stay_in_lungs_when_not_positive() -> None:
     src = _source()
     ds = SegPatchDataset([src], PATCH, seed=1, pos_fraction=0.0, augment=False)

@@ -178,7 +178,8 @@ class SegPatchDataset(_PatchBase):
     ``weight`` is a 0-d tensor, or a ``(1, X, Y, Z)`` map when any source has a voxel map.
     ``pos_fraction`` of the crops are centred on a lesion voxel (when the volume has one),
     the rest on a lung voxel (anywhere without lungs). ``augment`` applies
-    :func:`volseg.data.transforms.augment_transforms`, seeded per index.
+    :func:`volseg.data.transforms.augment_transforms`, seeded per index. Each crop's volume
+    is drawn uniformly, or with ``source_probs`` (one probability per source, summing to 1).
     """
 
     def __init__(
@@ -189,10 +190,21 @@ class SegPatchDataset(_PatchBase):
         pos_fraction: float = 0.67,
         augment: bool = True,
         augment_kwargs: dict[str, Any] | None = None,
+        source_probs: Sequence[float] | None = None,
     ) -> None:
         super().__init__(volumes, patch_size, seed)
         if not 0.0 <= pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
+        self.source_probs = None
+        if source_probs is not None:
+            probs = np.asarray(source_probs, dtype=np.float64)
+            if probs.shape != (len(self.sources),) or (probs < 0).any():
+                raise ValueError(
+                    f"source_probs needs {len(self.sources)} non-negative values, got {probs}"
+                )
+            if not np.isclose(probs.sum(), 1.0):
+                raise ValueError(f"source_probs must sum to 1, got {probs.sum()}")
+            self.source_probs = probs / probs.sum()
         for s in self.sources:
             if s.get("label") is None:
                 raise ValueError(f"{s.id}: no label for a supervised patch dataset")
@@ -208,7 +220,10 @@ class SegPatchDataset(_PatchBase):
             )
 
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        which = int(rng.integers(len(self.sources)))
+        if self.source_probs is None:
+            which = int(rng.integers(len(self.sources)))
+        else:
+            which = int(rng.choice(len(self.sources), p=self.source_probs))
         src = self.sources[which]
         positive = rng.random() < self.pos_fraction
         keys = ("label", "lungs") if positive else ("lungs",)

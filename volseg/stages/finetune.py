@@ -233,6 +233,21 @@ def healthy_sources(cfg: Config, prepared: Prepared) -> list[Any]:
     return sources
 
 
+def source_probabilities(n_lesion: int, n_healthy: int, ft: Any) -> list[float] | None:
+    """Per-source sampling probabilities: ``healthy_fraction`` for the healthy scans together.
+
+    The first ``n_lesion`` sources (labeled, then pseudo-labeled) share ``1 - fraction``
+    evenly, the last ``n_healthy`` share ``fraction``. None (uniform over all sources) when
+    there are no healthy sources or ``finetune.healthy_fraction`` is None.
+    """
+    fraction = ft.healthy_fraction
+    if n_healthy == 0 or fraction is None:
+        return None
+    if n_lesion == 0:
+        raise InputError("finetune: healthy scans alone cannot train the network")
+    return [(1.0 - fraction) / n_lesion] * n_lesion + [fraction / n_healthy] * n_healthy
+
+
 # ----------------------------------------------------------------------------- stage
 
 
@@ -398,7 +413,13 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         beta=ft.sensitivity_beta,
         temperature=ft.supcon_temperature,
     )
-    dataset = SegPatchDataset(sources, ft.patch_size, seed=cfg.seed, augment=True)
+    dataset = SegPatchDataset(
+        sources,
+        ft.patch_size,
+        seed=cfg.seed,
+        augment=True,
+        source_probs=source_probabilities(len(sources) - len(healthy), len(healthy), ft),
+    )
 
     def step_fn(batch: dict, state: TrainState, ctx: Any) -> dict[str, Any]:
         batch = ctx.to_device(batch)
