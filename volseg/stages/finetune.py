@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from volseg.config import Config
+from volseg.config import Config, FinetuneConfig
 from volseg.data import layout
 from volseg.data.mosmed import Study
 from volseg.errors import InputError
@@ -233,7 +233,9 @@ def healthy_sources(cfg: Config, prepared: Prepared) -> list[Any]:
     return sources
 
 
-def source_probabilities(n_lesion: int, n_healthy: int, ft: Any) -> list[float] | None:
+def source_probabilities(
+    n_lesion: int, n_healthy: int, ft: FinetuneConfig
+) -> list[float] | None:
     """Per-source sampling probabilities: ``healthy_fraction`` for the healthy scans together.
 
     The first ``n_lesion`` sources (labeled, then pseudo-labeled) share ``1 - fraction``
