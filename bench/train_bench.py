@@ -228,6 +228,26 @@ def describe_model(
     )
 
 
+def training_inputs(
+    factory: Callable[[], nn.Module],
+    patch: tuple[int, int, int],
+    batch: int,
+    device: torch.device,
+    channels_last: bool,
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Seeded network in train mode, random image and ~10 % foreground label on ``device``;
+    all three in ``channels_last_3d`` when asked."""
+    torch.manual_seed(0)
+    model = factory().to(device).train()
+    image = torch.rand(batch, 1, *patch, device=device)
+    label = (torch.rand(batch, 1, *patch, device=device) < 0.1).float()
+    if channels_last:
+        fmt = torch.channels_last_3d
+        model = model.to(memory_format=fmt)
+        image, label = image.contiguous(memory_format=fmt), label.contiguous(memory_format=fmt)
+    return model, image, label
+
+
 def bench_model(
     name: str,
     factory: Callable[[], nn.Module],
@@ -248,14 +268,7 @@ def bench_model(
         result.compiled = True
     if channels_last:
         result.name += " (channels-last)"
-    torch.manual_seed(0)
-    model = factory().to(device).train()
-    image = torch.rand(batch, 1, *patch, device=device)
-    label = (torch.rand(batch, 1, *patch, device=device) < 0.1).float()
-    if channels_last:
-        fmt = torch.channels_last_3d
-        model = model.to(memory_format=fmt)
-        image, label = image.contiguous(memory_format=fmt), label.contiguous(memory_format=fmt)
+    model, image, label = training_inputs(factory, patch, batch, device, channels_last)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -459,14 +472,7 @@ def profile_steps(
     """
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    model = factory().to(device).train()
-    image = torch.rand(batch, 1, *patch, device=device)
-    label = (torch.rand(batch, 1, *patch, device=device) < 0.1).float()
-    if channels_last:
-        fmt = torch.channels_last_3d
-        model = model.to(memory_format=fmt)
-        image, label = image.contiguous(memory_format=fmt), label.contiguous(memory_format=fmt)
+    model, image, label = training_inputs(factory, patch, batch, device, channels_last)
     step = make_train_step(model, device, lr=1e-4)
     for _ in range(3):
         step(image, label)

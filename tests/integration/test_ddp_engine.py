@@ -7,8 +7,6 @@ This file is also the script torchrun starts.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.torchrun import run_torchrun
 
 
 def main(run_dir: Path) -> int:
@@ -50,21 +48,7 @@ def test_two_gloo_ranks_train_in_step(tmp_path: Path) -> None:
     from tests.integration.test_resume import STAGE
     from volseg.engine import load_checkpoint, read_metrics
 
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        VOLSEG_NO_PROGRESS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(Path(__file__)), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=110,
-    )
+    proc = run_torchrun([str(Path(__file__)), str(tmp_path)], timeout=110)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     stage_dir = tmp_path / STAGE

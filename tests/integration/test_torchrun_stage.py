@@ -11,18 +11,14 @@ this test cannot be relied on to catch it.)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_finetune_stage import CONFIG
+from tests.torchrun import run_torchrun
 from volseg.cli import main
 from volseg.engine import read_metrics
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(240)
@@ -33,21 +29,7 @@ def test_finetune_under_torchrun_two_ranks(tiny_dataset: Path, tmp_path: Path) -
     common = ["--config", str(cfg), "--data", str(tiny_dataset), "--run-dir", str(run)]
     assert main(["prepare", *common]) == 0
 
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        VOLSEG_NO_PROGRESS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    )
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    proc = subprocess.run(
-        [*launcher, "2", "-m", "volseg", "finetune", *common, "--no-progress"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=220,
-    )
+    proc = run_torchrun(["-m", "volseg", "finetune", *common, "--no-progress"], timeout=220)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "terminate called" not in proc.stderr
 

@@ -27,18 +27,6 @@ def load_config_from_args(args: argparse.Namespace):
     return load_config(args.config, args.overrides, data_root=args.data, run_dir=args.run_dir)
 
 
-def leave_process_group() -> None:
-    """After a training stage: all ranks meet, then leave the torchrun process group.
-
-    Without it a worker that finishes first can exit with gloo/NCCL threads still running
-    and abort ("terminate called without an active exception"), failing the torchrun job.
-    A no-op in a single process.
-    """
-    from volseg.engine.distributed import cleanup_distributed
-
-    cleanup_distributed()
-
-
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Config arguments plus ``--resume`` (default) / ``--no-resume`` for training stages."""
     add_config_arguments(parser)

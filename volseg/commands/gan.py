@@ -16,11 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from volseg.commands._common import leave_process_group, load_config_from_args
+    from volseg.commands._common import load_config_from_args
+    from volseg.engine.distributed import cleanup_distributed
     from volseg.stages.gan import run_gan
 
     cfg = load_config_from_args(args)
     folder = run_gan(cfg, resume=args.resume)
-    leave_process_group()
+    cleanup_distributed()  # every torchrun worker leaves together and exits 0
     logging.getLogger(__name__).info("gan: outputs in %s", folder)
     return 0

@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.commands._common import leave_process_group, load_config_from_args
+    from volseg.commands._common import load_config_from_args
+    from volseg.engine.distributed import cleanup_distributed
     from volseg.stages.pretrain import run_pretrain
 
     run_pretrain(load_config_from_args(args), resume=args.resume)
-    leave_process_group()
+    cleanup_distributed()  # every torchrun worker leaves together and exits 0
     return 0

@@ -68,7 +68,11 @@ def init_distributed() -> DistInfo:
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group (after a barrier) if one is active."""
+    """Leave the process group (after a barrier) if one is active.
+
+    Training commands call it last: a torchrun worker that exits with the gloo/NCCL group
+    still alive can abort ("terminate called without an active exception") and fail the job.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

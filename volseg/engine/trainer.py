@@ -234,15 +234,14 @@ class Trainer:
         if state.scaler is None:
             fp16 = amp_dtype(self.device, cfg.amp) == torch.float16
             state.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        memory_format = training_memory_format(self.device, cfg.channels_last)
+        self.ctx = StepContext(self.device, self.dist, cfg, state.scaler)
         for name, module in list(state.modules.items()):
             module.to(self.device)
-            if memory_format is not None:
-                module.to(memory_format=memory_format)
+            if self.ctx.memory_format is not None:
+                module.to(memory_format=self.ctx.memory_format)
             state.modules[name] = maybe_compile(
                 wrap_ddp(module, self.device, **dict(ddp_kwargs or {})), cfg.compile
             )
-        self.ctx = StepContext(self.device, self.dist, cfg, state.scaler)
         self._epoch_meter = _Meter()
         self._log_meter = _Meter()
         self._logger: MetricsLogger | None = None
