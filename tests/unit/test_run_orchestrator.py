@@ -413,3 +413,36 @@ def test_training_scripts_use_torchrun_when_nproc_above_one(tmp_path: Path) -> N
 def test_run_all_calls_every_stage_in_order(tmp_path: Path) -> None:
     calls = _run_script(tmp_path, "run_all.sh", "c.yaml")
     assert [c.split("--only ")[1] for c in calls] == ALL
+
+
+def test_linked_stage_reruns_in_own_folder_and_leaves_the_shared_one(
+    pipe: FakePipeline, tmp_path: Path
+) -> None:
+    """A study cell links shared stages; re-running one there must not touch the original."""
+    pipe.run()
+    shared = tmp_path / "shared"
+    (pipe.run_dir / "gan").rename(shared)
+    (pipe.run_dir / "gan").symlink_to(shared)
+    before = {p.name: p.read_bytes() for p in shared.iterdir()}
+
+    pipe.run("gan.lr=0.5")
+
+    gan = pipe.run_dir / "gan"
+    assert pipe.calls == ["gan", "finetune", "predict", "evaluate"]
+    assert gan.is_dir() and not gan.is_symlink()
+    assert pipe.seen["gan"] == ["manifest.json"]  # a fresh folder: no earlier outputs
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == before
+
+
+def test_disabling_a_linked_stage_leaves_the_shared_one(pipe: FakePipeline, tmp_path: Path) -> None:
+    pipe.run()
+    shared = tmp_path / "shared"
+    (pipe.run_dir / "pretrain").rename(shared)
+    (pipe.run_dir / "pretrain").symlink_to(shared)
+    before = {p.name: p.read_bytes() for p in shared.iterdir()}
+
+    pipe.run("pretrain.enabled=false")
+
+    assert not (pipe.run_dir / "pretrain").is_symlink()
+    assert pipe.manifest("pretrain").status == mf.STATUS_DISABLED
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == before

@@ -216,6 +216,15 @@ def _fresh_reason(
     return None
 
 
+def _unlink_shared(stage_dir: Path) -> bool:
+    """Remove a symlinked stage folder (a study cell's link to a shared stage) before the
+    stage writes, so a cell never changes what its siblings read; True if one was removed."""
+    if not stage_dir.is_symlink():
+        return False
+    stage_dir.unlink()
+    return True
+
+
 def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
     """Run, skip or mark one stage; returns ``ran``, ``skipped`` or ``disabled``."""
     run_dir = Path(cfg.run_dir)
@@ -241,6 +250,7 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
         ):
             record.status = mf.STATUS_DISABLED
             record.finished = mf.now_iso()
+            _unlink_shared(stage_dir)
             mf.write_manifest(run_dir, record)
         log.info("%s: disabled (%s.enabled: false)", spec.name, spec.name)
         return "disabled"
@@ -256,7 +266,13 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
 
     fn = spec.resolve()
     reason = _fresh_reason(spec, prev, config_hash, inputs_hash, forced)
-    if reason is not None and stage_dir.exists():
+    if _unlink_shared(stage_dir):
+        log.info(
+            "%s: %s, re-running it here (was a link to a shared stage)",
+            spec.name,
+            reason or "must run",
+        )
+    elif reason is not None and stage_dir.exists():
         log.info("%s: %s, starting fresh (removing %s)", spec.name, reason, stage_dir)
         shutil.rmtree(stage_dir)
     elif prev is not None and prev.status in (mf.STATUS_RUNNING, mf.STATUS_FAILED):
