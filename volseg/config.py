@@ -149,6 +149,11 @@ class FinetuneConfig(TrainConfig):
     init: Literal["pretrained", "scratch"] = "pretrained"
     use_pseudo: bool = True
     pseudo_weight: float = Field(0.5, ge=0, le=1)
+    pseudo_until: float = Field(1.0, gt=0, le=1)
+    """Share of the fine-tuning steps during which pseudo-labeled scans are drawn; after it
+    the crops come from the true masks (and healthy scans) alone, so the noisy pseudo-masks
+    give a warm start that the true labels then refine. 1: the whole run. Ignored without
+    labeled scans (0 labels: the pseudo-masks are all there is)."""
     use_healthy: bool = False
     """Add the CT-0 training scans with an all-zero mask at weight 1: CT-0 means "no CT signs
     of viral pneumonia", so the empty mask is a true label, and it teaches the network that

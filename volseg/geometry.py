@@ -56,7 +56,8 @@ class WorkingGrid:
         ras_spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
         target = np.asarray(target_spacing, dtype=np.float64)
         shape = tuple(
-            max(1, int(round(n * s / t))) for n, s, t in zip(ras_shape, ras_spacing, target, strict=True)
+            max(1, int(round(n * s / t)))
+            for n, s, t in zip(ras_shape, ras_spacing, target, strict=True)
         )
         # Voxel centres under align_corners=False: new index j sits at old index
         # (j + 0.5) * n_old / n_new - 0.5.

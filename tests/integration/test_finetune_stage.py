@@ -251,12 +251,33 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
 def test_healthy_fraction_probabilities() -> None:
     from volseg.config import FinetuneConfig
 
-    probs = ft_stage.source_probabilities(3, 2, FinetuneConfig(healthy_fraction=0.1))
+    # sources: 2 labeled, 1 pseudo-labeled, 2 healthy
+    probs = ft_stage.source_probabilities(2, 1, 2, FinetuneConfig(healthy_fraction=0.1))
     assert probs == pytest.approx([0.3, 0.3, 0.3, 0.05, 0.05])
-    assert ft_stage.source_probabilities(3, 2, FinetuneConfig()) is None  # uniform
-    assert ft_stage.source_probabilities(3, 0, FinetuneConfig(healthy_fraction=0.1)) is None
+    assert ft_stage.source_probabilities(2, 1, 2, FinetuneConfig()) is None  # uniform
+    assert ft_stage.source_probabilities(2, 1, 0, FinetuneConfig(healthy_fraction=0.1)) is None
     with pytest.raises(InputError, match="healthy scans alone"):
-        ft_stage.source_probabilities(0, 2, FinetuneConfig(healthy_fraction=0.1))
+        ft_stage.source_probabilities(0, 0, 2, FinetuneConfig(healthy_fraction=0.1))
+
+
+def test_pseudo_until_switches_to_true_masks() -> None:
+    from volseg.config import FinetuneConfig
+
+    ft = FinetuneConfig(epochs=4, iters_per_epoch=10, pseudo_until=0.25)
+    # 10 of 40 steps with pseudo-masks; 3 samples per step (e.g. batch 3 on one rank)
+    [(first, probs)] = ft_stage.source_phases(2, 3, 0, ft, samples_per_step=3)
+    assert first == 30
+    assert probs == pytest.approx([0.5, 0.5, 0, 0, 0])
+    # healthy scans keep their share (uniform: 1 of 3 non-pseudo sources each)
+    [(_, probs)] = ft_stage.source_phases(1, 3, 2, ft, samples_per_step=1)
+    assert probs == pytest.approx([1 / 3, 0, 0, 0, 1 / 3, 1 / 3])
+    healthy = ft.model_copy(update={"healthy_fraction": 0.1})
+    [(_, probs)] = ft_stage.source_phases(2, 1, 2, healthy, samples_per_step=1)
+    assert probs == pytest.approx([0.45, 0.45, 0, 0.05, 0.05])
+    # nothing to switch: whole run, no pseudo-masks, or no labeled scan to switch to
+    assert ft_stage.source_phases(2, 3, 0, FinetuneConfig(), 3) == []
+    assert ft_stage.source_phases(2, 0, 0, ft, 3) == []
+    assert ft_stage.source_phases(0, 3, 0, ft, 3) == []
 
 
 def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:

@@ -150,7 +150,9 @@ def test_finetune_terms_sum_to_total() -> None:
     total, terms = loss_fn(logits, target, emb, weight, generator=torch.Generator().manual_seed(0))
     assert set(terms) == {"dice", "bce", "mse", "supcon"}
     weights = {"dice": 1.0, "bce": 0.7, "mse": 0.5, "supcon": 0.3}
-    assert total.item() == pytest.approx(sum(weights[k] * float(v) for k, v in terms.items()), rel=1e-6)
+    assert total.item() == pytest.approx(
+        sum(weights[k] * float(v) for k, v in terms.items()), rel=1e-6
+    )
     assert float(terms["bce"]) == pytest.approx(SensitivityBCELoss()(logits, target, weight).item())
     assert float(terms["dice"]) == pytest.approx(SoftDiceLoss()(logits, target, weight).item())
     assert all(v > 0 for v in terms.values())

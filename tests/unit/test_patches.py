@@ -75,6 +75,26 @@ def test_source_probabilities_set_each_volumes_share() -> None:
         SegPatchDataset(sources, PATCH, source_probs=[0.5, 0.5])
 
 
+def test_source_phases_change_the_draw_from_their_index() -> None:
+    sources = [_source(sid="a", weight=1.0), _source(sid="b", weight=0.5)]
+    ds = SegPatchDataset(
+        sources, PATCH, seed=0, augment=False, source_phases=[(40, [1.0, 0.0]), (80, None)]
+    )
+    weights = [float(ds[i]["weight"]) for i in range(120)]
+    assert 0.5 in weights[:40]  # uniform before the first phase
+    assert set(weights[40:80]) == {1.0}  # source "b" never drawn
+    assert 0.5 in weights[80:]  # uniform again
+    # a sample is still a function of its index alone
+    assert _same(
+        ds[50],
+        SegPatchDataset(sources, PATCH, seed=0, augment=False, source_phases=[(40, [1.0, 0.0])])[
+            50
+        ],
+    )
+    with pytest.raises(ValueError, match="start after"):
+        SegPatchDataset(sources, PATCH, source_phases=[(10, None), (10, None)])
+
+
 def test_patches_stay_in_lungs_when_not_positive() -> None:
     src = _source()
     ds = SegPatchDataset([src], PATCH, seed=1, pos_fraction=0.0, augment=False)

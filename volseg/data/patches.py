@@ -180,6 +180,10 @@ class SegPatchDataset(_PatchBase):
     the rest on a lung voxel (anywhere without lungs). ``augment`` applies
     :func:`volseg.data.transforms.augment_transforms`, seeded per index. Each crop's volume
     is drawn uniformly, or with ``source_probs`` (one probability per source, summing to 1).
+    ``source_phases`` changes those probabilities during training: ``(first_index, probs)``
+    pairs, in increasing order of sample index; from ``first_index`` on, crops are drawn
+    with ``probs`` (None: uniform). Being a function of the index, a phase change resumes
+    exactly like everything else.
     """
 
     def __init__(
@@ -191,20 +195,16 @@ class SegPatchDataset(_PatchBase):
         augment: bool = True,
         augment_kwargs: dict[str, Any] | None = None,
         source_probs: Sequence[float] | None = None,
+        source_phases: Sequence[tuple[int, Sequence[float] | None]] = (),
     ) -> None:
         super().__init__(volumes, patch_size, seed)
         if not 0.0 <= pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
-        self.source_probs = None
-        if source_probs is not None:
-            probs = np.asarray(source_probs, dtype=np.float64)
-            if probs.shape != (len(self.sources),) or (probs < 0).any():
-                raise ValueError(
-                    f"source_probs needs {len(self.sources)} non-negative values, got {probs}"
-                )
-            if not np.isclose(probs.sum(), 1.0):
-                raise ValueError(f"source_probs must sum to 1, got {probs.sum()}")
-            self.source_probs = probs / probs.sum()
+        self.phases: list[tuple[int, np.ndarray | None]] = [(0, self._checked(source_probs))]
+        for first, probs in source_phases:
+            if first <= self.phases[-1][0]:
+                raise ValueError(f"source_phases must start after index {self.phases[-1][0]}")
+            self.phases.append((int(first), self._checked(probs)))
         for s in self.sources:
             if s.get("label") is None:
                 raise ValueError(f"{s.id}: no label for a supervised patch dataset")
@@ -219,11 +219,33 @@ class SegPatchDataset(_PatchBase):
                 ("image", "label", "lungs"), extra_nearest=extra, **(augment_kwargs or {})
             )
 
+    def _checked(self, source_probs: Sequence[float] | None) -> np.ndarray | None:
+        if source_probs is None:
+            return None
+        probs = np.asarray(source_probs, dtype=np.float64)
+        if probs.shape != (len(self.sources),) or (probs < 0).any():
+            raise ValueError(
+                f"source_probs needs {len(self.sources)} non-negative values, got {probs}"
+            )
+        if not np.isclose(probs.sum(), 1.0):
+            raise ValueError(f"source_probs must sum to 1, got {probs.sum()}")
+        return probs / probs.sum()
+
+    def source_probs_at(self, index: int) -> np.ndarray | None:
+        """Per-source probabilities for sample ``index`` (None: uniform)."""
+        probs = self.phases[0][1]
+        for first, phase_probs in self.phases[1:]:
+            if index < first:
+                break
+            probs = phase_probs
+        return probs
+
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        if self.source_probs is None:
+        probs = self.source_probs_at(index)
+        if probs is None:
             which = int(rng.integers(len(self.sources)))
         else:
-            which = int(rng.choice(len(self.sources), p=self.source_probs))
+            which = int(rng.choice(len(self.sources), p=probs))
         src = self.sources[which]
         positive = rng.random() < self.pos_fraction
         keys = ("label", "lungs") if positive else ("lungs",)

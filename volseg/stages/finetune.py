@@ -234,20 +234,37 @@ def healthy_sources(cfg: Config, prepared: Prepared) -> list[Any]:
 
 
 def source_probabilities(
-    n_lesion: int, n_healthy: int, ft: FinetuneConfig
+    n_labeled: int, n_pseudo: int, n_healthy: int, ft: FinetuneConfig, *, pseudo: bool = True
 ) -> list[float] | None:
-    """Per-source sampling probabilities: ``healthy_fraction`` for the healthy scans together.
+    """Per-source sampling probabilities for sources ordered labeled, pseudo, healthy.
 
-    The first ``n_lesion`` sources (labeled, then pseudo-labeled) share ``1 - fraction``
-    evenly, the last ``n_healthy`` share ``fraction``. None (uniform over all sources) when
-    there are no healthy sources or ``finetune.healthy_fraction`` is None.
+    The healthy scans together get ``healthy_fraction`` and the lesion scans share the rest
+    evenly; with ``pseudo=False`` the pseudo-labeled scans get 0 and the labeled scans take
+    their share. None (uniform over all sources) when nothing needs weighting.
     """
-    fraction = ft.healthy_fraction
-    if n_healthy == 0 or fraction is None:
-        return None
-    if n_lesion == 0:
+    n_lesion = n_labeled + (n_pseudo if pseudo else 0)
+    fraction = ft.healthy_fraction if n_healthy else None
+    if n_healthy and fraction is not None and n_lesion == 0:
         raise InputError("finetune: healthy scans alone cannot train the network")
-    return [(1.0 - fraction) / n_lesion] * n_lesion + [fraction / n_healthy] * n_healthy
+    if fraction is None:
+        if pseudo or n_pseudo == 0:
+            return None
+        fraction = n_healthy / (n_lesion + n_healthy)  # uniform over labeled + healthy
+    lesion_p = (1.0 - fraction) / n_lesion
+    probs = [lesion_p] * n_labeled + [lesion_p if pseudo else 0.0] * n_pseudo
+    return probs + [fraction / n_healthy] * n_healthy if n_healthy else probs
+
+
+def source_phases(
+    n_labeled: int, n_pseudo: int, n_healthy: int, ft: FinetuneConfig, samples_per_step: int
+) -> list[tuple[int, list[float] | None]]:
+    """``SegPatchDataset.source_phases`` for ``finetune.pseudo_until``: from that share of
+    the steps on, no pseudo-labeled crops (none needed when there is nothing to switch)."""
+    if ft.pseudo_until >= 1.0 or n_pseudo == 0 or n_labeled == 0:
+        return []
+    switch_step = math.ceil(ft.pseudo_until * ft.epochs * ft.iters_per_epoch)
+    probs = source_probabilities(n_labeled, n_pseudo, n_healthy, ft, pseudo=False)
+    return [(switch_step * samples_per_step, probs)]
 
 
 # ----------------------------------------------------------------------------- stage
@@ -344,7 +361,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     if resume and _finished(out, cfg):
         log.info("finetune: already finished with these settings (%s)", out / "model.pt")
         return out / "model.pt"
-    init_distributed()
+    world = init_distributed()
     main = is_main_process()
     if main:  # until this run completes, the folder must not look finished
         (out / SUMMARY_FILE).unlink(missing_ok=True)
@@ -375,8 +392,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     sources += pseudo + healthy
     val_volumes = prepared.volumes_of(dl.labeled("val"))
     log.info(
-        "finetune: %d labeled + %d pseudo-labeled + %d healthy training scans, "
-        "%d validation scans",
+        "finetune: %d labeled + %d pseudo-labeled + %d healthy training scans, %d validation scans",
         len(labeled),
         len(pseudo),
         len(healthy),
@@ -415,12 +431,21 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         beta=ft.sensitivity_beta,
         temperature=ft.supcon_temperature,
     )
+    counts = (len(labeled), len(pseudo), len(healthy))
+    samples_per_step = ft.batch_size * world.world_size
+    phases = source_phases(*counts, ft, samples_per_step)
+    if phases:
+        log.info(
+            "finetune: pseudo-labeled crops until step %d, true masks alone after it",
+            phases[0][0] // samples_per_step,
+        )
     dataset = SegPatchDataset(
         sources,
         ft.patch_size,
         seed=cfg.seed,
         augment=True,
-        source_probs=source_probabilities(len(sources) - len(healthy), len(healthy), ft),
+        source_probs=source_probabilities(*counts, ft),
+        source_phases=phases,
     )
 
     def step_fn(batch: dict, state: TrainState, ctx: Any) -> dict[str, Any]:
