@@ -175,6 +175,10 @@ class FinetuneConfig(TrainConfig):
     supcon_weight: float = Field(0.1, ge=0)
     sensitivity_beta: float = Field(2.0, ge=0)
     supcon_temperature: float = Field(0.1, gt=0)
+    calibrate_gate: bool = False
+    """After training, choose the lesion-presence gate (``predict.min_involvement_pct``) on
+    the validation split: labeled scans plus healthy (CT-0) scans, whose reference is empty
+    by definition; stored in the model bundle (``finetune/summary.json`` has the cases)."""
 
 
 class PredictConfig(Section):
@@ -186,6 +190,10 @@ class PredictConfig(Section):
     tta: bool = False
     threshold: float = Field(0.5, gt=0, lt=1)
     min_component_mm3: float = Field(10.0, ge=0)
+    min_involvement_pct: float | None = Field(None, ge=0, lt=100)
+    """Lesion-presence gate: a scan whose predicted lesions fill less than this share (%) of
+    its lungs is called lesion-free (empty mask, CT-0). None: the model bundle's value (set
+    by ``finetune.calibrate_gate``, else 0 = no gate). Needs the lung mask."""
     restrict_to_lungs: bool = True
     write_prob: bool = False
 

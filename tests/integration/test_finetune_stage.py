@@ -248,6 +248,28 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
     assert sorted(summary["healthy_ids"]) == sorted(s.id for s in sources)
 
 
+def test_calibrated_gate_is_chosen_on_validation_and_stored_in_the_bundle(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(prepared_run, tmp_path / "run")
+    dl = Datalist.load(datalist_path(run))
+    assert dl.labeled("val") and dl.healthy("val"), "the tiny split needs both kinds in val"
+    bundle = run_finetune(_config(run, tiny_dataset, "finetune.calibrate_gate=true"))
+    gate = json.loads((run / "finetune" / "summary.json").read_text())["gate"]
+    # every labeled and every healthy validation scan, and no other
+    expected = {s.id: False for s in dl.labeled("val")} | {s.id: True for s in dl.healthy("val")}
+    assert {c["id"]: c["empty_reference"] for c in gate["cases"]} == expected
+    cases = [validation.GateCase(**c) for c in gate["cases"]]
+    assert gate["min_involvement_pct"] == validation.choose_involvement_gate(cases)
+    loaded = load_bundle(bundle, "cpu")
+    assert loaded.predict_defaults["min_involvement_pct"] == gate["min_involvement_pct"]
+
+    # without calibration the bundle carries no gate (0)
+    other = _run_copy(prepared_run, tmp_path / "other")
+    plain = load_bundle(run_finetune(_config(other, tiny_dataset, "finetune.epochs=1")), "cpu")
+    assert plain.predict_defaults["min_involvement_pct"] == 0.0
+
+
 def test_healthy_fraction_probabilities() -> None:
     from volseg.config import FinetuneConfig
 

@@ -196,3 +196,35 @@ def test_dicom_series_input(oracle_bundle: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(scan.affine[:3, 3], [10.0, -20.0, 30.0], atol=1e-4)
     assert nib.aff2axcodes(scan.affine) == ("L", "P", "S")
     assert scan.array[12, 10, 3] == 300
+
+
+def test_lesion_presence_gate_empties_small_predictions(
+    oracle_bundle: Path, tmp_path: Path
+) -> None:
+    """Lesions filling 0.5 % of the lungs survive no gate and a 0.4 % gate, not a 1 % one."""
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    shape = (40, 40, 10)
+    aff = np.diag([1.5, 1.5, 5.0, 1.0])
+    hu = np.full(shape, -850, dtype=np.int16)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    lungs[:, :, :] = 1  # 16000 lung voxels
+    hu[10:14, 10:14, 4:9] = 200  # 80 lesion voxels = 0.5 %
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+
+    def predicted(**gate) -> tuple[int, bool]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        run_predict(oracle_bundle.parents[1], src, out, lungs=tmp_path / "in", **gate)
+        info = json.loads((out / "scan_a.json").read_text())
+        mask = np.asarray(nib.load(out / "scan_a_mask.nii.gz").dataobj)
+        assert info["options"]["min_involvement_pct"] == gate.get("min_involvement_pct", 0.0)
+        return int(mask.sum()), info["gated"]
+
+    assert predicted() == (80, False)  # the bundle has no gate
+    assert predicted(min_involvement_pct=0.4) == (80, False)
+    assert predicted(min_involvement_pct=1.0) == (0, True)

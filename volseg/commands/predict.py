@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threshold", type=float, help="probability threshold")
     parser.add_argument("--min-component", type=float, help="drop lesions smaller (mm³)")
+    parser.add_argument(
+        "--min-involvement",
+        type=float,
+        help="call a scan lesion-free below this predicted lung involvement (%%; 0: off)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
     parser.add_argument("--num-parts", type=int, default=1, help="split inputs into K parts")
     parser.add_argument("--part-id", type=int, default=0, help="which part to run (0-based)")
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--overlap must be in [0, 1)")
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise InputError("--threshold must be in (0, 1)")
+    if args.min_involvement is not None and not 0 <= args.min_involvement < 100:
+        raise InputError("--min-involvement must be in [0, 100)")
     try:
         roi = parse_roi(args.roi)
     except ValueError as exc:
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         threshold=args.threshold,
         min_component_mm3=args.min_component,
+        min_involvement_pct=args.min_involvement,
     )
     logging.getLogger("volseg.predict").info("wrote %s", summary)
     return 0

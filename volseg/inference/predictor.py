@@ -39,6 +39,7 @@ class PredictOptions:
     tta: bool = False
     threshold: float = 0.5
     min_component_mm3: float = 10.0
+    min_involvement_pct: float = 0.0
     restrict_to_lungs: bool = True
 
     @classmethod
@@ -58,6 +59,7 @@ class Prediction:
     mask: np.ndarray  # uint8 0/1
     probability: np.ndarray  # float32 in [0, 1]
     lungs: np.ndarray | None  # uint8 0/1, or None when not used
+    gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
 
 
 def default_device() -> torch.device:
@@ -136,7 +138,21 @@ class Predictor:
         mask = remove_small_components(
             mask, spacing_from_affine(affine), self.options.min_component_mm3
         )
-        return Prediction(mask.astype(np.uint8), prob, None if lungs is None else lungs)
+        gated = self._below_gate(mask, lungs)
+        if gated:
+            mask[:] = False
+        return Prediction(mask.astype(np.uint8), prob, None if lungs is None else lungs, gated)
+
+    def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> bool:
+        """True when lesions were found but fill less than ``min_involvement_pct`` of the lungs."""
+        gate = self.options.min_involvement_pct
+        if gate <= 0 or not mask.any():
+            return False
+        if lungs is None:
+            log.warning("no lung mask: the lesion-presence gate (%.3f %%) is not applied", gate)
+            return False
+        n_lungs = int(np.count_nonzero(lungs))
+        return n_lungs > 0 and 100.0 * float(np.count_nonzero(mask)) / n_lungs < gate
 
 
 def lung_mask_for(image: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ jointly, not part of the bundle).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -315,9 +316,8 @@ def _optimizer(model: FinetuneNet, cfg: Config, pretrained: bool) -> torch.optim
     return torch.optim.AdamW(groups, lr=ft.lr, weight_decay=ft.weight_decay)
 
 
-def _bundle_from_checkpoint(cfg: Config, checkpoint: Path, out: Path, extra: dict) -> Path:
-    """Write ``model.pt`` with the segmentation weights of a training checkpoint."""
-    from volseg.bundle import BUNDLE_NAME, save_bundle
+def _model_from_checkpoint(cfg: Config, checkpoint: Path) -> Any:
+    """The segmentation network with the weights of a training checkpoint."""
     from volseg.engine import load_model_weights
     from volseg.models import build_model
 
@@ -325,13 +325,61 @@ def _bundle_from_checkpoint(cfg: Config, checkpoint: Path, out: Path, extra: dic
     seg_state = {k[len("seg.") :]: v for k, v in state.items() if k.startswith("seg.")}
     model = build_model(cfg.model.name, **model_kwargs(cfg))
     model.load_state_dict(seg_state, strict=True)
+    return model
+
+
+def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, Any]:
+    """``finetune.calibrate_gate``: the lesion-presence gate chosen on the validation split."""
+    dl = prepared.datalist
+    labeled = prepared.volumes_of(dl.labeled("val"))
+    healthy = prepared.volumes_of([s for s in dl.healthy("val") if not s.labeled])
+    if not labeled or not healthy:
+        log.warning(
+            "finetune.calibrate_gate: needs labeled and healthy validation scans "
+            "(%d and %d here): no gate",
+            len(labeled),
+            len(healthy),
+        )
+        return {"min_involvement_pct": 0.0, "cases": []}
+    p = cfg.predict
+    cases = validation.gate_cases(
+        model,
+        labeled,
+        healthy,
+        p.roi_size,
+        overlap=p.overlap,
+        sw_batch_size=p.sw_batch_size,
+        threshold=p.threshold,
+        device=next(model.parameters()).device,
+    )
+    gate = validation.choose_involvement_gate(cases)
+    log.info(
+        "finetune: lesion-presence gate %.3f %% of the lungs, chosen on %d labeled + %d "
+        "healthy validation scans (predicted involvement %s)",
+        gate,
+        len(labeled),
+        len(healthy),
+        ", ".join(f"{c.id} {c.involvement_pct:.2f}" for c in cases),
+    )
+    return {"min_involvement_pct": gate, "cases": [dataclasses.asdict(c) for c in cases]}
+
+
+def _save_bundle(cfg: Config, model: Any, out: Path, extra: dict, gate: float | None) -> Path:
+    """Write ``model.pt``; its predict defaults are the config's, with the calibrated gate."""
+    from volseg.bundle import BUNDLE_NAME, save_bundle
+
+    defaults = cfg.predict.model_dump(mode="json")
+    if gate is not None:
+        defaults["min_involvement_pct"] = gate
+    elif defaults.get("min_involvement_pct") is None:
+        defaults["min_involvement_pct"] = 0.0
     return save_bundle(
         out / BUNDLE_NAME,
         model,
         cfg.model.name,
         model_kwargs(cfg),
         preprocessing_of(cfg),
-        predict_defaults=cfg.predict.model_dump(mode="json"),
+        predict_defaults=defaults,
         extra=extra,
     )
 
@@ -514,8 +562,15 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             "val_ids": [v.id for v in val_volumes],
             "config_hash": _config_hash(cfg),
         }
+        device = next(state.raw("net").parameters()).device
+        model = _model_from_checkpoint(cfg, checkpoint).to(device)
+        gate = _calibrate_gate(cfg, model, prepared) if ft.calibrate_gate else None
+        if gate is not None:
+            summary["gate"] = gate
         extra = {k: summary[k] for k in ("best_val_dice", "best_epoch", "init", "n_pseudo")}
-        bundle = _bundle_from_checkpoint(cfg, checkpoint, out, extra)
+        bundle = _save_bundle(
+            cfg, model, out, extra, None if gate is None else gate["min_involvement_pct"]
+        )
         write_json_atomic(out / SUMMARY_FILE, _json_safe(summary))
         log.info(
             "finetune: best val_dice %s at epoch %s -> %s",

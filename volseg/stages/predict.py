@@ -176,6 +176,7 @@ def _write_outputs(
             "model": str(model_path),
             "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
             "lungs_used": result.lungs is not None,
+            "gated": result.gated,
         },
     )
     if overlays:

@@ -407,6 +407,7 @@ def _predict_test_split(cfg: Config) -> Path:
         tta=p.tta,
         threshold=p.threshold,
         min_component_mm3=p.min_component_mm3,
+        min_involvement_pct=p.min_involvement_pct,
     )
     return out_dir
 

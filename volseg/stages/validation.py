@@ -116,3 +116,91 @@ def validate_volumes(
     finally:
         model.train(was_training)
     return result
+
+
+# --------------------------------------------------------------------- lesion-presence gate
+
+
+@dataclass(frozen=True)
+class GateCase:
+    """One validation scan as the lesion-presence gate sees it."""
+
+    id: str
+    involvement_pct: float
+    """Predicted lesion voxels as a share of the lung voxels (%)."""
+    dice: float
+    """Dice of the ungated prediction against the reference."""
+    empty_reference: bool
+    """True for a healthy (CT-0) scan: its reference mask is empty by definition."""
+
+    def gated_dice(self, gate_pct: float) -> float:
+        """Dice once scans predicted below ``gate_pct`` are called lesion-free (empty mask)."""
+        if self.involvement_pct >= gate_pct:
+            return self.dice
+        return 1.0 if self.empty_reference else 0.0
+
+
+def gate_cases(
+    model: nn.Module,
+    labeled: Sequence[CachedVolume],
+    healthy: Sequence[CachedVolume],
+    roi_size: Sequence[int],
+    *,
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    threshold: float = 0.5,
+    device: torch.device | None = None,
+) -> list[GateCase]:
+    """Predicted involvement and Dice of labeled and healthy (empty-reference) scans.
+
+    Predictions are thresholded and restricted to the lungs as in :func:`validate_volumes`;
+    a volume without a lung mask is refused (``ValueError``): involvement needs the lungs.
+    """
+    cases = []
+    was_training = model.training
+    model.eval()
+    try:
+        for vol, empty in [(v, False) for v in labeled] + [(v, True) for v in healthy]:
+            lungs = vol.lungs()
+            ref = np.zeros(vol.shape, dtype=bool) if empty else vol.label()
+            if lungs is None or ref is None:
+                raise ValueError(f"{vol.id}: the gate needs a lung mask and a reference mask")
+            lungs = np.asarray(lungs) > 0
+            prob = volume_probability(
+                model,
+                vol.image(),
+                roi_size,
+                overlap=overlap,
+                sw_batch_size=sw_batch_size,
+                device=device,
+            )
+            pred = (prob >= threshold) & lungs
+            involvement = 100.0 * float(pred.sum()) / max(int(lungs.sum()), 1)
+            dice = overlap_metrics(pred, np.asarray(ref) > 0)["dice"]
+            cases.append(GateCase(vol.id, involvement, float(dice), empty))
+    finally:
+        model.train(was_training)
+    return cases
+
+
+def choose_involvement_gate(cases: Sequence[GateCase]) -> float:
+    """The predicted-involvement gate (%) that maximises the mean gated Dice of ``cases``.
+
+    Candidates are 0 (no gate) and the midpoints between consecutive distinct predicted
+    involvements (geometric, so the gate sits as far in ratio from the scan below as from
+    the one above); ties go to the smallest gate, which calls the fewest scans lesion-free.
+    When the healthy scans are all predicted below the labeled ones, the result is the
+    midpoint between the highest healthy and the lowest labeled scan.
+    """
+    if not cases:
+        return 0.0
+    values = sorted({c.involvement_pct for c in cases})
+    candidates = [0.0]
+    for low, high in zip(values, values[1:], strict=False):
+        candidates.append(math.sqrt(low * high) if low > 0 else high / 2.0)
+
+    def score(gate: float) -> float:
+        return float(np.mean([c.gated_dice(gate) for c in cases]))
+
+    best = max(score(g) for g in candidates)
+    return min(g for g in candidates if score(g) >= best - 1e-12)
