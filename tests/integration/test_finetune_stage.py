@@ -253,12 +253,16 @@ def test_calibrated_gate_is_chosen_on_validation_and_stored_in_the_bundle(
 ) -> None:
     run = _run_copy(prepared_run, tmp_path / "run")
     dl = Datalist.load(datalist_path(run))
-    assert dl.labeled("val") and dl.healthy("val"), "the tiny split needs both kinds in val"
+    assert dl.labeled("val") and dl.healthy("val") and dl.healthy("train")
     bundle = run_finetune(_config(run, tiny_dataset, "finetune.calibrate_gate=true"))
     gate = json.loads((run / "finetune" / "summary.json").read_text())["gate"]
-    # every labeled and every healthy validation scan, and no other
-    expected = {s.id: False for s in dl.labeled("val")} | {s.id: True for s in dl.healthy("val")}
+    # labeled validation scans, and the healthy scans fine-tuning did not learn from: CT-0
+    # validation and (use_healthy off) CT-0 training scans; never a test scan
+    healthy = dl.healthy(("val", "train"))
+    expected = {s.id: False for s in dl.labeled("val")} | {s.id: True for s in healthy}
     assert {c["id"]: c["empty_reference"] for c in gate["cases"]} == expected
+    trained_on_healthy = _config(run, tiny_dataset, "finetune.use_healthy=true")
+    assert ft_stage.gate_healthy_studies(trained_on_healthy, dl) == dl.healthy("val")
     cases = [validation.GateCase(**c) for c in gate["cases"]]
     assert gate["min_involvement_pct"] == validation.choose_involvement_gate(cases)
     loaded = load_bundle(bundle, "cpu")

@@ -328,14 +328,24 @@ def _model_from_checkpoint(cfg: Config, checkpoint: Path) -> Any:
     return model
 
 
+def gate_healthy_studies(cfg: Config, datalist: Any) -> list[Study]:
+    """The healthy scans the gate is calibrated on: CT-0 validation scans, plus the CT-0
+    training scans when fine-tuning did not train on them (``use_healthy`` off). Every one
+    is a scan the network never learned from, with an empty reference by definition; never
+    a test scan."""
+    splits = ("val",) if cfg.finetune.use_healthy else ("val", "train")
+    return [s for s in datalist.healthy(splits) if not s.labeled]
+
+
 def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, Any]:
-    """``finetune.calibrate_gate``: the lesion-presence gate chosen on the validation split."""
+    """``finetune.calibrate_gate``: the lesion-presence gate, chosen on labeled validation
+    scans and healthy scans the network did not train on (:func:`gate_healthy_studies`)."""
     dl = prepared.datalist
     labeled = prepared.volumes_of(dl.labeled("val"))
-    healthy = prepared.volumes_of([s for s in dl.healthy("val") if not s.labeled])
+    healthy = prepared.volumes_of(gate_healthy_studies(cfg, dl))
     if not labeled or not healthy:
         log.warning(
-            "finetune.calibrate_gate: needs labeled and healthy validation scans "
+            "finetune.calibrate_gate: needs labeled validation scans and healthy scans "
             "(%d and %d here): no gate",
             len(labeled),
             len(healthy),
@@ -354,8 +364,8 @@ def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, An
     )
     gate = validation.choose_involvement_gate(cases)
     log.info(
-        "finetune: lesion-presence gate %.3f %% of the lungs, chosen on %d labeled + %d "
-        "healthy validation scans (predicted involvement %s)",
+        "finetune: lesion-presence gate %.3f %% of the lungs, chosen on %d labeled validation "
+        "+ %d healthy scans (predicted involvement %s)",
         gate,
         len(labeled),
         len(healthy),
