@@ -177,8 +177,9 @@ class FinetuneConfig(TrainConfig):
     supcon_temperature: float = Field(0.1, gt=0)
     calibrate_gate: bool = False
     """After training, choose the lesion-presence gate (``predict.min_involvement_pct``) on
-    the validation split: labeled scans plus healthy (CT-0) scans, whose reference is empty
-    by definition; stored in the model bundle (``finetune/summary.json`` has the cases)."""
+    the labeled validation scans and the healthy (CT-0) scans the network did not train on
+    (validation, plus training ones unless ``use_healthy``), whose reference is empty by
+    definition; stored in the model bundle (``finetune/summary.json`` has the cases)."""
 
 
 class PredictConfig(Section):
