@@ -11,9 +11,10 @@ over scans is ``val_dice``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +75,37 @@ def volume_probability(
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, its previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _segment(
+    model: nn.Module,
+    vol: CachedVolume,
+    roi_size: Sequence[int],
+    overlap: float,
+    sw_batch_size: int,
+    threshold: float,
+    lungs: np.ndarray | None,
+    device: torch.device | None,
+) -> np.ndarray:
+    """Thresholded whole-volume prediction of a cached volume, inside ``lungs`` if given."""
+    prob = volume_probability(
+        model, vol.image(), roi_size, overlap=overlap, sw_batch_size=sw_batch_size, device=device
+    )
+    pred = prob >= threshold
+    if lungs is not None:
+        pred &= np.asarray(lungs) > 0
+    return pred
+
+
 def validate_volumes(
     model: nn.Module,
     volumes: Sequence[CachedVolume],
@@ -91,30 +123,16 @@ def validate_volumes(
     without a reference mask are refused (``ValueError``): validation needs true labels.
     """
     result = ValidationResult()
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for vol in volumes:
             ref = vol.label()
             if ref is None:
                 raise ValueError(f"{vol.id}: no reference mask to validate against")
-            prob = volume_probability(
-                model,
-                vol.image(),
-                roi_size,
-                overlap=overlap,
-                sw_batch_size=sw_batch_size,
-                device=device,
-            )
-            pred = prob >= threshold
             lungs = vol.lungs() if restrict_to_lungs else None
-            if lungs is not None:
-                pred &= np.asarray(lungs) > 0
+            pred = _segment(model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device)
             m = overlap_metrics(pred, np.asarray(ref) > 0)
             result.cases[vol.id] = {k: m[k] for k in ("dice", "sensitivity", "precision")}
             log.debug("val %s: dice %.4f", vol.id, m["dice"])
-    finally:
-        model.train(was_training)
     return result
 
 
@@ -157,29 +175,17 @@ def gate_cases(
     a volume without a lung mask is refused (``ValueError``): involvement needs the lungs.
     """
     cases = []
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for vol, empty in [(v, False) for v in labeled] + [(v, True) for v in healthy]:
             lungs = vol.lungs()
             ref = np.zeros(vol.shape, dtype=bool) if empty else vol.label()
             if lungs is None or ref is None:
                 raise ValueError(f"{vol.id}: the gate needs a lung mask and a reference mask")
             lungs = np.asarray(lungs) > 0
-            prob = volume_probability(
-                model,
-                vol.image(),
-                roi_size,
-                overlap=overlap,
-                sw_batch_size=sw_batch_size,
-                device=device,
-            )
-            pred = (prob >= threshold) & lungs
+            pred = _segment(model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device)
             involvement = 100.0 * float(pred.sum()) / max(int(lungs.sum()), 1)
             dice = overlap_metrics(pred, np.asarray(ref) > 0)["dice"]
             cases.append(GateCase(vol.id, involvement, float(dice), empty))
-    finally:
-        model.train(was_training)
     return cases
 
 
