@@ -109,7 +109,8 @@ class GanConfig(TrainConfig):
     l1_weight: float = Field(10.0, ge=0)
     adv_weight: float = Field(1.0, ge=0)
     threshold: float | None = None
-    """Residual threshold for pseudo-masks; None: calibrate (labeled train scans, else healthy)."""
+    """Residual threshold for pseudo-masks; None: calibrate (labeled val, else train, scans;
+    else healthy residuals)."""
     smoothing_sigma_mm: float = Field(2.0, ge=0)
     min_component_mm3: float = Field(50.0, ge=0)
     generator_params: dict[str, Any] = Field(default_factory=dict)
@@ -126,7 +127,7 @@ class GanConfig(TrainConfig):
     """Sliding-window overlap when restoring whole volumes for the residual."""
     sw_batch_size: int = Field(4, ge=1)
     healthy_percentile: float = Field(99.5, gt=0, lt=100)
-    """Without labeled train scans: threshold = this percentile of healthy in-lung residuals."""
+    """Without labeled scans: threshold = this percentile of healthy in-lung residuals."""
     max_involvement_pct: float = Field(90.0, gt=0, le=100)
     """QC: a pseudo-mask involving more of the lungs than this is implausible."""
 

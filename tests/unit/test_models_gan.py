@@ -71,6 +71,39 @@ def test_corruptor_stays_in_lung_and_is_deterministic() -> None:
     assert (out1 - x)[mask1 > 0.5].mean() > 0.1
 
 
+def test_lung_rim_is_the_lung_border_not_the_patch_face() -> None:
+    lung = torch.zeros(1, 1, 20, 20, 10, dtype=torch.bool)
+    lung[..., 0:15, 5:20, 2:10] = True  # touches the patch faces at x=0, y=19, z=9
+    rim = LesionCorruptor(spacing=(2.0, 2.0, 4.0), pleural_mm=4.0).lung_rim(lung)
+    # 4 mm = 2 voxels in-plane, 1 voxel through-plane; only the faces that meet non-lung count.
+    expected = lung.clone()
+    expected[..., 0:13, 7:20, 3:10] = False
+    assert torch.equal(rim, expected)
+
+
+def test_pleural_prob_moves_blobs_to_the_lung_rim() -> None:
+    x = torch.full((8, 1, 32, 32, 16), 0.1)
+    lung = _lung_box(x.shape) > 0
+    kwargs = {
+        "blobs": (3, 3),
+        "radius_mm": (2.0, 3.0),
+        "spacing": (1.5, 1.5, 3.0),
+        "pleural_mm": 3.0,
+    }
+    rim = LesionCorruptor(**kwargs).lung_rim(lung)
+
+    def rim_share(prob: float) -> float:
+        corruptor = LesionCorruptor(pleural_prob=prob, **kwargs)
+        _, weight = corruptor(x, lung.float(), torch.Generator().manual_seed(0))
+        return float(weight[rim].sum() / weight.sum())
+
+    uniform, pleural = rim_share(0.0), rim_share(1.0)
+    assert rim.float().sum() / lung.float().sum() < 0.7  # the rim is not the whole lung
+    assert pleural > uniform + 0.15
+    with pytest.raises(ValueError, match="pleural_prob"):
+        LesionCorruptor(pleural_prob=1.5)
+
+
 def test_corruptor_intensities_follow_hu_ranges() -> None:
     x = torch.zeros(1, 1, 32, 32, 16)
     lung = torch.ones_like(x)

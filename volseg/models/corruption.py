@@ -4,7 +4,10 @@ Healthy lung patches get random lesion-like blobs (ground-glass opacity and cons
 the generator learns to map the corrupted patch back to the clean one. Blob shapes are
 ellipsoids whose boundary is perturbed by a smooth 3D random field (a low-resolution noise
 grid upsampled trilinearly) and thresholded with a sigmoid edge, so they look irregular and
-have soft borders. Everything is batched torch code on the input's device.
+have soft borders. Blob centres can favour the lung periphery (``pleural_prob``): COVID-19
+opacities are mostly peripheral and sub-pleural, and a generator that has only seen blobs
+in mid-lung leaves pleura-based lesions in place (they look like chest wall). Everything is
+batched torch code on the input's device.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class LesionCorruptor:
         edge: width of the sigmoid edge, as a fraction of the radius.
         texture: std of the fine intensity texture added inside blobs (in [0, 1] units).
         noise_mm: cell size of the low-resolution shape-noise grid in mm.
+        pleural_prob: chance that a blob's centre is drawn from the lung rim (lung voxels
+            within ``pleural_mm`` of non-lung tissue inside the patch) instead of the whole
+            lung; the patch's own faces do not count as a border.
+        pleural_mm: depth of that rim in mm.
 
     ``corrupt(x, lung_mask, generator)`` returns ``(corrupted, blob_mask)`` where
     ``blob_mask`` ``(B, 1, D, H, W)`` in [0, 1] is the blend weight actually applied: zero
@@ -61,6 +68,8 @@ class LesionCorruptor:
         edge: float = 0.12,
         texture: float = 0.03,
         noise_mm: float = 12.0,
+        pleural_prob: float = 0.0,
+        pleural_mm: float = 6.0,
     ) -> None:
         lo_hi = tuple(int(b) for b in blobs)
         if len(lo_hi) != 2 or lo_hi[0] < 0 or lo_hi[0] > lo_hi[1] or lo_hi[1] < 1:
@@ -95,6 +104,12 @@ class LesionCorruptor:
         self.edge = edge
         self.texture = texture
         self.noise_mm = noise_mm
+        if not 0.0 <= pleural_prob <= 1.0:
+            raise ValueError(f"pleural_prob must be in [0, 1], got {pleural_prob}")
+        if pleural_mm <= 0:
+            raise ValueError(f"pleural_mm must be positive, got {pleural_mm}")
+        self.pleural_prob = pleural_prob
+        self.pleural_mm = pleural_mm
 
     def _scale(self, hu: float) -> float:
         lo, hi = self.hu_window
@@ -134,6 +149,13 @@ class LesionCorruptor:
         has_lung = weights.sum(1) > 0
         weights[~has_lung] = 1.0
         idx = torch.multinomial(weights, k, replacement=True, generator=generator)
+        if self.pleural_prob > 0:
+            rim = self.lung_rim(lung).flatten(1).to(device=rdev, dtype=torch.float32)
+            has_rim = rim.sum(1) > 0
+            rim[~has_rim] = 1.0
+            idx_rim = torch.multinomial(rim, k, replacement=True, generator=generator)
+            use_rim = (rand(b, k) < self.pleural_prob) & has_rim[:, None]
+            idx = torch.where(use_rim, idx_rim, idx)
         centre = torch.stack((idx // (h * w), (idx // w) % h, idx % w), dim=-1).float()
         lo, hi = self.radius_mm
         radius = torch.exp(math.log(lo) + rand(b, k, 1) * (math.log(hi) - math.log(lo)))
@@ -177,6 +199,17 @@ class LesionCorruptor:
         weight = weight.to(x.dtype)
         corrupted = (x * (1.0 - weight) + target.to(x.dtype) * weight).clamp(0.0, 1.0)
         return corrupted, weight
+
+    def lung_rim(self, lung: torch.Tensor) -> torch.Tensor:
+        """Lung voxels within ``pleural_mm`` of non-lung voxels of the same patch (bool).
+
+        A max-pool of the non-lung mask dilates it by the rim depth per axis (from the
+        spacing); its padding never wins the max, so the patch faces are not a border.
+        """
+        kernel = tuple(2 * max(1, round(self.pleural_mm / s)) + 1 for s in self.spacing)
+        outside = (~lung).to(torch.float32)
+        near = F.max_pool3d(outside, kernel, stride=1, padding=tuple(k // 2 for k in kernel))
+        return lung & (near > 0)
 
     def _smooth_noise(
         self,

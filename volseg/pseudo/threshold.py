@@ -1,6 +1,6 @@
 """Choosing the residual threshold that turns residual maps into pseudo-masks.
 
-With labeled training scans the threshold is calibrated: of a grid of candidates (quantiles
+With labeled scans the threshold is calibrated: of a grid of candidates (quantiles
 of the pooled in-lung residuals), the one whose cleaned masks reach the highest mean Dice
 against the true masks. Without them it is a high percentile of the residuals the generator
 leaves on healthy (CT-0) lungs, i.e. a false-positive budget.

@@ -10,10 +10,13 @@ Writes, under ``<run_dir>/gan/``::
     pseudo_summary.json                       threshold, how it was chosen, QC counts
 
 Pseudo-masks are made for every unlabeled COVID (CT-1..CT-4) scan of the train and val
-splits and for nothing else: test scans are never read. The threshold is calibrated on the
-labeled TRAIN scans when there are any (best mean Dice), else taken from the residuals left
-on healthy TRAIN scans; ``gan.threshold`` overrides both. Re-running a finished stage
-touches nothing.
+splits and for nothing else: test scans are never read. The threshold is calibrated (best
+mean Dice) on the labeled VAL scans, the masks every run already uses to pick checkpoints,
+so it does not depend on how many training masks fine-tuning gets (``finetune.n_labeled``:
+a 0- or 2-label study arm must not borrow the other training masks through the threshold).
+Without labeled val scans it is calibrated on the labeled TRAIN scans, and without either
+it is taken from the residuals left on healthy TRAIN scans; ``gan.threshold`` overrides
+all three. Re-running a finished stage touches nothing.
 """
 
 from __future__ import annotations
@@ -128,7 +131,11 @@ def choose_threshold(
     if gan.threshold is not None:
         return float(gan.threshold), {"method": "config", "source": "gan.threshold"}
     dl = prepared.datalist
-    labeled = [v for v in prepared.volumes_of(dl.labeled("train")) if v.has_label]
+    labeled, split = [], ""
+    for split in ("val", "train"):
+        labeled = [v for v in prepared.volumes_of(dl.labeled(split)) if v.has_label]
+        if labeled:
+            break
     if labeled:
         residuals, masks, spacings = [], [], []
         for vol in progress(labeled, desc="calibrate"):
@@ -137,13 +144,15 @@ def choose_threshold(
             spacings.append(vol.spacing)
         cal = calibrate_threshold(residuals, masks, spacings, gan.min_component_mm3)
         log.info(
-            "gan: threshold %.4g calibrated on %d labeled train scans (mean Dice %.3f)",
+            "gan: threshold %.4g calibrated on %d labeled %s scans (mean Dice %.3f)",
             cal.threshold,
             len(labeled),
+            split,
             cal.score,
         )
         return cal.threshold, {
             "method": "calibrated",
+            "split": split,
             "studies": [v.id for v in labeled],
             "mean_dice": cal.score,
             "candidates": cal.candidates,
@@ -153,7 +162,7 @@ def choose_threshold(
     residuals = [residual_of(v) for v in progress(healthy, desc="healthy residuals")]
     value = healthy_threshold(residuals, [v.lungs() for v in healthy], gan.healthy_percentile)
     log.info(
-        "gan: no labeled train scans; threshold %.4g = %g th percentile of healthy residuals",
+        "gan: no labeled val/train scans; threshold %.4g = %g th percentile of healthy residuals",
         value,
         gan.healthy_percentile,
     )
