@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -58,10 +59,22 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_evaluate_writes_consistent_outputs(dataset, tmp_path) -> None:
-    out = run_evaluate(
-        dataset["pred"], dataset["ref"], tmp_path / "out", lungs_dir=dataset["lungs"], bootstrap=200
-    )
+def test_evaluate_writes_consistent_outputs(dataset, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="volseg.stages.evaluate"):
+        out = run_evaluate(
+            dataset["pred"],
+            dataset["ref"],
+            tmp_path / "out",
+            lungs_dir=dataset["lungs"],
+            bootstrap=200,
+        )
+    # one line per kind of unpaired file, naming them
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 prediction(s) without a reference, not evaluated (all in summary.json): "
+        "study_0090_mask.nii.gz",
+        "1 reference(s) without a prediction, not evaluated (all in summary.json): "
+        "study_0091_mask.nii.gz",
+    ]
     names = {p.name for p in out.iterdir()}
     assert {"per_case.csv", "summary.json", "report.md", "dice_vs_burden.png"} <= names
     assert {"bland_altman_volume.png", "grade_confusion.png"} <= names

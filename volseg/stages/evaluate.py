@@ -298,6 +298,14 @@ def _check_bins(bins: Sequence[float]) -> None:
         raise InputError(f"involvement bins must be two or more increasing edges, got {list(bins)}")
 
 
+def _warn_unpaired(what: str, paths: Sequence[Path], shown: int = 5) -> None:
+    """One warning line for all unpaired files (they are listed in ``summary.json``)."""
+    if not paths:
+        return
+    names = ", ".join(p.name for p in paths[:shown]) + (", ..." if len(paths) > shown else "")
+    log.warning("%d %s, not evaluated (all in summary.json): %s", len(paths), what, names)
+
+
 def run_evaluate(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -335,10 +343,8 @@ def run_evaluate(
             f"no prediction in {pred_dir} ({len(preds)} masks) has a reference in {ref_dir} "
             f"({len(refs)} masks) with the same id"
         )
-    for path in pred_only:
-        log.warning("prediction without a reference (listed, not evaluated): %s", path)
-    for path in ref_only:
-        log.warning("reference without a prediction (listed, not evaluated): %s", path)
+    _warn_unpaired("prediction(s) without a reference", pred_only)
+    _warn_unpaired("reference(s) without a prediction", ref_only)
 
     rows: list[dict[str, Any]] = []
     missing_lungs: list[str] = []
