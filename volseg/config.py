@@ -155,6 +155,11 @@ class FinetuneConfig(TrainConfig):
     the crops come from the true masks (and healthy scans) alone, so the noisy pseudo-masks
     give a warm start that the true labels then refine. 1: the whole run. Ignored without
     labeled scans (0 labels: the pseudo-masks are all there is)."""
+    pseudo_fraction: float | None = Field(None, ge=0, lt=1)
+    """While pseudo-masks are drawn: the share of the lesion-scan crops taken from the
+    pseudo-labeled scans (the labeled scans share the rest evenly), so a few true masks are
+    not outnumbered by many pseudo-masks. None: every scan is drawn with equal probability.
+    Ignored without labeled scans."""
     use_healthy: bool = False
     """Add the CT-0 training scans with an all-zero mask at weight 1: CT-0 means "no CT signs
     of viral pneumonia", so the empty mask is a true label, and it teaches the network that

@@ -286,6 +286,27 @@ def test_healthy_fraction_probabilities() -> None:
         ft_stage.source_probabilities(0, 0, 2, FinetuneConfig(healthy_fraction=0.1))
 
 
+def test_pseudo_fraction_probabilities() -> None:
+    from volseg.config import FinetuneConfig
+
+    ft = FinetuneConfig(pseudo_fraction=0.4)
+    # 2 labeled, 3 pseudo-labeled: labeled scans 0.3 each, pseudo-labeled 0.4 / 3 each
+    probs = ft_stage.source_probabilities(2, 3, 0, ft)
+    assert probs == pytest.approx([0.3, 0.3, 0.4 / 3, 0.4 / 3, 0.4 / 3])
+    # with healthy scans (uniform, 2 of 7 sources) the lesion scans split the other 5/7
+    probs = ft_stage.source_probabilities(2, 3, 2, ft)
+    assert probs == pytest.approx([3 / 14, 3 / 14, 2 / 21, 2 / 21, 2 / 21, 1 / 7, 1 / 7])
+    both = ft.model_copy(update={"healthy_fraction": 0.1})
+    probs = ft_stage.source_probabilities(2, 3, 2, both)
+    assert probs == pytest.approx([0.27, 0.27, 0.12, 0.12, 0.12, 0.05, 0.05])
+    # nothing to split: no labeled scans, no pseudo-masks, or the true-mask phase
+    assert ft_stage.source_probabilities(0, 3, 0, ft) is None
+    assert ft_stage.source_probabilities(2, 0, 0, ft) is None
+    assert ft_stage.source_probabilities(2, 3, 0, ft, pseudo=False) == pytest.approx(
+        [0.5, 0.5, 0, 0, 0]
+    )
+
+
 def test_pseudo_until_switches_to_true_masks() -> None:
     from volseg.config import FinetuneConfig
 

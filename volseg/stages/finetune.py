@@ -239,20 +239,29 @@ def source_probabilities(
 ) -> list[float] | None:
     """Per-source sampling probabilities for sources ordered labeled, pseudo, healthy.
 
-    The healthy scans together get ``healthy_fraction`` and the lesion scans share the rest
-    evenly; with ``pseudo=False`` the pseudo-labeled scans get 0 and the labeled scans take
-    their share. None (uniform over all sources) when nothing needs weighting.
+    The healthy scans together get ``healthy_fraction`` and the lesion scans share the rest:
+    evenly, or, with ``pseudo_fraction`` and both kinds present, that share of it to the
+    pseudo-labeled scans and the remainder to the labeled ones. With ``pseudo=False`` the
+    pseudo-labeled scans get 0 and the labeled scans take their share. None (uniform over
+    all sources) when nothing needs weighting.
     """
     n_lesion = n_labeled + (n_pseudo if pseudo else 0)
+    split_lesion = pseudo and ft.pseudo_fraction is not None and n_labeled and n_pseudo
     fraction = ft.healthy_fraction if n_healthy else None
     if n_healthy and fraction is not None and n_lesion == 0:
         raise InputError("finetune: healthy scans alone cannot train the network")
     if fraction is None:
-        if pseudo or n_pseudo == 0:
+        if (pseudo or n_pseudo == 0) and not split_lesion:
             return None
-        fraction = n_healthy / (n_lesion + n_healthy)  # uniform over labeled + healthy
-    lesion_p = (1.0 - fraction) / n_lesion
-    probs = [lesion_p] * n_labeled + [lesion_p if pseudo else 0.0] * n_pseudo
+        fraction = n_healthy / (n_lesion + n_healthy)  # uniform over lesion scans + healthy
+    lesion_share = 1.0 - fraction
+    if split_lesion:
+        pseudo_share = lesion_share * float(ft.pseudo_fraction)  # type: ignore[arg-type]
+        probs = [(lesion_share - pseudo_share) / n_labeled] * n_labeled
+        probs += [pseudo_share / n_pseudo] * n_pseudo
+    else:
+        lesion_p = lesion_share / n_lesion
+        probs = [lesion_p] * n_labeled + [lesion_p if pseudo else 0.0] * n_pseudo
     return probs + [fraction / n_healthy] * n_healthy if n_healthy else probs
 
 
@@ -266,6 +275,17 @@ def source_phases(
     switch_step = math.ceil(ft.pseudo_until * ft.epochs * ft.iters_per_epoch)
     probs = source_probabilities(n_labeled, n_pseudo, n_healthy, ft, pseudo=False)
     return [(switch_step * samples_per_step, probs)]
+
+
+def _crop_shares(counts: Sequence[int], probs: Sequence[float] | None) -> str:
+    """``labeled 50 %, pseudo 50 %, healthy 0 %`` for the log (uniform when ``probs`` is None)."""
+    total = sum(counts)
+    shares, start = [], 0
+    for name, n in zip(("labeled", "pseudo", "healthy"), counts, strict=True):
+        share = n / total if probs is None else sum(probs[start : start + n])
+        shares.append(f"{name} {100 * share:.0f} %")
+        start += n
+    return ", ".join(shares)
 
 
 # ----------------------------------------------------------------------------- stage
@@ -497,12 +517,14 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             "finetune: pseudo-labeled crops until step %d, true masks alone after it",
             phases[0][0] // samples_per_step,
         )
+    probs = source_probabilities(*counts, ft)
+    log.info("finetune: share of crops %s", _crop_shares(counts, probs))
     dataset = SegPatchDataset(
         sources,
         ft.patch_size,
         seed=cfg.seed,
         augment=True,
-        source_probs=source_probabilities(*counts, ft),
+        source_probs=probs,
         source_phases=phases,
     )
 
