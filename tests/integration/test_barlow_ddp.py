@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from volseg.engine.distributed import cleanup_distributed
 from volseg.losses import BarlowTwinsLoss
 
 WORLD = 2
@@ -58,7 +59,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         result = _loss_and_grads(model, x1[local], x2[local])
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        # barrier, then leave: a rank that tears gloo down while the other still talks to it
+        # can abort ("terminate called without an active exception"), seen under CPU load
+        cleanup_distributed()
 
 
 @pytest.mark.timeout(120)
