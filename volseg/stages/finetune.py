@@ -245,23 +245,24 @@ def source_probabilities(
     pseudo-labeled scans get 0 and the labeled scans take their share. None (uniform over
     all sources) when nothing needs weighting.
     """
-    n_lesion = n_labeled + (n_pseudo if pseudo else 0)
-    split_lesion = pseudo and ft.pseudo_fraction is not None and n_labeled and n_pseudo
+    n_drawn = n_pseudo if pseudo else 0  # pseudo-labeled scans that are drawn at all
+    n_lesion = n_labeled + n_drawn
+    pseudo_fraction = ft.pseudo_fraction if n_labeled and n_drawn else None
     fraction = ft.healthy_fraction if n_healthy else None
     if n_healthy and fraction is not None and n_lesion == 0:
         raise InputError("finetune: healthy scans alone cannot train the network")
+    if fraction is None and pseudo_fraction is None and n_drawn == n_pseudo:
+        return None  # every source drawn alike
     if fraction is None:
-        if (pseudo or n_pseudo == 0) and not split_lesion:
-            return None
         fraction = n_healthy / (n_lesion + n_healthy)  # uniform over lesion scans + healthy
     lesion_share = 1.0 - fraction
-    if split_lesion:
-        pseudo_share = lesion_share * float(ft.pseudo_fraction)  # type: ignore[arg-type]
-        probs = [(lesion_share - pseudo_share) / n_labeled] * n_labeled
-        probs += [pseudo_share / n_pseudo] * n_pseudo
+    if pseudo_fraction is None:  # the lesion scans drawn alike
+        labeled_p = lesion_share / n_lesion
+        pseudo_p = labeled_p if n_drawn else 0.0
     else:
-        lesion_p = lesion_share / n_lesion
-        probs = [lesion_p] * n_labeled + [lesion_p if pseudo else 0.0] * n_pseudo
+        labeled_p = lesion_share * (1.0 - pseudo_fraction) / n_labeled
+        pseudo_p = lesion_share * pseudo_fraction / n_drawn
+    probs = [labeled_p] * n_labeled + [pseudo_p] * n_pseudo
     return probs + [fraction / n_healthy] * n_healthy if n_healthy else probs
 
 
