@@ -1,37 +1,36 @@
-"""Classical lung segmentation of chest CT (Hounsfield units), no training needed.
+"""Lung masks of chest CT in Hounsfield units, by anatomy and physical units, no training.
 
-Every stage needs a lung mask: the GAN works inside it, prediction is restricted to it and
-% involvement is measured against it. The method, on the image re-oriented to LPS with the
-affine (so "axial" is right for any orientation):
+Every stage leans on the lung mask: the GAN works inside it, predicted lesions are
+restricted to it, and % involvement and the CT grade divide by it. It must therefore hold
+on any chest CT: whole chest or lung bases, a field of view that cuts the body, 0.5-8 mm
+slices, any orientation, any padding outside the scan circle, a table or none.
 
-1. smooth, threshold air (< -400 HU, so ground glass stays in);
-2. drop air connected to the border of each axial slice (outside air, table);
-3. drop small pure-air blobs near the midline of each slice (trachea, main bronchi);
-4. 3D components: keep lung-like ones (median HU clearly above the outside air: bowel and
-   stomach gas are pure air, aerated lung is not), the largest and a second one if it is
-   large enough (one when the lungs touch);
-5. per lung and slice, fill the dents of its convex hull that hold ground glass (dense
-   lesions with their ground-glass rim), then a rolling-ball closing sized in mm and 2D +
-   3D hole filling, so vessels and lesions at the pleura end up inside the lung;
-6. extensive disease only (thick ground glass >= 40 % of the aerated volume): grow each
-   slice's lung from its ground glass, through aerated pockets and tissue that can be
-   consolidation -- inside the bony thorax (convex hull of rib/spine/sternum bone), below
-   +20 HU after smoothing (heart, liver, muscle are denser), not thick fat, within 30 mm.
+The method works on a grid of about ``grid_mm`` (:mod:`volseg.data.lung_grid`) with the
+scan reoriented by its affine, and every setting is in HU, mm or mL:
 
-Limits: step 6 recovers most, not all, of a lung whose air is almost entirely replaced by
-consolidation; consolidation far (> 30 mm) from any ground glass, or as dense as the heart,
-stays out. Healthy and mild scans (CT-0..CT-2) are unaffected by step 6.
+1. native voxels are averaged in blocks (padding below ``air_floor_hu`` counts as air);
+2. air (< ``threshold_hu``) is split into 3D components and each is judged by anatomy
+   (:mod:`volseg.data.lung_air`): outside air, gut gas and the pure-air trachea and main
+   bronchi are set apart from aerated lung, which is tissue mixed with air;
+3. the lungs are the lung-like components, grouped when closer than ``satellite_mm``
+   (pieces of one lung): the largest group and any other at least
+   ``second_lung_fraction`` of it;
+   two lungs that touch are split at their junction, so each lung is filled on its own;
+4. each lung gets back its vessels, nodules and lesions (:mod:`volseg.data.lung_fill`):
+   closing and hole filling, hull dents that hold ground glass, and in extensive disease,
+   growth into consolidation inside the bony thorax;
+5. the mask returns to native voxels through a soft boundary (:class:`CoarseGrid`), so
+   its edge follows the native -400 HU crossing, not the coarse voxels.
 
-All sizes are in millimetres and converted with the image spacing, so anisotropic MosMed
-scans (0.7 x 0.7 x 8 mm) and isotropic ones behave alike.
+Per-scan QC (:class:`LungMask`): right and left lung volume in mL, whether the lungs are cut
+by the field of view, and warnings for implausible results.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,41 +47,57 @@ log = logging.getLogger(__name__)
 # ITK works in LPS, NIfTI affines are RAS: flip the first two axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
+RIGHT, LEFT = 1, 2  # side codes of the coarse lung label map
+
 
 @dataclass(frozen=True)
 class LungParams:
-    """Tunable settings of :func:`segment_lungs` (HU, mm, mL)."""
+    """Settings of :func:`lung_mask`, all in physical units (HU, mm, mL)."""
 
+    grid_mm: float = 2.0
+    """Working grid: native voxels are averaged in blocks of about this size (mm)."""
+    air_floor_hu: float = -1024.0
+    """Values below this (scan-circle padding: -2048, -3024) are taken as air."""
     threshold_hu: float = -400.0
-    """Voxels below this (after smoothing) are air or aerated lung."""
-    smoothing_mm: float = 1.0
-    """Gaussian sigma before thresholding, in mm."""
-    min_component_ml: float = 0.2
-    """Air components smaller than this are ignored."""
-    gas_margin_hu: float = 60.0
-    """A component whose median HU is within this of the outside air is gas, not lung."""
-    second_lung_fraction: float = 0.05
-    """Keep the second-largest lung-like component if at least this share of the largest."""
-    airway_max_area_mm2: float = 800.0
-    """Largest cross-section (mm^2) of a pure-air blob treated as trachea or main bronchus."""
-    airway_central_fraction: float = 0.15
-    """Airway blobs lie within this fraction of the body width from the body's centre."""
-    closing_mm: float = 10.0
+    """Voxels below this are air or aerated lung."""
+    min_component_ml: float = 0.1
+    """Air components smaller than this are never lung."""
+    lung_p10_margin_hu: float = 60.0
+    """Aerated lung: its darkest tenth stays at least this far above the scanner's air."""
+    emphysema_min_ml: float = 500.0
+    """A component this large whose median is lung-like is lung even if partly pure air."""
+    second_lung_fraction: float = 0.1
+    """Keep another group of lung-like components if at least this share of the largest."""
+    satellite_mm: float = 10.0
+    """Lung-like components this close to each other are pieces of one lung (one group)."""
+    airway_margin_hu: float = 60.0
+    """Airway lumen: within this of the scanner's air value."""
+    airway_area_mm2: tuple[float, float] = (80.0, 700.0)
+    """Cross-section (mm^2) of a tracheal seed."""
+    airway_offset_mm: float = 40.0
+    """A tracheal seed lies at most this far from the middle of the air in view."""
+    airway_max_ml: float = 150.0
+    """A larger airway tree has leaked into lung and is cut back."""
+    airway_wall_mm: float = 3.0
+    """In-plane reach (mm) of the airway lumen's partial-volume wall, removed with it."""
+    closing_mm: float = 5.0
     """Radius of the rolling-ball closing that pulls vessels and pleural lesions in."""
     pleural_fill: bool = True
-    """Fill dense lesions that dent a lung (see _fill_pleural_bites)."""
+    """Fill lesions that dent a lung (see lung_fill._fill_hull_dents)."""
     ggo_max_hu: float = -250.0
     """Dense ground glass spans threshold_hu..ggo_max_hu; soft tissue lies above."""
     min_ggo_fraction: float = 0.2
-    """Share of ground glass that marks a dense region next to a lung as lesion, not organ."""
+    """Share of ground glass that marks a dent of a lung as lesion, not organ."""
+    ggo_reach_mm: float = 20.0
+    """Extensive disease: thick ground glass is added up to this path length (mm)."""
     dense_fill: bool = True
-    """In extensive disease, grow the lungs into consolidation (see _recover_dense)."""
-    dense_min_ggo_share: float = 0.4
-    """Extensive disease: thick ground glass at least this share of the aerated lung volume."""
+    """In extensive disease, grow the lungs into consolidation (see grow_into_lesions)."""
+    dense_min_ggo_share: float = 0.3
+    """Extensive disease: thick ground glass at least this share of the lung volume."""
     ggo_min_hu: float = -720.0
     """Lower bound of ground glass for that test; healthy aerated lung lies below."""
     ggo_open_mm: float = 3.0
-    """Ground glass thinner than this (radius, mm; at least 1.5 pixels) is a partial-volume rim."""
+    """Ground glass thinner than this (radius, mm) is a partial-volume rim."""
     bone_hu: float = 200.0
     """Ribs, spine and sternum are above this; their hull per slice bounds the thorax."""
     cavity_margin_mm: float = 5.0
@@ -97,24 +112,38 @@ class LungParams:
     """Radius (mm) of the opening that cuts thin bridges from consolidation to organs."""
     dense_reach_mm: float = 30.0
     """Consolidation is added up to this in-plane path length (mm) from ground glass."""
+    min_total_ml: float = 1500.0
+    """QC: fewer lungs than this (whole lungs in view) is implausible for an adult."""
+    max_total_ml: float = 9000.0
+    """QC: more than this is implausible."""
 
     def __post_init__(self) -> None:
         for name in (
-            "smoothing_mm",
+            "grid_mm",
             "min_component_ml",
-            "gas_margin_hu",
+            "lung_p10_margin_hu",
+            "emphysema_min_ml",
+            "satellite_mm",
+            "airway_margin_hu",
+            "airway_offset_mm",
+            "airway_max_ml",
+            "airway_wall_mm",
             "closing_mm",
             "ggo_open_mm",
             "cavity_margin_mm",
             "dense_smoothing_mm",
             "dense_open_mm",
             "dense_reach_mm",
+            "ggo_reach_mm",
+            "min_total_ml",
+            "max_total_ml",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"lungs.{name} must be >= 0, got {getattr(self, name)}")
+        if self.grid_mm <= 0:
+            raise ConfigError(f"lungs.grid_mm must be > 0, got {self.grid_mm}")
         for name in (
             "second_lung_fraction",
-            "airway_central_fraction",
             "min_ggo_fraction",
             "dense_min_ggo_share",
         ):
@@ -124,307 +153,268 @@ class LungParams:
             raise ConfigError("lungs.ggo_min_hu must be below lungs.ggo_max_hu")
         if not self.fat_hu[0] < self.fat_hu[1]:
             raise ConfigError(f"lungs.fat_hu must be (low, high), got {self.fat_hu}")
+        if not self.airway_area_mm2[0] < self.airway_area_mm2[1]:
+            raise ConfigError(
+                f"lungs.airway_area_mm2 must be (low, high), got {self.airway_area_mm2}"
+            )
+        if not self.min_total_ml < self.max_total_ml:
+            raise ConfigError("lungs.min_total_ml must be below lungs.max_total_ml")
+
+
+@dataclass
+class LungMask:
+    """A lung mask in the input's voxel order, with its per-scan QC."""
+
+    mask: np.ndarray  # uint8 0/1, same shape and voxel order as the input
+    right_ml: float
+    left_ml: float
+    cut_by_fov: list[str] = field(default_factory=list)  # "top", "bottom", "side"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_ml(self) -> float:
+        return self.right_ml + self.left_ml
+
+    def qc(self) -> dict[str, object]:
+        """JSON-ready QC record (volumes rounded to 0.1 mL)."""
+        return {
+            "right_lung_ml": round(self.right_ml, 1),
+            "left_lung_ml": round(self.left_ml, 1),
+            "lung_volume_ml": round(self.total_ml, 1),
+            "lungs_cut_by_fov": list(self.cut_by_fov),
+            "lung_warnings": list(self.warnings),
+        }
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis: the lengths of the affine's columns."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def lung_mask(hu: np.ndarray, affine: np.ndarray, params: LungParams | None = None) -> LungMask:
+    """Lung mask of a CT volume ``hu`` (nibabel voxel order, RAS ``affine``) with its QC."""
+    from volseg.data.lung_grid import AxisOrder, CoarseGrid
+
+    p = params or LungParams()
+    if hu.ndim != 3:
+        raise InputError(f"expected a 3D image, got {hu.ndim}D")
+    order = AxisOrder.from_affine(affine)
+    grid = CoarseGrid.plan(hu.shape, voxel_spacing(affine), p.grid_mm)
+    coarse = np.ascontiguousarray(order.forward(grid.pool(hu, floor=p.air_floor_hu)))
+    spacing = order.spacing(grid.spacing)
+    sides, air_hu = _find_lungs(coarse, spacing, p)
+    soft = _boundary_soft(coarse, sides > 0, p.threshold_hu, air_hu)
+    mask = grid.upsample_soft(np.ascontiguousarray(order.backward(soft)))
+    native_sides = grid.upsample_nearest(order.backward(sides))
+    counts = np.bincount(native_sides[mask], minlength=3)
+    voxel_ml = float(np.prod(voxel_spacing(affine))) / 1000.0
+    result = LungMask(
+        mask=mask.astype(np.uint8),
+        right_ml=float(counts[RIGHT]) * voxel_ml,
+        left_ml=float(counts[LEFT]) * voxel_ml,
+        cut_by_fov=_cut_faces(sides > 0),
+    )
+    result.warnings = _qc_warnings(result, p)
+    return result
+
+
+def _find_lungs(
+    hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+) -> tuple[np.ndarray, float]:
+    """Coarse side map (0, RIGHT, LEFT) of the filled lungs, and the scanner's air HU."""
+    from volseg.data.lung_air import (
+        air_components,
+        central_airways,
+        lung_like,
+        pure_air_hu,
+    )
+    from volseg.data.lung_fill import fill_lung, grow_into_lesions
+
+    air = hu < p.threshold_hu
+    comps = air_components(air, hu, spacing, p.threshold_hu)
+    air_hu = pure_air_hu(comps, hu)
+    like = lung_like(comps, air_hu, p)
+    outside_ids = 1 + np.nonzero(comps.touches_side & ~like)[0]
+    candidate = air & ~np.isin(comps.labels, outside_ids)
+    airway = central_airways(hu, candidate, spacing, air_hu, p)
+    inner = air_components(candidate & ~airway, hu, spacing, p.threshold_hu)
+    chosen = _select_lungs(inner, lung_like(inner, air_hu, p), spacing, p)
+    lungs = np.isin(inner.labels, chosen) if chosen.size else np.zeros_like(air)
+    sides = np.zeros(hu.shape, dtype=np.uint8)
+    if not lungs.any():
+        return sides, air_hu
+    midline = _midline_x(hu, spacing, p)
+    split = _split_sides(lungs, spacing, midline)
+    for side in (RIGHT, LEFT):
+        if (split == side).any():
+            filled = fill_lung(split == side, hu, spacing, p)
+            sides[filled & (sides == 0)] = side
+    sides = grow_into_lesions(sides, hu, (candidate & ~lungs) | airway, spacing, p)
+    log.debug("pure air %.0f HU; lungs: %d coarse voxels", air_hu, int((sides > 0).sum()))
+    return sides, air_hu
+
+
+def _select_lungs(comps, like: np.ndarray, spacing: tuple[float, float, float], p: LungParams):
+    """Ids of the lung components.
+
+    Lung-like components closer than ``satellite_mm`` are grouped (single linkage): the
+    pieces of a lung that a fissure, thick slices or consolidation break up count as one.
+    The largest group is a lung, and so is any group at least ``second_lung_fraction`` of
+    it; a small lung-like blob far from both (a bowel bubble seen at low resolution) is not.
+    """
+    ids = np.nonzero(like)[0] + 1
+    if ids.size == 0:
+        return ids
+    candidate = np.isin(comps.labels, ids)
+    nz = np.nonzero(candidate)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+    labels = comps.labels[box]
+    if p.satellite_mm > 0:
+        pad = [(int(np.ceil(p.satellite_mm / s)),) * 2 for s in spacing]
+        dist = ndi.distance_transform_edt(~np.pad(candidate[box], pad), sampling=spacing)
+        inner = tuple(slice(q, q + n) for (q, _), n in zip(pad, labels.shape, strict=True))
+        groups, _ = ndi.label(dist[inner] <= p.satellite_mm / 2.0)
+    else:
+        groups = np.where(candidate[box], labels, 0)
+    member = candidate[box]
+    group_of = np.zeros(comps.count + 1, dtype=np.int64)
+    group_of[labels[member]] = groups[member]
+    volume = np.bincount(group_of[ids], weights=comps.volume_ml[ids - 1])
+    keep = np.nonzero(volume >= p.second_lung_fraction * volume.max())[0]
+    return ids[np.isin(group_of[ids], keep[keep > 0])]
+
+
+def _midline_x(hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams) -> float:
+    """Column (x index) of the body's midline: the spine, the one bone present in every
+    slice, or the middle of the body when too little bone is in view."""
+    body = hu >= p.threshold_hu
+    labels, n = ndi.label(body)
+    if n > 1:
+        body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    bone = (hu > p.bone_hu) & body
+    if bone.sum() * np.prod(spacing) >= 20_000.0:  # >= 20 mL of bone
+        column = ndi.gaussian_filter(
+            bone.sum(axis=0).astype(np.float32), [8.0 / spacing[1], 8.0 / spacing[2]]
+        )
+        return float(np.unravel_index(np.argmax(column), column.shape)[1])
+    xs = np.nonzero(body.any(axis=(0, 1)))[0]
+    return 0.5 * (xs[0] + xs[-1]) if xs.size else 0.5 * hu.shape[2]
+
+
+def _split_sides(
+    lungs: np.ndarray, spacing: tuple[float, float, float], midline: float
+) -> np.ndarray:
+    """Side map of the aerated lungs; a component spanning both sides (the lungs touch at
+    a junction) is split by eroding it until it falls apart into a right and a left core."""
+    labels, n = ndi.label(lungs)
+    xs = np.arange(lungs.shape[2])[None, None, :]
+    right_side = np.broadcast_to(xs < midline, lungs.shape)
+    out = np.zeros(lungs.shape, dtype=np.uint8)
+    for k in range(1, n + 1):
+        comp = labels == k
+        share = float((comp & right_side).sum()) / float(comp.sum())
+        if min(share, 1.0 - share) < 0.1:
+            out[comp] = RIGHT if share >= 0.5 else LEFT
+            continue
+        out[comp] = _split_component(comp, spacing, right_side)
+    return out
+
+
+def _split_component(
+    comp: np.ndarray, spacing: tuple[float, float, float], right_side: np.ndarray
+) -> np.ndarray:
+    nz = np.nonzero(comp)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+    c, rs = comp[box], right_side[box]
+    depth = ndi.distance_transform_edt(c, sampling=spacing)
+    for radius in np.arange(2.0, 40.0, 2.0):
+        cores, m = ndi.label(depth > radius)
+        if m < 2:
+            continue
+        sizes = np.bincount(cores.ravel())[1:]
+        right = [k + 1 for k in range(m) if (rs[cores == k + 1]).mean() >= 0.5]
+        left = [k + 1 for k in range(m) if k + 1 not in right]
+        if not right or not left:
+            continue
+        r_size = max(sizes[k - 1] for k in right)
+        l_size = max(sizes[k - 1] for k in left)
+        if min(r_size, l_size) < 0.1 * max(r_size, l_size):
+            continue
+        seeds = np.zeros(c.shape, dtype=np.uint8)
+        seeds[np.isin(cores, right)] = RIGHT
+        seeds[np.isin(cores, left)] = LEFT
+        _, idx = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
+        nearest = seeds[tuple(idx)]
+        out = np.zeros(comp.shape, dtype=np.uint8)
+        out[box] = np.where(c, nearest, 0)
+        return out[comp]
+    return np.where(rs, RIGHT, LEFT).astype(np.uint8)[c]
+
+
+def _boundary_soft(
+    hu: np.ndarray, lungs: np.ndarray, threshold_hu: float, air_hu: float
+) -> np.ndarray:
+    """Coarse field whose 0.5 level, interpolated, is the lung edge.
+
+    Near the edge the field is affine in HU with 0.5 at ``threshold_hu``, so the
+    interpolated crossing sits where the block-averaged HU crosses the threshold; lung
+    tissue denser than that (vessels, lesions) counts 1, other air (airways, gas) 0.
+    """
+    span = 2.0 * max(threshold_hu - air_hu, 100.0)
+    soft = np.clip(0.5 + (threshold_hu - hu) / span, 0.0, 1.0).astype(np.float32)
+    dense = hu >= threshold_hu
+    soft[lungs & dense] = 1.0
+    soft[~lungs & ~dense] = 0.0
+    soft[ndi.binary_erosion(lungs)] = 1.0
+    return soft
+
+
+def _cut_faces(lungs: np.ndarray) -> list[str]:
+    """Faces of the field of view the lungs reach (anatomical order arrays)."""
+    faces = []
+    if lungs[-1].any():
+        faces.append("top")
+    if lungs[0].any():
+        faces.append("bottom")
+    if lungs[:, 0].any() or lungs[:, -1].any() or lungs[:, :, 0].any() or lungs[:, :, -1].any():
+        faces.append("side")
+    return faces
+
+
+def _qc_warnings(result: LungMask, p: LungParams) -> list[str]:
+    """Warnings for an implausible lung mask (the caller logs them with the file name)."""
+    out = []
+    if result.cut_by_fov:
+        out.append(
+            "lungs cut by the field of view (" + ", ".join(result.cut_by_fov) + "): "
+            "volumes and involvement cover only the part in view"
+        )
+    whole = not result.cut_by_fov
+    small = min(result.right_ml, result.left_ml)
+    if whole and small < 0.05 * max(result.total_ml, 1e-6):
+        missing = "right" if result.right_ml < result.left_ml else "left"
+        out.append(f"{missing} lung not found ({small:.0f} mL)")
+    if whole and result.total_ml < p.min_total_ml:
+        out.append(f"lung volume {result.total_ml:.0f} mL is below {p.min_total_ml:.0f} mL")
+    if result.total_ml > p.max_total_ml:
+        out.append(f"lung volume {result.total_ml:.0f} mL is above {p.max_total_ml:.0f} mL")
+    return out
 
 
 def segment_lungs(image: sitk.Image, params: LungParams | None = None) -> sitk.Image:
-    """Lung mask (uint8 0/1) of a CT in HU, with exactly the geometry of ``image``."""
+    """Lung mask (uint8 0/1) of a SimpleITK CT in HU, with exactly the geometry of ``image``."""
     import SimpleITK as sitk
 
     if image.GetDimension() != 3:
         raise InputError(f"expected a 3D image, got {image.GetDimension()}D")
-    code = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
-    oriented = sitk.DICOMOrient(image, "LPS")
-    hu = sitk.GetArrayViewFromImage(oriented).astype(np.float32)  # (S, P, L) = (z, y, x)
-    spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
-    mask = lung_mask_array(hu, spacing, params or LungParams())
-    out = sitk.GetImageFromArray(mask.astype(np.uint8))
-    out.CopyInformation(oriented)
-    out = sitk.DICOMOrient(out, code)
+    data = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)  # (i, j, k)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _RAS_TO_LPS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.GetOrigin())
+    mask = lung_mask(np.asarray(data), affine, params).mask
+    out = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0)))
     out.CopyInformation(image)
-    return out
-
-
-def lung_mask_array(
-    hu: np.ndarray, spacing: tuple[float, float, float], params: LungParams
-) -> np.ndarray:
-    """Boolean lung mask of an LPS-ordered array ``(z, y, x)`` with ``spacing`` in mm.
-
-    Axis 0 must be the axial (cranio-caudal) axis; :func:`segment_lungs` ensures that.
-    """
-    p = params
-    sigma = [p.smoothing_mm / s for s in spacing]
-    smooth = ndi.gaussian_filter(hu.astype(np.float32, copy=False), sigma=sigma)
-    air = smooth < p.threshold_hu
-    outside = _border_connected(air)
-    air_ref = float(np.median(hu[outside])) if outside.sum() >= 100 else -1000.0
-    inside = air & ~outside
-    inside &= ~_airway_blobs(inside, smooth, ~outside, air_ref, spacing, p)
-    components, satellites, gas = _select_lungs(inside, smooth, air_ref, spacing, p)
-    lungs = np.zeros(hu.shape, dtype=bool)
-    ground_glass = (smooth >= p.threshold_hu) & (smooth < p.ggo_max_hu)
-    for comp in components:
-        if p.pleural_fill:
-            comp = _fill_pleural_bites(comp, ground_glass, p.min_ggo_fraction)
-        lungs |= _fill_lung(comp, spacing, p.closing_mm)
-    if p.dense_fill and lungs.any():
-        lungs = _recover_dense(lungs, satellites, smooth, gas, spacing, p)
-    return lungs
-
-
-_COARSE_MM = 1.5
-"""In-plane grid (mm) of the dense-fill step; finer scans are subsampled to it."""
-
-
-def _recover_dense(
-    lungs: np.ndarray,
-    satellites: np.ndarray,
-    smooth: np.ndarray,
-    gas: np.ndarray,
-    spacing: tuple[float, float, float],
-    p: LungParams,
-) -> np.ndarray:
-    """Add the consolidated lung that thresholding missed, in extensive disease only.
-
-    When much of a lung is consolidated, its air is reduced to ground glass and scattered
-    pockets, and the air-based mask under-segments it. Lesion evidence is thick ground glass
-    (partial-volume rims around aerated lung and organs removed by an in-plane opening); if
-    it amounts to ``dense_min_ggo_share`` of the aerated lung volume, the disease is
-    extensive and the lung is grown, per slice, from that ground glass through tissue that
-    can be consolidation: inside the bony thorax, below ``dense_max_hu`` after smoothing
-    (heart, liver and muscle are denser), not thick fat, not gas, at most
-    ``dense_reach_mm`` away along the path. Healthy and mildly diseased scans are returned
-    unchanged, so the gain on severe scans costs nothing on the common ones.
-    """
-    zs = np.nonzero(lungs.any(axis=(1, 2)))[0]
-    # Work on the lung slices, in-plane on a grid of about ``_COARSE_MM`` (speed only).
-    f = max(1, int(_COARSE_MM // max(spacing[1:])))
-    box = (slice(int(zs[0]), int(zs[-1]) + 1), slice(None, None, f), slice(None, None, f))
-    sm, lung_b = smooth[box], lungs[box]
-    spacing = (spacing[0], spacing[1] * f, spacing[2] * f)
-    plane = (1e6, spacing[1], spacing[2])  # in-plane distances: slices are independent
-    band = max(p.ggo_open_mm, 1.5 * max(spacing[1:]))
-    aerated = (sm < p.ggo_min_hu) & ~gas[box]
-    rim = ndi.distance_transform_edt(~aerated, sampling=plane) <= band
-    seeds = _open_mm((sm >= p.ggo_min_hu) & (sm < p.ggo_max_hu), plane, band)
-    share = float(seeds.sum()) / max(float(lung_b.sum()), 1.0)
-    log.debug("thick ground glass: %.3f of the aerated lung volume", share)
-    if share < p.dense_min_ggo_share:
-        return lungs
-    cavity = _thoracic_cavity(sm, spacing, p)
-    seeds &= cavity
-    sigma = [0.0, p.dense_smoothing_mm / spacing[1], p.dense_smoothing_mm / spacing[2]]
-    dense = ndi.gaussian_filter(sm, sigma)
-    # Fat planes are thick; the fat-range ring around any air/tissue edge is thin.
-    fat = _open_mm((dense > p.fat_hu[0]) & (dense < p.fat_hu[1]), plane, p.ggo_open_mm)
-    tissue = cavity & (dense < p.dense_max_hu) & ~fat & ~gas[box] & ~lung_b
-    tissue = _open_mm(tissue, plane, p.dense_open_mm) & ~rim
-    tissue |= seeds | (satellites[box] & cavity)
-    tissue |= ndi.binary_dilation(seeds, _plane_cross(), iterations=2) & cavity
-    steps = max(1, int(round(p.dense_reach_mm / min(spacing[1:]))))
-    reach = ndi.binary_dilation(seeds, _plane_cross(), iterations=steps, mask=tissue)
-    if f > 1:
-        reach = reach.repeat(f, axis=1).repeat(f, axis=2)[:, : lungs.shape[1], : lungs.shape[2]]
-    out = lungs.copy()
-    out[box[0]] |= reach
-    return out
-
-
-def _plane_cross() -> np.ndarray:
-    """3D structuring element connecting 4-neighbours within an axial slice only."""
-    s = np.zeros((3, 3, 3), dtype=bool)
-    s[1] = ndi.generate_binary_structure(2, 1)
-    return s
-
-
-def _open_mm(mask: np.ndarray, sampling: tuple[float, ...], radius_mm: float) -> np.ndarray:
-    """Morphological opening with a ball of ``radius_mm`` (exact, via two distance maps)."""
-    if radius_mm <= 0:
-        return mask
-    core = ndi.distance_transform_edt(mask, sampling=sampling) > radius_mm
-    return ndi.distance_transform_edt(~core, sampling=sampling) <= radius_mm
-
-
-def _thoracic_cavity(
-    smooth: np.ndarray, spacing: tuple[float, float, float], p: LungParams
-) -> np.ndarray:
-    """Per slice, the region enclosed by the bony thorax minus a wall margin (mm).
-
-    Bone (> ``bone_hu``) of the body (the largest non-air component, so not the table)
-    spans ribs, spine and sternum; its convex hull per slice is the rib cage and what it
-    encloses, eroded by ``cavity_margin_mm`` for the ribs and intercostal muscles.
-    """
-    body = smooth >= p.threshold_hu
-    labels, n = ndi.label(body)
-    if n > 1:
-        body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    bone = (smooth > p.bone_hu) & body
-    cavity = np.zeros_like(bone)
-    for z in range(bone.shape[0]):
-        if bone[z].sum() < 3:
-            continue
-        hull = _convex_hull_2d(bone[z])
-        cavity[z] = ndi.distance_transform_edt(hull, sampling=spacing[1:]) > p.cavity_margin_mm
-    return cavity & ~bone
-
-
-def _fill_pleural_bites(
-    lung: np.ndarray, ground_glass: np.ndarray, ggo_fraction: float
-) -> np.ndarray:
-    """Add the lesions that dent a lung, slice by slice.
-
-    Consolidation is not air, so thresholding cuts it out and leaves a dent in the lung.
-    Per slice, each dent is a piece of the lung's convex hull that is not lung. COVID
-    consolidation comes with a ground-glass rim, so a dent holding at least ``ggo_fraction``
-    of ground-glass voxels is lesion and is filled; dents of homogeneous soft tissue (heart,
-    mediastinum, the liver dome under the lung bases) are left alone. (Judging dents by
-    position instead -- lateral, or near the skin -- took in the liver dome and the heart.)
-    """
-    out = lung.copy()
-    for z in np.nonzero(lung.any(axis=(1, 2)))[0]:
-        region = lung[z]
-        if region.sum() < 10:
-            continue
-        hull = _convex_hull_2d(region)
-        gaps, n = ndi.label(hull & ~region)
-        if n == 0:
-            continue
-        index = np.arange(1, n + 1)
-        glassy = np.asarray(ndi.mean(ground_glass[z], gaps, index))
-        accept = index[glassy >= ggo_fraction]
-        if accept.size:
-            out[z] |= np.isin(gaps, accept)
-    return out
-
-
-def _convex_hull_2d(region: np.ndarray) -> np.ndarray:
-    """Filled convex hull of a 2D boolean mask, over pixel centres (a flat region: itself)."""
-    from scipy.spatial import ConvexHull, QhullError
-
-    points = np.argwhere(region).astype(np.float64)
-    try:
-        hull = ConvexHull(points)
-    except QhullError:  # fewer than 3 points or all on one line
-        return region.copy()
-    lo = points.min(axis=0).astype(int)
-    hi = points.max(axis=0).astype(int) + 1
-    grid = np.stack(
-        np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij"), -1
-    )
-    inside = np.all(grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-6, axis=-1)
-    out = region.copy()
-    out[lo[0] : hi[0], lo[1] : hi[1]] |= inside
-    return out
-
-
-def _border_connected(air: np.ndarray) -> np.ndarray:
-    """Air connected to the edge of its axial slice (outside the body, under the table)."""
-    out = np.zeros_like(air)
-    for z in range(air.shape[0]):
-        labels, n = ndi.label(air[z])
-        if n == 0:
-            continue
-        edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        touching = np.unique(edge[edge > 0])
-        out[z] = np.isin(labels, touching)
-    return out
-
-
-def _airway_blobs(
-    inside: np.ndarray,
-    smooth: np.ndarray,
-    body: np.ndarray,
-    air_ref: float,
-    spacing: tuple[float, float, float],
-    p: LungParams,
-) -> np.ndarray:
-    """Small pure-air 2D blobs near the body's midline: trachea and main bronchi."""
-    pixel_mm2 = spacing[1] * spacing[2]
-    max_pixels = p.airway_max_area_mm2 / pixel_mm2
-    airway = np.zeros_like(inside)
-    for z in range(inside.shape[0]):
-        cols = np.nonzero(body[z].any(axis=0))[0]
-        if cols.size == 0:
-            continue
-        centre, width = (cols[0] + cols[-1]) / 2.0, float(cols[-1] - cols[0] + 1)
-        labels, n = ndi.label(inside[z])
-        if n == 0:
-            continue
-        idx = np.arange(1, n + 1)
-        area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        small = idx[area <= max_pixels]
-        if small.size == 0:
-            continue
-        medians = _label_medians(labels, smooth[z], small)
-        centroids = np.asarray(ndi.center_of_mass(inside[z], labels, small)).reshape(-1, 2)
-        central = np.abs(centroids[:, 1] - centre) <= p.airway_central_fraction * width
-        pure_air = medians < air_ref + p.gas_margin_hu
-        hits = small[central & pure_air]
-        if hits.size:
-            airway[z] = np.isin(labels, hits)
-    return airway
-
-
-def _select_lungs(
-    inside: np.ndarray,
-    smooth: np.ndarray,
-    air_ref: float,
-    spacing: tuple[float, float, float],
-    p: LungParams,
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The one or two 3D air components that are lungs (largest lung-like ones), and the
-    gas: air that is not lung-like (bowel, stomach, airways), excluded from later growth."""
-    labels, n = ndi.label(inside)
-    if n == 0:
-        return [], np.zeros_like(inside), np.zeros_like(inside)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    idx = np.arange(1, n + 1)
-    big = idx[sizes * voxel_ml >= p.min_component_ml]
-    if big.size == 0:
-        return [], np.zeros_like(inside), inside.copy()
-    medians = _label_medians(labels, smooth, big)
-    lung_like = big[medians >= air_ref + p.gas_margin_hu]
-    if lung_like.size == 0:
-        log.warning("no air component looks like lung tissue; keeping the largest air regions")
-        lung_like = big
-    order = lung_like[np.argsort(sizes[lung_like - 1])[::-1]]
-    chosen = [order[0]]
-    if order.size > 1 and sizes[order[1] - 1] >= p.second_lung_fraction * sizes[order[0] - 1]:
-        chosen.append(order[1])
-    gas = inside & ~np.isin(labels, lung_like)
-    satellites = np.isin(labels, np.setdiff1d(lung_like, chosen))
-    return [labels == k for k in chosen], satellites, gas
-
-
-def _label_medians(labels: np.ndarray, values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Median of ``values`` over each label in ``index`` (one sort, unlike ndi.median)."""
-    keep = np.isin(labels, index)
-    lab, val = labels[keep], values[keep]
-    order = np.lexsort((val, lab))
-    lab, val = lab[order], val[order]
-    starts = np.searchsorted(lab, index, side="left")
-    ends = np.searchsorted(lab, index, side="right")
-    return np.array([np.median(val[a:b]) for a, b in zip(starts, ends, strict=True)])
-
-
-def _fill_lung(mask: np.ndarray, spacing: tuple[float, float, float], radius_mm: float):
-    """Rolling-ball closing (radius in mm) then 2D per-slice and 3D hole filling."""
-    pad = [int(math.ceil(radius_mm / s)) + 2 for s in spacing]
-    nz = np.nonzero(mask)
-    lo = [max(int(a.min()) - q, 0) for a, q in zip(nz, pad, strict=True)]
-    hi = [min(int(a.max()) + q + 1, n) for a, q, n in zip(nz, pad, mask.shape, strict=True)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    crop = np.pad(mask[box], [(q, q) for q in pad])
-    if radius_mm > 0:
-        # Closing as two distance thresholds: exact ball in mm, linear time in voxels.
-        dilated = ndi.distance_transform_edt(~crop, sampling=spacing) <= radius_mm
-        crop = ndi.distance_transform_edt(dilated, sampling=spacing) > radius_mm
-    for z in range(crop.shape[0]):
-        crop[z] = ndi.binary_fill_holes(crop[z])
-    crop = ndi.binary_fill_holes(crop)
-    inner = tuple(slice(q, s - q) for q, s in zip(pad, crop.shape, strict=True))
-    out = np.zeros_like(mask)
-    out[box] = crop[inner]
     return out
 
 
@@ -463,16 +453,18 @@ def segment_lungs_file(
     like = load_nifti(src)
     if not np.issubdtype(data.dtype, np.number) or not np.all(np.isfinite(data)):
         raise InputError(f"{src}: image has non-finite values")
-    mask_img = segment_lungs(sitk_from_array(data.astype(np.float32), affine), params)
-    import SimpleITK as sitk
-
-    mask = sitk.GetArrayViewFromImage(mask_img).transpose(2, 1, 0).astype(np.uint8)
-    if not mask.any():
+    result = lung_mask(data, affine, params)
+    if not result.mask.any():
         raise InputError(f"{src}: no lungs found (is this a chest CT in Hounsfield units?)")
-    write_nifti(dst, mask, affine, dtype=np.uint8, like=like)
-    log.debug(
-        "%s: lungs %.1f mL", src.name, mask.sum() * np.prod(like.header.get_zooms()[:3]) / 1e3
+    write_nifti(dst, result.mask, affine, dtype=np.uint8, like=like)
+    log.info(
+        "%s: right lung %.0f mL, left lung %.0f mL",
+        src.name,
+        result.right_ml,
+        result.left_ml,
     )
+    for warning in result.warnings:
+        log.warning("%s: %s", src.name, warning)
     return dst
 
 

@@ -1,0 +1,253 @@
+"""From aerated lung to lung: vessels, nodules, ground glass and consolidation kept inside.
+
+Thresholding finds the air in a lung; everything denser that belongs to it is put back on
+the coarse anatomical grid (``(z, y, x)``, mm spacing), one lung at a time so that nothing
+bridges the mediastinum:
+
+1. a rolling-ball closing (radius in mm) and 2D + 3D hole filling: vessels, airway walls,
+   nodules and lesions surrounded by aerated lung;
+2. per axial slice, the dents of the lung's convex hull that hold ground glass (lesions
+   with their ground-glass rim; the heart, hilum and liver dome are homogeneous tissue);
+3. extensive disease only: growth into the thick ground glass that touches the lung and
+   on through tissue that can be consolidation, inside the bony thorax
+   (:func:`grow_into_lesions`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage as ndi
+
+if TYPE_CHECKING:
+    from volseg.data.lungs import LungParams
+
+log = logging.getLogger(__name__)
+
+
+def fill_lung(
+    lung: np.ndarray,
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    p: LungParams,
+) -> np.ndarray:
+    """One lung's aerated mask -> the lung with its vessels and lesions (same shape)."""
+    box, pad = _box(lung, spacing, p.closing_mm)
+    crop = np.pad(lung[box], pad)
+    sub = np.pad(hu[box], pad, mode="edge")
+    if p.closing_mm > 0:
+        crop = _close_mm(crop, spacing, p.closing_mm)
+    crop = _fill_holes(crop)
+    if p.pleural_fill:
+        crop = _fill_hull_dents(crop, sub, p)
+    inner = tuple(slice(a, s - b) for (a, b), s in zip(pad, crop.shape, strict=True))
+    out = np.zeros_like(lung)
+    out[box] = crop[inner]
+    return out
+
+
+def _box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float):
+    """Bounding box of ``mask`` and the zero padding that keeps a closing exact."""
+    pad_vox = [int(math.ceil(margin_mm / s)) + 2 for s in spacing]
+    nz = np.nonzero(mask)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+    return box, [(q, q) for q in pad_vox]
+
+
+def _close_mm(mask: np.ndarray, spacing: tuple[float, float, float], radius_mm: float):
+    """Closing with a ball of ``radius_mm`` as two distance thresholds (exact, linear time)."""
+    dilated = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    return ndi.distance_transform_edt(dilated, sampling=spacing) > radius_mm
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            mask[z] = ndi.binary_fill_holes(mask[z])
+    return ndi.binary_fill_holes(mask)
+
+
+def _fill_hull_dents(lung: np.ndarray, hu: np.ndarray, p: LungParams) -> np.ndarray:
+    """Add the lesions that dent a lung, slice by slice.
+
+    Consolidation is not air, so thresholding cuts it out and leaves a dent in the lung.
+    Per slice, each dent is a piece of the lung's convex hull that is not lung. COVID-19
+    consolidation comes with a ground-glass rim, so a dent holding at least
+    ``min_ggo_fraction`` of ground glass is lesion and is filled; dents of homogeneous
+    soft tissue (heart, mediastinum, the liver dome under the lung bases) are left alone.
+    (Filling dense dents that lie against the chest wall took in the liver dome under
+    crescent-shaped lung bases.)
+    """
+    out = lung.copy()
+    for z in np.nonzero(lung.any(axis=(1, 2)))[0]:
+        region = lung[z]
+        if region.sum() < 10:
+            continue
+        hull = convex_hull_2d(region)
+        gaps, n = ndi.label(hull & ~region)
+        if n == 0:
+            continue
+        h = hu[z]
+        index = np.arange(1, n + 1)
+        glass = (h >= p.threshold_hu) & (h < p.ggo_max_hu)
+        accept = index[np.asarray(ndi.mean(glass, gaps, index)) >= p.min_ggo_fraction]
+        if accept.size:
+            out[z] |= np.isin(gaps, accept)
+    return out
+
+
+def convex_hull_2d(region: np.ndarray) -> np.ndarray:
+    """Filled convex hull of a 2D boolean mask, over pixel centres (a flat region: itself)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = np.argwhere(region).astype(np.float64)
+    try:
+        hull = ConvexHull(points)
+    except QhullError:  # fewer than 3 points or all on one line
+        return region.copy()
+    lo = points.min(axis=0).astype(int)
+    hi = points.max(axis=0).astype(int) + 1
+    grid = np.stack(
+        np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij"), -1
+    )
+    inside = np.all(grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-6, axis=-1)
+    out = region.copy()
+    out[lo[0] : hi[0], lo[1] : hi[1]] |= inside
+    return out
+
+
+def grow_into_lesions(
+    sides: np.ndarray,
+    hu: np.ndarray,
+    gas: np.ndarray,
+    spacing: tuple[float, float, float],
+    p: LungParams,
+) -> np.ndarray:
+    """Grow each extensively diseased lung into the lesions thresholding cut off.
+
+    Lesion evidence is thick ground glass (``ggo_min_hu``..``ggo_max_hu``; the thin
+    partial-volume rims around aerated lung and organs are removed by an in-plane
+    opening). A lung where it is at least ``dense_min_ggo_share`` of the lung volume is
+    extensively diseased (healthy real lungs reach 20 %: dependent density, and the
+    partial volume of the diaphragm in 8 mm slices) and grows, inside the bony thorax,
+    along paths in-plane and across slices (so a fully consolidated basal or apical slice
+    is reached too):
+
+    1. into the thick ground glass that touches it, up to ``ggo_reach_mm``;
+    2. then through tissue that can be consolidation, up to ``dense_reach_mm``: below
+       ``dense_max_hu`` after smoothing (heart, liver and muscle are denser), not thick
+       fat, not gas, not the other lung.
+
+    Holes left inside a grown lung (a consolidated core in its halo) are filled. Other
+    lungs are returned unchanged (growing through consolidation next to any ground glass
+    took in the mediastinum and the crura of healthy real scans). ``sides`` is the side
+    map of the filled lungs; the grown side map is returned.
+    """
+    zs = np.nonzero(sides.any(axis=(1, 2)))[0]
+    if zs.size == 0 or not p.dense_fill:
+        return sides
+    z_pad = int(round(max(p.ggo_reach_mm, p.dense_reach_mm) / spacing[0]))
+    box = slice(max(int(zs[0]) - z_pad, 0), int(zs[-1]) + z_pad + 1)
+    sm, block = hu[box], sides[box].copy()
+    plane = (1e6, spacing[1], spacing[2])  # in-plane distances: slices are independent
+    band = max(p.ggo_open_mm, 1.5 * max(spacing[1:]))
+    thick = _open_mm((sm >= p.ggo_min_hu) & (sm < p.ggo_max_hu), plane, band)
+    extensive = []
+    for side in np.unique(block[block > 0]):
+        lung = block == side
+        share = float((thick & lung).sum()) / max(float(lung.sum()), 1.0)
+        log.debug("lung %d: thick ground glass %.3f of its volume", side, share)
+        if share >= p.dense_min_ggo_share:
+            extensive.append(int(side))
+    if not extensive:
+        return sides
+    cavity = thoracic_cavity(sm, spacing, p)
+    glass = thick & cavity & ~gas[box]
+    sigma = [0.0, p.dense_smoothing_mm / spacing[1], p.dense_smoothing_mm / spacing[2]]
+    dense = ndi.gaussian_filter(sm, sigma)
+    # Fat planes are thick; the fat-range ring around any air/tissue edge is thin.
+    fat = _open_mm((dense > p.fat_hu[0]) & (dense < p.fat_hu[1]), plane, p.ggo_open_mm)
+    tissue = cavity & (dense < p.dense_max_hu) & ~fat & ~gas[box] & (block == 0)
+    tissue = _open_mm(tissue, plane, p.dense_open_mm) | glass
+    for side in extensive:
+        _grow(block, side, glass, spacing, p.ggo_reach_mm)
+        _grow(block, side, tissue, spacing, p.dense_reach_mm)
+        block[_fill_holes(block == side) & (block == 0)] = side
+    out = sides.copy()
+    out[box] = block
+    return out
+
+
+def _grow(
+    block: np.ndarray,
+    side: int,
+    allowed: np.ndarray,
+    spacing: tuple[float, float, float],
+    reach_mm: float,
+) -> None:
+    """Geodesic growth of lung ``side`` of the side map ``block`` into free ``allowed``
+    voxels, up to ``reach_mm`` in-plane; across slices one step per slice spacing."""
+    steps = int(round(reach_mm / min(spacing[1:])))
+    if steps <= 0:
+        return
+    z_every = max(1, int(round(spacing[0] / min(spacing[1:]))))
+    reached = block == side
+    free = allowed & (block == 0)
+    cross = _plane_cross()
+    for i in range(steps):
+        step = ndi.binary_dilation(reached, cross, mask=free | reached)
+        if (i + 1) % z_every == 0:
+            step |= _z_neighbours(reached) & free
+        if np.array_equal(step, reached):
+            break
+        reached = step
+    block[reached & (block == 0)] = side
+
+
+def _z_neighbours(mask: np.ndarray) -> np.ndarray:
+    """Voxels directly above or below a voxel of ``mask``."""
+    out = np.zeros_like(mask)
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    return out
+
+
+def _plane_cross() -> np.ndarray:
+    """3D structuring element connecting 4-neighbours within an axial slice only."""
+    s = np.zeros((3, 3, 3), dtype=bool)
+    s[1] = ndi.generate_binary_structure(2, 1)
+    return s
+
+
+def _open_mm(mask: np.ndarray, sampling: tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """Morphological opening with a ball of ``radius_mm`` (exact, via two distance maps)."""
+    if radius_mm <= 0:
+        return mask
+    core = ndi.distance_transform_edt(mask, sampling=sampling) > radius_mm
+    return ndi.distance_transform_edt(~core, sampling=sampling) <= radius_mm
+
+
+def thoracic_cavity(
+    hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+) -> np.ndarray:
+    """Per slice, the region enclosed by the bony thorax minus a wall margin (mm).
+
+    Bone (> ``bone_hu``) of the body (the largest non-air component, so not the table)
+    spans ribs, spine and sternum; its convex hull per slice is the rib cage and what it
+    encloses, eroded by ``cavity_margin_mm`` for the ribs and intercostal muscles.
+    """
+    body = hu >= p.threshold_hu
+    labels, n = ndi.label(body)
+    if n > 1:
+        body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    bone = (hu > p.bone_hu) & body
+    cavity = np.zeros_like(bone)
+    for z in range(bone.shape[0]):
+        if bone[z].sum() < 3:
+            continue
+        hull = convex_hull_2d(bone[z])
+        cavity[z] = ndi.distance_transform_edt(hull, sampling=spacing[1:]) > p.cavity_margin_mm
+    return cavity & ~bone
