@@ -56,9 +56,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     with _naming(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(dest.suffixes)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent
-        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
