@@ -46,3 +46,16 @@ def os_error_message(exc: OSError) -> str:
     if exc.filename2 is not None:
         return one_line(f"{exc.filename} -> {exc.filename2}: {cause}")
     return one_line(f"{exc.filename}: {cause}")
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def load_error_text(exc: BaseException) -> str:
+    """The informative line of a failed ``torch.load`` (torch puts advice before the cause)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    informative = [ln for ln in lines if not ln.startswith(_TORCH_ADVICE)]
+    for line in informative:
+        if "Unsupported" in line or "error" in line.lower() and not line.endswith(":"):
+            return line[:200]
+    return informative[0][:200] if informative else type(exc).__name__

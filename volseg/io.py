@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,10 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     dest = Path(dest)
     if dest.is_dir():
         raise InputError(f"{dest}: is a folder, expected a file name")
-    with _naming(dest):
+    with naming_errors(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(dest.suffixes)
+    suffix = "".join(dest.suffixes)
+    with naming_errors(dest, always=True):
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -63,7 +64,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give normal file permissions
     try:
-        with _naming(dest, tmp_path):
+        with naming_errors(dest, tmp_path):
             yield tmp_path
             os.replace(tmp_path, dest)
     finally:
@@ -72,15 +73,38 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _naming(dest: Path, tmp: Path | None = None) -> Iterator[None]:
-    """Re-raise an OSError about ``tmp`` (or about no file) as one about ``dest``."""
+def atomic_group() -> Iterator[Callable[[str | os.PathLike], Path]]:
+    """Files that appear together or not at all: ``stage(dest)`` gives a temporary path for
+    each; all are renamed into place when the block succeeds, none when it fails."""
+    with contextlib.ExitStack() as stack:
+        yield lambda dest: stack.enter_context(atomic_path(dest))
+
+
+@contextlib.contextmanager
+def naming_errors(
+    dest: str | os.PathLike, tmp: str | os.PathLike | None = None, *, always: bool = False
+) -> Iterator[None]:
+    """Re-raise an OSError as one about ``dest`` when it names no file, names ``tmp`` (a
+    temporary file or staging folder standing in for ``dest``) or a path under it, or
+    ``always`` (e.g. around ``mkstemp``, whose error names a random temporary name)."""
     try:
         yield
     except OSError as exc:
-        named = exc.filename is not None and (tmp is None or str(exc.filename) != str(tmp))
-        if named and exc.filename2 is None:
-            raise
-        raise OSError(exc.errno, exc.strerror or str(exc), str(dest)) from exc
+        names = [str(n) for n in (exc.filename2, exc.filename) if n is not None]
+        if always or not names:
+            name = str(dest)
+        else:
+            name = _under(names[0], tmp, dest)
+            if name == names[-1] and len(names) == 1:
+                raise  # already about a real path
+        raise OSError(exc.errno, exc.strerror or str(exc), name) from exc
+
+
+def _under(name: str, tmp: str | os.PathLike | None, dest: str | os.PathLike) -> str:
+    """``name`` with a leading ``tmp`` replaced by ``dest``."""
+    if tmp is not None and (name == str(tmp) or name.startswith(f"{tmp}{os.sep}")):
+        return str(dest) + name[len(str(tmp)) :]
+    return name
 
 
 @contextlib.contextmanager
@@ -108,6 +132,25 @@ def cleanup_on_error(
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         raise
+
+
+def replace_entries(staging: Path, dest: Path, names: tuple[str, ...]) -> None:
+    """Move ``names`` (files or folders) from ``staging`` into ``dest``, in order.
+
+    An entry of the same name already in ``dest`` is first moved into ``staging/.old`` and
+    deleted only after every new entry is in place; one that ``staging`` lacks is removed
+    then too. Renames within one file system, so no half-replaced entry is ever visible.
+    """
+    import shutil
+
+    old = staging / ".old"
+    old.mkdir(exist_ok=True)
+    for name in names:
+        if (dest / name).exists() or (dest / name).is_symlink():
+            os.replace(dest / name, old / name)
+        if (staging / name).exists():
+            os.replace(staging / name, dest / name)
+    shutil.rmtree(old)
 
 
 def _existing_entries(root: Path) -> set[Path]:
