@@ -281,6 +281,8 @@ def synthesize_dataset(
     from volseg.io import cleanup_on_error, naming_errors, replace_entries
 
     preset = get_preset(preset)
+    if int(seed) < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
