@@ -620,6 +620,10 @@ def test_predict_refuses_two_inputs_with_one_id(tmp_path: Path, oracle_bundle, c
         (["--lungs", "missing_lungs"], "missing_lungs"),
         (["--overlap", "1.5"], "--overlap"),
         (["--roi", "16", "16"], "--roi"),
+        (["--roi", "0"], "--roi"),
+        (["--sw-batch-size", "0"], "--sw-batch-size"),
+        (["--min-component", "-1"], "--min-component"),
+        (["--num-parts", "0"], "--num-parts"),
     ],
 )
 def test_predict_bad_options(tmp_path: Path, oracle_bundle, capfd, args, needle) -> None:
@@ -788,6 +792,34 @@ def test_help_shows_every_command_line_without_a_dict() -> None:
     predict = next(line for line in text.splitlines() if line.strip().startswith("predict"))
     assert "involvement %" in predict
     assert "{" not in text and "'_module'" not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "needles"),
+    [
+        (b"\xa6\x01\xff binary", [], ("config.yaml", "not a text")),
+        (None, [], ("config.yaml", "a folder")),
+        (b"seed: 0\n", ["--set", "seed=-1"], ("'seed'",)),
+        (b"seed: 0\n", ["--set", "finetune.patch_size=[0,32,16]"], ("finetune.patch_size",)),
+        (b"seed: 0\n", ["--set", "predict.roi_size=[0,8,8]"], ("predict.roi_size",)),
+    ],
+)
+def test_bad_config_files_and_values(tmp_path: Path, capfd, content, extra, needles) -> None:
+    config = tmp_path / "config.yaml"
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+    run = tmp_path / "run"
+    rc, lines = cli(capfd, "run", "-c", config, "--run-dir", run, *extra, "--no-progress")
+    one_error(rc, lines, *needles)
+    assert not run.exists()
+
+
+def test_synth_negative_seed(tmp_path: Path, capfd) -> None:
+    rc, lines = cli(capfd, "synth", "--preset", "tiny", "-o", tmp_path / "d", "--seed", "-1")
+    one_error(rc, lines, "--seed")
+    assert not (tmp_path / "d").exists()
 
 
 # ====================================================== 8. a failed start writes nothing
