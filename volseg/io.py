@@ -272,7 +272,8 @@ def load_nifti(path: str | os.PathLike, *, require_3d: bool = True):
 
     Returns the ``nibabel`` image (data not yet decoded). Raises :class:`InputError` with the
     file name for a missing, truncated, non-NIfTI or non-3D file, an empty dimension, zero
-    voxel sizes in the header or an affine refused by :func:`affine_problem`.
+    voxel sizes in the header, a data type that is not real numbers (RGB, complex) or an
+    affine refused by :func:`affine_problem`.
     """
     import nibabel as nib
     from nibabel.imageglobals import LoggingOutputSuppressor
@@ -300,6 +301,9 @@ def load_nifti(path: str | os.PathLike, *, require_3d: bool = True):
             raise InputError(f"{path}: expected a 3D image, got shape {tuple(shape)}")
     if 0 in shape:
         raise InputError(f"{path}: empty image (shape {tuple(shape)})")
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf":  # RGB, complex, ...: not one real value per voxel
+        raise InputError(f"{path}: data type {dtype} is not a real number per voxel")
     try:
         affine = img.affine
     except Exception as exc:

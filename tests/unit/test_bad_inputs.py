@@ -151,7 +151,17 @@ def _empty_axis(path: Path) -> None:
     save(path, np.zeros((48, 40, 0), np.int16))
 
 
-GEOMETRY_FAULTS = {
+def _rgb(path: Path) -> None:
+    save(path, np.zeros((48, 40, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]))
+
+
+def _complex(path: Path) -> None:
+    save(path, phantom()[0].astype(np.complex64))
+
+
+GEOMETRY_FAULTS = {  # and header faults: a data type that is not one real value per voxel
+    "rgb_data": (_rgb, "not a real number"),
+    "complex_data": (_complex, "not a real number"),
     "singular_affine": (_singular, "singular"),
     "nan_affine": (_nan_affine, "NaN"),
     "zero_length_voxel_axis": (_zero_axis, "zero-length voxel axis"),
@@ -321,6 +331,7 @@ def _run_cli(capfd, pipe: FakePipeline, tmp_path: Path, *extra: str) -> tuple[in
         ("gan.generator_params={foo: 1}", ("gan.generator_params", "foo")),
         ("gan.corruptor_params={blobz: 2}", ("gan.corruptor_params", "blobz")),
         ("pretrain.batch_size=1", ("pretrain.batch_size",)),
+        ("finetune={n_labeled: 0, use_pseudo: false}", ("finetune.n_labeled",)),
     ],
 )
 def test_bad_model_setting_touches_no_finished_stage(
@@ -814,6 +825,15 @@ def test_bad_config_files_and_values(tmp_path: Path, capfd, content, extra, need
     rc, lines = cli(capfd, "run", "-c", config, "--run-dir", run, *extra, "--no-progress")
     one_error(rc, lines, *needles)
     assert not run.exists()
+
+
+def test_run_dir_that_is_a_file(tmp_path: Path, capfd) -> None:
+    taken = tmp_path / "run"
+    taken.write_text("keep me")
+    for command in ("run", "prepare"):
+        rc, lines = cli(capfd, command, "-c", _config(tmp_path), "--run-dir", taken)
+        one_error(rc, lines, taken, "not a folder")
+        assert taken.read_text() == "keep me"
 
 
 def test_synth_negative_seed(tmp_path: Path, capfd) -> None:

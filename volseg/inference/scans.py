@@ -217,7 +217,9 @@ def load_scan(source: ScanSource) -> Scan:
         try:
             data = np.asanyarray(img.dataobj, dtype=np.float32)
         except Exception as exc:
-            raise InputError(f"{source.path}: could not decode image data ({exc})") from exc
+            raise InputError(
+                f"{source.path}: could not decode image data ({cause_text(exc)})"
+            ) from exc
         if data.ndim == 4:
             data = data[..., 0]
         scan = Scan(source, data, np.asarray(img.affine, dtype=np.float64), img)

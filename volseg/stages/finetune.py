@@ -419,8 +419,14 @@ def check_finetune(cfg: Config) -> None:
     """What fine-tuning needs from the config, checked without writing or allocating."""
     from volseg.stages.common import check_model
 
+    ft = cfg.finetune
+    if ft.n_labeled == 0 and not (ft.use_pseudo and cfg.gan.enabled):
+        raise ConfigError(
+            "finetune.n_labeled is 0 and no pseudo-masks will be made (finetune.use_pseudo "
+            "false or gan.enabled false): nothing to train the network on"
+        )
     seg = check_model(cfg)
-    if cfg.finetune.supcon_weight > 0 and (
+    if ft.supcon_weight > 0 and (
         getattr(seg, "embedding_channels", None) is None
         or not hasattr(seg, "forward_with_embedding")
     ):

@@ -102,6 +102,8 @@ def check_dataset_clean(root: str | Path, prune: tuple[Path, ...] = ()) -> None:
 def check_prepare(cfg: Config) -> Datalist:
     """Everything ``prepare`` reads, checked without writing: returns the datalist."""
     data = cfg.data
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise InputError(f"{cfg.run_dir}: exists and is not a folder (run_dir)")
     check_dataset_clean(data.root, prune=(Path(cfg.run_dir),))
     split = data.split
     datalist = Datalist.build(data.root, split.val_fraction, split.test_fraction, split.seed)

@@ -515,8 +515,10 @@ def run_pipeline(
             )
 
     # Everything the run needs is checked before anything in the run directory is touched.
-    _check_plan(cfg, _plan(cfg, selected, forced))
     run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: exists and is not a folder (run_dir)")
+    _check_plan(cfg, _plan(cfg, selected, forced))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg)
     actions: dict[str, str] = {}
