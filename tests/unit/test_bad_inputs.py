@@ -360,7 +360,7 @@ def test_rerun_keeps_the_finished_stage_until_its_replacement_is_done(
     pipe.hooks["pretrain"] = check_beside
     pipe.run("pretrain.lr=0.01")
     assert pipe.calls == ["pretrain", "finetune", "predict", "evaluate"]
-    assert not saved.exists()  # removed once the replacement was done
+    assert not saved.parent.exists()  # removed once the replacement was done
     assert pipe.manifest("pretrain").status == mf.STATUS_DONE
 
 
@@ -404,7 +404,7 @@ def test_interrupted_rerun_keeps_the_finished_stage_until_settings_return(
     # the old settings again: the finished outputs come back, nothing is retrained
     assert pipe.run() == {name: "skipped" for name in orch.stage_names()}
     assert tree(pipe.run_dir / "pretrain") == old
-    assert not saved.exists()
+    assert not saved.parent.exists()
 
 
 def test_interrupted_rerun_is_continued_with_the_new_settings(pipe: FakePipeline) -> None:

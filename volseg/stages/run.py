@@ -361,6 +361,8 @@ def _put_back(stage_dir: Path, saved: Path) -> None:
     elif stage_dir.exists():
         shutil.rmtree(stage_dir)
     os.replace(saved, stage_dir)
+    with contextlib.suppress(OSError):
+        saved.parent.rmdir()  # only when no other stage is set aside
 
 
 def _clear_for_fresh_run(spec: StageSpec, prev: mf.Manifest | None, stage_dir: Path) -> None:
@@ -454,6 +456,8 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
     mf.write_manifest(run_dir, record)
     if saved.exists():  # the replacement is done: the set-aside outputs can go
         shutil.rmtree(saved)
+        with contextlib.suppress(OSError):
+            saved.parent.rmdir()  # only when no other stage is set aside
     log.info("%s: done in %.1f s", spec.name, record.duration_s)
     return "ran"
 
