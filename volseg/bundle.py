@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from volseg import __version__
-from volseg.errors import InputError
+from volseg.errors import InputError, cause_text, load_error_text
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,10 @@ def load_bundle(path: str | Path, device: Any = "cpu") -> Bundle:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{file}: not a readable volseg model bundle ({exc})") from exc
+        raise InputError(
+            f"{file}: not a readable volseg model bundle (damaged, truncated or not a "
+            f"PyTorch file: {load_error_text(exc)})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{file}: not a volseg model bundle")
     version = payload.get("format_version")
@@ -102,13 +105,17 @@ def load_bundle(path: str | Path, device: Any = "cpu") -> Bundle:
             f"{file}: bundle format version {version} is not supported by volseg "
             f"{__version__} (expects {BUNDLE_FORMAT_VERSION})"
         )
-    name = payload["model"]["name"]
-    params = payload["model"]["params"]
+    try:
+        name = str(payload["model"]["name"])
+        params = dict(payload["model"]["params"])
+        state = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{file}: incomplete volseg model bundle (no {exc})") from None
     try:
         model = build_model(name, **params)
-        model.load_state_dict(payload["state_dict"])
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise InputError(f"{file}: cannot rebuild network '{name}' ({exc})") from exc
+        model.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise InputError(f"{file}: cannot rebuild network '{name}' ({cause_text(exc)})") from exc
     model.to(device).eval()
     return Bundle(
         model=model,

@@ -3,18 +3,24 @@
 Each subcommand lives in ``volseg/commands/<name>.py`` with ``HELP``, ``add_arguments`` and
 ``run``. Those modules import nothing heavy at top level, so ``volseg --help`` is fast;
 torch and MONAI are imported inside ``run``. User errors (:class:`VolsegError`) become one
-line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+line on stderr and exit code 2; ``--debug`` shows the traceback instead. OS errors
+(permission denied, disk full, a file where a folder belongs) are reported the same way,
+naming the path and the cause. Argument errors are one line too, with a did-you-mean for a
+mistyped choice.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
+import re
 import sys
+from typing import NoReturn
 
 from volseg import __version__
-from volseg.errors import NotBuiltError, VolsegError
+from volseg.errors import NotBuiltError, VolsegError, one_line, os_error_message
 
 # Order is the order shown in --help: data tools, then the pipeline stages, then utilities.
 COMMANDS: tuple[str, ...] = (
@@ -36,13 +42,36 @@ EXIT_USER_ERROR = 2
 EXIT_NOT_BUILT = 3
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {_with_suggestion(message)}\n")
+
+
+def _with_suggestion(message: str) -> str:
+    """argparse's invalid-choice message with a did-you-mean and the choices listed plainly."""
+    match = _INVALID_CHOICE.search(message)
+    if match is None:
+        return one_line(message)
+    given = match.group(1)
+    choices = re.findall(r"'([^']*)'", match.group(2))
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    head = message[: match.start()]
+    return f"{head}invalid choice '{given}'{hint}; choose from {', '.join(choices)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="volseg",
         description="Few-label 3D segmentation of COVID-19 lung lesions in chest CT.",
     )
     parser.add_argument("--version", action="version", version=f"volseg {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     common.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
     common.add_argument(
@@ -53,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"volseg.commands.{name}")
         cmd = sub.add_parser(
             name.replace("_", "-"),
-            help=module.HELP,
+            help=module.HELP.replace("%", "%%"),  # argparse %-formats help strings
             description=getattr(module, "DESCRIPTION", module.HELP),
             parents=[common],
         )
@@ -97,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     except VolsegError as exc:
         if args.debug:
             raise
-        print(f"volseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"volseg {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # permissions, disk full, a file where a folder belongs
+        if args.debug:
+            raise
+        print(f"volseg {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"volseg {args.command}: interrupted", file=sys.stderr)

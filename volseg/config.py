@@ -29,10 +29,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _positive_sizes(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or min(value) < 1:
+        raise ValueError("sizes must be at least 1")
+    return value
+
+
 class SplitConfig(Section):
     """Patient-level split, stratified by CT category and labeled/unlabeled."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.25, ge=0.0, lt=1.0)
 
@@ -101,6 +107,8 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     """Steps between lines in ``metrics.jsonl`` / TensorBoard."""
 
+    _patch_positive = field_validator("patch_size")(_positive_sizes)
+
 
 class GanConfig(TrainConfig):
     """3D GAN that restores healthy lung; its residual on COVID scans is the pseudo-mask."""
@@ -137,6 +145,7 @@ class PretrainConfig(TrainConfig):
 
     lambda_offdiag: float = Field(5e-3, ge=0)
     projector_dims: tuple[int, ...] = (512, 512, 512)
+    _dims_positive = field_validator("projector_dims")(_positive_sizes)
     probe: bool = True
     """After training, fit a linear probe (lesion vs lung voxels) on frozen features of the
     pretrained and of a random encoder; writes ``pretrain/probe.json``."""
@@ -193,6 +202,7 @@ class PredictConfig(Section):
     """Sliding-window inference and post-processing."""
 
     roi_size: IntTriple = (96, 96, 32)
+    _roi_positive = field_validator("roi_size")(_positive_sizes)
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(4, ge=1)
     tta: bool = False
@@ -217,7 +227,7 @@ class EvaluateConfig(Section):
 class Config(Section):
     """The whole configuration of a volseg run."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     run_dir: Path = Path("runs/default")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -331,9 +341,12 @@ def load_config(
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            what = "a folder, not a config file" if path.is_dir() else "config file not found"
+            raise ConfigError(f"{path}: {what}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (UTF-8) file; expected a YAML config") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if loaded is None:

@@ -2,8 +2,10 @@
 
 Every writer goes through :func:`atomic_path`: data is written to a temporary name in the
 destination folder and renamed into place only once complete, so an interrupted run never
-leaves a truncated ``.nii.gz`` or ``.json`` behind. Readers raise :class:`InputError` naming
-the file and what is wrong with it.
+leaves a truncated ``.nii.gz`` or ``.json`` behind; an OS error while writing names the
+destination. Readers raise :class:`InputError` naming the file and what is wrong with it,
+geometry included (:func:`affine_problem`: finite, non-degenerate voxel axes; voxel sizes in
+the header positive), so no reader downstream meets a singular or NaN affine.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,10 @@ import numpy as np
 from volseg.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MIN_VOXEL_MM = 1e-6
+"""Voxel axes shorter than this (mm) are degenerate."""
+SINGULAR_RTOL = 1e-6
+"""An affine whose |det| is below this share of the product of its axis lengths is singular."""
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -41,23 +47,145 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
 
     The temporary name keeps the destination's suffixes (``.nii.gz`` stays ``.nii.gz``) so
-    libraries that choose a format from the file name behave the same.
+    libraries that choose a format from the file name behave the same. An :class:`OSError`
+    (permission denied, disk full) is re-raised naming ``dest``, not the temporary file.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        raise InputError(f"{dest}: is a folder, expected a file name")
+    with naming_errors(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    with naming_errors(dest, always=True):
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give normal file permissions
     try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
+        with naming_errors(dest, tmp_path):
+            yield tmp_path
+            os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[Callable[[str | os.PathLike], Path]]:
+    """Files that appear together or not at all: ``stage(dest)`` gives a temporary path for
+    each; all are renamed into place when the block succeeds, none when it fails."""
+    with contextlib.ExitStack() as stack:
+        yield lambda dest: stack.enter_context(atomic_path(dest))
+
+
+@contextlib.contextmanager
+def naming_errors(
+    dest: str | os.PathLike, tmp: str | os.PathLike | None = None, *, always: bool = False
+) -> Iterator[None]:
+    """Re-raise an OSError as one about ``dest`` when it names no file, names ``tmp`` (a
+    temporary file or staging folder standing in for ``dest``) or a path under it, or
+    ``always`` (e.g. around ``mkstemp``, whose error names a random temporary name)."""
+    try:
+        yield
+    except OSError as exc:
+        names = [str(n) for n in (exc.filename2, exc.filename) if n is not None]
+        if always or not names:
+            name = str(dest)
+        else:
+            name = _under(names[0], tmp, dest)
+            if name == names[-1] and len(names) == 1:
+                raise  # already about a real path
+        raise OSError(exc.errno, exc.strerror or str(exc), name) from exc
+
+
+def _under(name: str, tmp: str | os.PathLike | None, dest: str | os.PathLike) -> str:
+    """``name`` with a leading ``tmp`` replaced by ``dest``."""
+    if tmp is not None and (name == str(tmp) or name.startswith(f"{tmp}{os.sep}")):
+        return str(dest) + name[len(str(tmp)) :]
+    return name
+
+
+@contextlib.contextmanager
+def cleanup_on_error(
+    *folders: str | os.PathLike,
+    remove_files: bool = False,
+    errors: tuple[type[BaseException], ...] = (Exception,),
+) -> Iterator[None]:
+    """On an exception of type ``errors`` in the block, remove what the block created.
+
+    Folders under (and including) ``folders`` that did not exist before and are empty
+    afterwards are removed, as are their new parent folders. With ``remove_files``, files
+    that did not exist before are removed first (finished files that existed are never
+    touched). Used so a failed command leaves no empty output folder or partial output.
+    """
+    roots = [Path(f) for f in folders]
+    before = {root: _existing_entries(root) for root in roots}
+    missing = {root: _missing_ancestors(root) for root in roots}
+    try:
+        yield
+    except errors:
+        for root in roots:
+            _remove_new(root, before[root], remove_files)
+            for folder in missing[root]:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def replace_entries(staging: Path, dest: Path, names: tuple[str, ...]) -> None:
+    """Move ``names`` (files or folders) from ``staging`` into ``dest``, in order.
+
+    An entry of the same name already in ``dest`` is first moved into ``staging/.old`` and
+    deleted only after every new entry is in place; one that ``staging`` lacks is removed
+    then too. Renames within one file system, so no half-replaced entry is ever visible.
+    """
+    import shutil
+
+    old = staging / ".old"
+    old.mkdir(exist_ok=True)
+    for name in names:
+        if (dest / name).exists() or (dest / name).is_symlink():
+            os.replace(dest / name, old / name)
+        if (staging / name).exists():
+            os.replace(staging / name, dest / name)
+    shutil.rmtree(old)
+
+
+def _existing_entries(root: Path) -> set[Path]:
+    """Every file and folder under ``root`` (``root`` included), empty if it does not exist."""
+    if not root.exists():
+        return set()
+    found = {root}
+    for dirpath, dirnames, filenames in os.walk(root):
+        found.update(Path(dirpath) / name for name in dirnames + filenames)
+    return found
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    out = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        out.append(folder)
+    return out
+
+
+def _remove_new(root: Path, before: set[Path], remove_files: bool) -> None:
+    if not root.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        here = Path(dirpath)
+        if remove_files:
+            for name in filenames:
+                if here / name not in before:
+                    with contextlib.suppress(OSError):
+                        (here / name).unlink()
+        if here not in before:
+            with contextlib.suppress(OSError):
+                here.rmdir()  # only succeeds when empty
 
 
 def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
@@ -82,21 +210,85 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def affine_problem(affine: Any) -> str | None:
+    """What is wrong with a voxel-to-world affine, or None when it is usable.
+
+    Refused: a matrix that is not 4 x 4 or not finite, a voxel axis of (near) zero length,
+    and a singular matrix (voxel axes not independent: no orientation can be read from it).
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4):
+        return f"affine has shape {a.shape}, expected 4 x 4"
+    if not np.all(np.isfinite(a)):
+        return "affine has NaN or infinite values"
+    linear = a[:3, :3]
+    lengths = np.linalg.norm(linear, axis=0)
+    short = [i for i in range(3) if lengths[i] < MIN_VOXEL_MM]
+    if short:
+        return f"affine has a zero-length voxel axis (axis {short[0]})"
+    if abs(np.linalg.det(linear)) < SINGULAR_RTOL * float(np.prod(lengths)):
+        return "affine is singular (its voxel axes are not independent)"
+    return None
+
+
+def check_affine(path: str | os.PathLike, affine: Any) -> None:
+    """Raise :class:`InputError` naming ``path`` when :func:`affine_problem` finds one."""
+    problem = affine_problem(affine)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
+
+
+def _header_pixdim_problem(path: Path) -> str | None:
+    """Zero or non-finite voxel sizes in the header as stored (nibabel silently sets them to 1)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            head = fh.read(540)
+    except Exception:  # unreadable: nib.load reports it
+        return None
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.template_dtype.itemsize
+        if len(head) < size:
+            continue
+        try:
+            header = klass(head[:size], check=False)
+        except Exception:
+            continue
+        if int(header["sizeof_hdr"]) != size:
+            continue
+        ndim = int(np.clip(header["dim"][0], 0, 7))
+        zooms = np.asarray(header["pixdim"][1 : 1 + min(ndim, 3)], dtype=np.float64)
+        if zooms.size and not np.all(np.isfinite(zooms) & (np.abs(zooms) > 0)):
+            shown = ", ".join(f"{z:g}" for z in zooms)
+            return f"voxel size in the header (pixdim) is {shown}; every size must be non-zero"
+        return None
+    return None
+
+
 def load_nifti(path: str | os.PathLike, *, require_3d: bool = True):
-    """Load a NIfTI file with nibabel, checking it exists, parses and is 3D.
+    """Load a NIfTI file with nibabel, checking it exists, parses, is 3D and has a usable grid.
 
     Returns the ``nibabel`` image (data not yet decoded). Raises :class:`InputError` with the
-    file name for a missing, truncated, non-NIfTI or non-3D file.
+    file name for a missing, truncated, non-NIfTI or non-3D file, an empty dimension, zero
+    voxel sizes in the header, a data type that is not real numbers (RGB, complex) or an
+    affine refused by :func:`affine_problem`.
     """
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
+    problem = _header_pixdim_problem(path) if is_nifti(path) else None
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
     try:
-        img = nib.load(str(path))
+        with LoggingOutputSuppressor():  # header fixes nibabel would print as warnings
+            img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for bad files
         raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -107,6 +299,16 @@ def load_nifti(path: str | os.PathLike, *, require_3d: bool = True):
             pass  # a singleton 4th dimension is a 3D volume
         elif len(shape) != 3:
             raise InputError(f"{path}: expected a 3D image, got shape {tuple(shape)}")
+    if 0 in shape:
+        raise InputError(f"{path}: empty image (shape {tuple(shape)})")
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf":  # RGB, complex, ...: not one real value per voxel
+        raise InputError(f"{path}: data type {dtype} is not a real number per voxel")
+    try:
+        affine = img.affine
+    except Exception as exc:
+        raise InputError(f"{path}: unreadable affine ({_short(exc)})") from exc
+    check_affine(path, affine)
     return img
 
 

@@ -23,8 +23,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from volseg.data.check import check_dataset
+    from volseg.errors import InputError
     from volseg.progress import progress
 
+    if not Path(args.root).is_dir():
+        what = "not a folder" if Path(args.root).exists() else "dataset folder not found"
+        raise InputError(f"{args.root}: {what}")
     problems = check_dataset(
         Path(args.root), progress=lambda files: progress(files, desc="check", unit="file")
     )

@@ -33,9 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from volseg.data.lungs import LungParams, segment_lungs_paths
+    from volseg.errors import InputError
+    from volseg.io import cleanup_on_error, is_nifti
 
+    src, dst = Path(args.input), Path(args.output)
+    if dst.exists() and not dst.is_dir() and (src.is_dir() or not is_nifti(dst)):
+        raise InputError(f"{dst}: exists and is not a folder (-o names the output folder)")
     params = LungParams(threshold_hu=args.threshold_hu, closing_mm=args.closing_mm)
-    failed = segment_lungs_paths(
-        Path(args.input), Path(args.output), params=params, skip_existing=args.skip_existing
-    )
-    return 0 if not failed else 2
+    with cleanup_on_error(dst.parent if is_nifti(dst) else dst):
+        failed = segment_lungs_paths(src, dst, params=params, skip_existing=args.skip_existing)
+    if failed:
+        names = ", ".join(str(p) for p in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        raise InputError(f"no lung mask for {len(failed)} scan(s): {names} (reasons logged above)")
+    return 0

@@ -53,10 +53,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--threshold must be in (0, 1)")
     if args.min_involvement is not None and not 0 <= args.min_involvement < 100:
         raise InputError("--min-involvement must be in [0, 100)")
+    if args.sw_batch_size is not None and args.sw_batch_size < 1:
+        raise InputError("--sw-batch-size must be at least 1")
+    if args.min_component is not None and args.min_component < 0:
+        raise InputError("--min-component must be >= 0 (mm³)")
     try:
         roi = parse_roi(args.roi)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if roi is not None and min(roi) < 1:
+        raise InputError(f"--roi sizes must be at least 1, got {' '.join(map(str, args.roi))}")
     summary = run_predict(
         args.model,
         args.input,

@@ -29,7 +29,7 @@ import numpy as np
 from volseg.data import layout
 from volseg.data.mosmed import Study
 from volseg.data.transforms import preprocessing_settings
-from volseg.errors import InputError
+from volseg.errors import InputError, cause_text
 from volseg.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,8 @@ def preprocess_study(
     chain = preprocess_transforms(spacing, hu_window, keys=tuple(sources))
     try:
         out = chain({k: str(p) for k, p in sources.items()})
-    except Exception as exc:
-        raise InputError(f"{study.image}: preprocessing failed ({exc})") from exc
+    except Exception as exc:  # MONAI wraps the cause in "applying transform <object ...>"
+        raise InputError(f"{study.image}: preprocessing failed ({cause_text(exc)})") from exc
     image = out["image"]
     shape = tuple(int(s) for s in image.shape[1:])
     for k in sources:

@@ -5,8 +5,10 @@ mask that does not line up with its scan. :func:`check_dataset` reads every file
 at a time (memory stays at one volume), and reports all problems at the end:
 
 - layout: ``studies/CT-k`` folders exist and hold studies;
-- every file a readable 3D NIfTI with finite values;
-- images in Hounsfield units (air near -1000), not raw 0..4095 detector values or [0, 1];
+- every file a readable 3D NIfTI with finite values and a usable grid (finite, non-singular
+  affine; non-zero voxel sizes; see :func:`volseg.io.affine_problem`);
+- images in Hounsfield units (air near -1000), not raw 0..4095 detector values, [0, 1] or
+  blank (:func:`hu_problem`, shared with ``volseg predict``);
 - masks (``masks/``, and ``lungs/`` / ``truth/`` when present): a matching study, the same
   shape and affine, values only 0 and 1.
 """
@@ -141,41 +143,51 @@ def _read(path: Path, problems: list[Problem]) -> tuple[np.ndarray, np.ndarray] 
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
+def hu_problem(data: np.ndarray) -> str | None:
+    """Why ``data`` is not a CT in Hounsfield units, or None when it looks like one.
+
+    The rule is physical: in HU, air is -1000 and water 0, and every chest CT holds air
+    (around the body, in the lungs and airways), so its minimum lies near -1000 and always
+    below :data:`MIN_AIR_HU` (-500), even after smoothing or partial volume. Refused: no
+    voxels, NaN/inf voxels, one value everywhere (a blank volume), values rescaled to about
+    [0, 1], no negative values (raw scanner values 0..4095 without the rescale intercept of
+    about -1024) and a minimum above -500 HU (no air).
+    """
+    data = np.asarray(data)
+    if data.size == 0:
+        return "empty image"
+    finite = np.isfinite(data)
+    if not finite.all():
+        return f"{int((~finite).sum())} NaN/inf voxels"
+    sample = data.ravel()[:: max(1, data.size // 2_000_000)]
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        return f"every voxel is {lo:g} (a blank volume), expected a CT in Hounsfield units"
+    p99 = float(np.percentile(sample, 99))
+    if p99 < 10 and lo >= -10:
+        return (
+            f"values look rescaled (min {lo:.3g}, 99th percentile {p99:.3g}), "
+            "expected Hounsfield units"
+        )
+    if lo >= 0:
+        return (
+            f"no negative values (min {lo:.4g}, max {hi:.4g}): unscaled scanner values? "
+            "expected Hounsfield units with air near -1000"
+        )
+    if lo > MIN_AIR_HU:
+        return f"no air: minimum {lo:.4g} HU (expected near -1000)"
+    return None
+
+
 def _check_image(path: Path, problems: list[Problem]) -> _Geometry | None:
     loaded = _read(path, problems)
     if loaded is None:
         return None
     data, affine = loaded
     geom = _Geometry(tuple(int(s) for s in data.shape), affine)
-    if data.size == 0:
-        problems.append(Problem(path, "empty image"))
-        return geom
-    finite = np.isfinite(data)
-    if not finite.all():
-        problems.append(Problem(path, f"{int((~finite).sum())} NaN/inf voxels"))
-        data = data[finite]
-        if data.size == 0:
-            return geom
-    sample = data.ravel()[:: max(1, data.size // 2_000_000)]
-    lo, p99 = float(sample.min()), float(np.percentile(sample, 99))
-    if p99 < 10 and lo >= -10:
-        problems.append(
-            Problem(
-                path,
-                f"values look rescaled (min {lo:.3g}, 99th percentile {p99:.3g}), "
-                "expected Hounsfield units",
-            )
-        )
-    elif lo >= 0:
-        problems.append(
-            Problem(
-                path,
-                f"no negative values (min {lo:.4g}, max {float(sample.max()):.4g}): "
-                "unscaled scanner values? expected Hounsfield units with air near -1000",
-            )
-        )
-    elif lo > MIN_AIR_HU:
-        problems.append(Problem(path, f"no air: minimum {lo:.4g} HU (expected near -1000)"))
+    problem = hu_problem(data)
+    if problem is not None:
+        problems.append(Problem(path, problem))
     return geom
 
 

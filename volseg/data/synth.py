@@ -271,29 +271,56 @@ def synthesize_dataset(
 ) -> Path:
     """Write a whole synthetic dataset in MosMed layout into ``out_dir``; returns it.
 
-    Refuses (InputError) a folder that already holds a dataset unless ``overwrite``, which
-    removes the old dataset's files first. Every file is written atomically, the manifest and
-    ``synth.json`` last, so a dataset with a manifest is complete.
+    Refuses (InputError) a folder that already holds a dataset unless ``overwrite``. The
+    dataset is written into a hidden staging folder inside ``out_dir`` and moved into place
+    once complete, so a failed run (disk full, interrupted) leaves nothing behind, and an old
+    dataset being overwritten is replaced only when the new one is finished.
     """
-    from volseg import __version__
-    from volseg.io import write_json_atomic, write_nifti, write_text_atomic
-    from volseg.progress import progress
-    from volseg.quantify import quantify
+    import tempfile
+
+    from volseg.io import cleanup_on_error, naming_errors, replace_entries
 
     preset = get_preset(preset)
+    if int(seed) < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
     existing = existing_dataset_entries(out_dir)
-    if existing:
-        if not overwrite:
-            raise InputError(
-                f"{out_dir}: already contains a dataset ({existing[0].name}); "
-                "use --overwrite to replace it"
-            )
-        for path in existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if existing and not overwrite:
+        raise InputError(
+            f"{out_dir}: already contains a dataset ({existing[0].name}); "
+            "use --overwrite to replace it"
+        )
+    with cleanup_on_error(out_dir, errors=(BaseException,)):
+        with naming_errors(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+        with naming_errors(out_dir, always=True):
+            staging = Path(tempfile.mkdtemp(prefix=".synth-", suffix=".tmp", dir=out_dir))
+        try:
+            with naming_errors(out_dir, staging):
+                info = _write_dataset(staging, preset, seed)
+                replace_entries(staging, out_dir, _DATASET_ENTRIES)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info(
+        "wrote %d %s studies (%d labeled) to %s in %.1f s (%.2f s/volume)",
+        info["n_studies"],
+        preset.name,
+        info["n_labeled"],
+        out_dir,
+        info["seconds"],
+        info["seconds"] / max(info["n_studies"], 1),
+    )
+    return out_dir
+
+
+def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
+    """Every study, mask, truth file and the manifest into ``out_dir``; returns synth.json."""
+    from volseg import __version__
+    from volseg.io import write_json_atomic, write_nifti, write_text_atomic
+    from volseg.progress import progress
+    from volseg.quantify import quantify
 
     rows = []
     start = time.perf_counter()
@@ -335,14 +362,4 @@ def synthesize_dataset(
         "params": {k: v for k, v in asdict(preset).items() if k != "name"},
     }
     write_json_atomic(out_dir / SYNTH_JSON, info)
-    elapsed = time.perf_counter() - start
-    log.info(
-        "wrote %d %s studies (%d labeled) to %s in %.1f s (%.2f s/volume)",
-        len(plan),
-        preset.name,
-        info["n_labeled"],
-        out_dir,
-        elapsed,
-        elapsed / max(len(plan), 1),
-    )
-    return out_dir
+    return info | {"seconds": time.perf_counter() - start}

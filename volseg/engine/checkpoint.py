@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from volseg.errors import InputError
+from volseg.errors import InputError, load_error_text
 from volseg.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle errors, foreign objects
-        raise InputError(f"{path}: not a readable checkpoint ({_reason(exc)})") from exc
+        raise InputError(f"{path}: not a readable checkpoint ({load_error_text(exc)})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path}: not a volseg checkpoint")
     if int(ckpt.get("version", 0)) > VERSION:
@@ -107,15 +107,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             f"{path}: checkpoint format version {ckpt['version']} is newer than this volseg"
         )
     return ckpt
-
-
-def _reason(exc: BaseException) -> str:
-    """The informative line of a load error (torch puts advice before the cause)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "error" in line.lower():
-            return line[:200]
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def load_model_weights(

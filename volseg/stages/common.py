@@ -13,7 +13,7 @@ from typing import Any
 
 from volseg.config import Config
 from volseg.data.mosmed import Datalist
-from volseg.errors import InputError
+from volseg.errors import ConfigError, InputError, cause_text
 
 
 @dataclass
@@ -53,6 +53,22 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
     if cfg.model.recalibration != "none":
         kwargs["recalibration"] = cfg.model.recalibration
     return kwargs
+
+
+def check_model(cfg: Config) -> Any:
+    """Build ``cfg.model`` on the meta device (no memory, no random numbers drawn) and return
+    it, or raise a :class:`ConfigError` naming ``model.name`` or ``model.params``."""
+    import torch
+
+    from volseg.models import build_model
+    from volseg.models.registry import MODELS
+
+    key = "model.name" if cfg.model.name not in MODELS else "model.params"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return build_model(cfg.model.name, **model_kwargs(cfg))
+    except Exception as exc:  # constructors check their arguments with several types
+        raise ConfigError(f"{key}: {cause_text(exc)}") from None
 
 
 def stage_dir(cfg: Config, stage: str) -> Path:

@@ -24,7 +24,14 @@ import numpy as np
 
 from volseg.data.layout import study_id
 from volseg.errors import InputError
-from volseg.io import is_nifti, load_nifti, write_json_atomic, write_text_atomic
+from volseg.io import (
+    cleanup_on_error,
+    is_nifti,
+    load_nifti,
+    naming_errors,
+    write_json_atomic,
+    write_text_atomic,
+)
 from volseg.progress import progress
 
 log = logging.getLogger(__name__)
@@ -381,15 +388,21 @@ def run_evaluate(
         seed=seed,
         involvement_bins=involvement_bins,
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it may become out_dir itself
-    try:
-        _write_outputs(staging, rows, summary)
-        _publish(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with cleanup_on_error(out_dir.parent):  # no empty folder left by a failed write
+        with naming_errors(out_dir):
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with naming_errors(out_dir, always=True):
+            staging = Path(
+                tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent)
+            )
+        staging.chmod(0o755)  # mkdtemp makes it private; it may become out_dir itself
+        try:
+            with naming_errors(out_dir, staging):
+                _write_outputs(staging, rows, summary)
+                _publish(staging, out_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     dice = summary["metrics"]["dice"]
     log.info(
         "evaluated %d case(s): Dice %.3f ± %.3f; report %s",

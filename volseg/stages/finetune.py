@@ -36,7 +36,7 @@ from torch import nn
 from volseg.config import Config, FinetuneConfig
 from volseg.data import layout
 from volseg.data.mosmed import Study
-from volseg.errors import InputError
+from volseg.errors import ConfigError, InputError
 from volseg.io import write_json_atomic
 from volseg.pseudo.qc import passed_ids
 from volseg.stages import validation
@@ -415,6 +415,27 @@ def _save_bundle(cfg: Config, model: Any, out: Path, extra: dict, gate: float | 
     )
 
 
+def check_finetune(cfg: Config) -> None:
+    """What fine-tuning needs from the config, checked without writing or allocating."""
+    from volseg.stages.common import check_model
+
+    ft = cfg.finetune
+    if ft.n_labeled == 0 and not (ft.use_pseudo and cfg.gan.enabled):
+        raise ConfigError(
+            "finetune.n_labeled is 0 and no pseudo-masks will be made (finetune.use_pseudo "
+            "false or gan.enabled false): nothing to train the network on"
+        )
+    seg = check_model(cfg)
+    if ft.supcon_weight > 0 and (
+        getattr(seg, "embedding_channels", None) is None
+        or not hasattr(seg, "forward_with_embedding")
+    ):
+        raise ConfigError(
+            f"finetune.supcon_weight: model '{cfg.model.name}' gives no voxel embedding; "
+            "set finetune.supcon_weight: 0"
+        )
+
+
 def run_finetune(cfg: Config, resume: bool = True) -> Path:
     """Fine-tune the segmentation network; returns ``<run_dir>/finetune/model.pt``.
 
@@ -436,15 +457,14 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     from volseg.models import build_head, build_model
 
     ft = cfg.finetune
-    out = stage_dir(cfg, STAGE)
+    out = Path(cfg.run_dir) / STAGE
+    check_finetune(cfg)
     if resume and _finished(out, cfg):
         log.info("finetune: already finished with these settings (%s)", out / "model.pt")
         return out / "model.pt"
     world = init_distributed()
     main = is_main_process()
-    if main:  # until this run completes, the folder must not look finished
-        (out / SUMMARY_FILE).unlink(missing_ok=True)
-    prepared = load_prepared(cfg)
+    prepared = load_prepared(cfg)  # inputs first: a missing prepare leaves no folder behind
     dl = prepared.datalist
 
     available = dl.labeled("train")
@@ -455,7 +475,9 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             "finetune: no training labels: finetune.n_labeled is 0 (or no labeled training "
             "scans) and no QC-passed pseudo-masks (finetune.use_pseudo / gan stage)"
         )
-    if main:
+    out = stage_dir(cfg, STAGE)
+    if main:  # until this run completes, the folder must not look finished
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
         write_json_atomic(
             out / LABELED_FILE,
             {

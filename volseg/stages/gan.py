@@ -270,13 +270,28 @@ def make_pseudo_masks(cfg: Config, prepared: Prepared, weights: Path) -> dict[st
     return summary
 
 
+def check_gan(cfg: Config) -> None:
+    """What the GAN needs from the config (generator, discriminator and lesion painter
+    arguments), checked without writing or allocating."""
+    import torch
+
+    from volseg.stages.gan_train import build_networks, make_corruptor
+
+    if not cfg.gan.enabled:
+        return
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        build_networks(cfg)
+    make_corruptor(cfg)
+
+
 def run_gan(cfg: Config, resume: bool = True) -> Path:
     """Train the GAN (resumable) and write pseudo-masks + QC; returns ``<run_dir>/gan``."""
     from volseg.engine import barrier, dist_info
     from volseg.stages.gan_train import train_gan
 
+    check_gan(cfg)
+    prepared = load_prepared(cfg)  # inputs first: a missing prepare leaves no folder behind
     folder = stage_dir(cfg, "gan")
-    prepared = load_prepared(cfg)
     result = train_gan(cfg, prepared, resume=resume)
     weights = result.best if result.best is not None else result.last
     if dist_info().is_main:

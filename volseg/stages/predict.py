@@ -1,11 +1,18 @@
 """``volseg predict``: masks, probabilities, quantification and overlays for a batch of scans.
 
-Every input's header is checked before any computation, so a bad file in a folder stops the
-run with one error before anything is written. Scans are decoded in a background thread
-while the previous one is on the device. Outputs per scan, written atomically:
-``<id>_mask.nii.gz`` (uint8, the input's exact shape/affine/header), optional
-``<id>_prob.nii.gz``, ``<id>.json`` (volumes, involvement, CT grade) and optional overlays;
-plus one ``summary.csv`` (``summary_part{i}.csv`` when sharded).
+Before any computation every input is checked from its headers (readable 3D NIfTI with a
+usable grid, DICOM series complete and evenly spaced, no two inputs with the same id), so a
+bad header stops the run with one error before anything is written. Scans are decoded in a
+background thread while the previous one is on the device; a scan whose content is not a CT
+in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
+
+Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
+shape/affine/header), optional ``<id>_prob.nii.gz``, ``<id>.json`` (volumes, involvement,
+CT grade) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
+sharded). When a scan fails, the others are still predicted: each finished scan's outputs
+are complete, ``summary.csv`` lists every scan with the failures' ``error``, and the run
+ends with an error naming the failed file (exit code 2). When no scan finishes, nothing is
+written.
 """
 
 from __future__ import annotations
@@ -26,8 +33,15 @@ from volseg.bundle import load_bundle
 from volseg.data.layout import lungs_path, prediction_path
 from volseg.errors import InputError
 from volseg.inference.predictor import PredictOptions, Predictor, default_device, lung_mask_for
-from volseg.inference.scans import Scan, ScanSource, discover_scans, load_scan
-from volseg.io import load_nifti, read_nifti, write_json_atomic, write_nifti, write_text_atomic
+from volseg.inference.scans import Scan, ScanSource, check_source, discover_scans, load_scan
+from volseg.io import (
+    atomic_group,
+    cleanup_on_error,
+    read_nifti,
+    write_json_atomic,
+    write_nifti,
+    write_text_atomic,
+)
 from volseg.progress import progress
 from volseg.quantify import quantify, spacing_from_affine
 
@@ -41,6 +55,7 @@ SUMMARY_FIELDS = (
     "involvement_pct",
     "ct_grade",
     "seconds",
+    "error",
 )
 
 
@@ -56,24 +71,42 @@ def _distributed_part() -> tuple[int, int] | None:
     return (world, int(os.environ.get("RANK", "0"))) if world > 1 else None
 
 
-def _check_headers(sources: Sequence[ScanSource]) -> None:
-    """Fail fast on unreadable or non-3D NIfTI inputs, before any output exists."""
+def _check_inputs(sources: Sequence[ScanSource]) -> None:
+    """Fail fast on bad headers or two inputs with one id, before any output exists."""
+    seen: dict[str, ScanSource] = {}
     for src in sources:
-        if src.series_uid is None:
-            load_nifti(src.path)
+        other = seen.setdefault(src.id, src)
+        if other is not src:
+            raise InputError(
+                f"{other.path} and {src.path} have the same id '{src.id}'; their outputs "
+                "would overwrite each other (rename one or predict them separately)"
+            )
+    for src in sources:
+        check_source(src)
 
 
-def _prefetch(sources: Sequence[ScanSource]) -> Iterator[Scan]:
-    """Decode scan i+1 in a background thread while scan i is processed."""
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
+
+
+def _prefetch(sources: Sequence[ScanSource]) -> Iterator[tuple[ScanSource, Scan | InputError]]:
+    """Decode scan i+1 in a background thread while scan i is processed.
+
+    Yields ``(source, scan)``, or ``(source, error)`` for a scan that cannot be used.
+    """
     if not sources:
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load_scan, sources[0])
-        for nxt in list(sources[1:]) + [None]:
-            scan = pending.result()
+        for src, nxt in zip(sources, list(sources[1:]) + [None], strict=True):
+            try:
+                scan: Scan | InputError = pending.result()
+            except InputError as exc:
+                scan = exc
             if nxt is not None:
                 pending = pool.submit(load_scan, nxt)
-            yield scan
+            yield src, scan
 
 
 def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> np.ndarray | None:
@@ -108,11 +141,12 @@ def run_predict(
     """Predict every scan in ``inputs`` with the bundle at ``model``; returns the summary CSV.
 
     ``overrides`` are :class:`PredictOptions` fields (roi_size, overlap, sw_batch_size, tta,
-    threshold, min_component_mm3); unset ones come from the bundle.
+    threshold, min_component_mm3); unset ones come from the bundle. A scan that fails does
+    not stop the others; the run then ends with an :class:`InputError` naming it, after the
+    summary (finished scans plus the failures) is written. See the module docstring.
     """
-    import torch
-
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise InputError("no input scans given")
@@ -122,26 +156,81 @@ def run_predict(
         num_parts, part_id = dist
     sharded = num_parts > 1
     sources = shard(sources, num_parts, part_id)
-    _check_headers(sources)
-    dev = torch.device(device) if device else default_device()
-    if dist is not None and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    _check_inputs(sources)
+    lungs_arg = Path(lungs) if lungs is not None else None
+    if use_lungs and lungs_arg is not None and not lungs_arg.exists():
+        raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
+    dev = _device(device, dist is not None)
     bundle = load_bundle(model, dev)
     options = PredictOptions.from_bundle(bundle, **overrides)
     predictor = Predictor(bundle, options, dev)
-    lungs_arg = Path(lungs) if lungs is not None else None
     log.info("predicting %d scan(s) on %s with %s", len(sources), dev, bundle.path)
-    rows = []
-    for scan in progress(_prefetch(sources), total=len(sources), desc="predict", unit="scan"):
-        start = time.perf_counter()
-        lung_mask = _lungs_for(scan, lungs_arg, use_lungs)
-        result = predictor.predict(scan.array, scan.affine, lung_mask)
-        rows.append(
-            _write_outputs(scan, result, out_dir, bundle.path, options, write_prob, overlays)
-            | {"seconds": round(time.perf_counter() - start, 3)}
-        )
-    name = f"summary_part{part_id}.csv" if sharded else "summary.csv"
-    return write_text_atomic(out_dir / name, _summary_csv(rows))
+    rows: list[dict[str, Any]] = []
+    failed: list[tuple[ScanSource, InputError]] = []
+    with cleanup_on_error(out_dir):
+        scans = progress(_prefetch(sources), total=len(sources), desc="predict", unit="scan")
+        for src, scan in scans:
+            start = time.perf_counter()
+            try:
+                if isinstance(scan, InputError):
+                    raise scan
+                lung_mask = _lungs_for(scan, lungs_arg, use_lungs)
+                result = predictor.predict(scan.array, scan.affine, lung_mask)
+                row = _write_outputs(
+                    scan, result, out_dir, bundle.path, options, write_prob, overlays
+                )
+            except InputError as exc:
+                if len(sources) > 1:
+                    log.warning("%s; going on with the other scans", exc)
+                failed.append((src, exc))
+                rows.append({"id": src.id, "input": str(src.path), "error": str(exc)})
+                continue
+            rows.append(row | {"seconds": round(time.perf_counter() - start, 3)})
+        if len(failed) == len(rows):
+            raise _failure(failed, len(rows), None)
+        name = f"summary_part{part_id}.csv" if sharded else "summary.csv"
+        summary = write_text_atomic(out_dir / name, _summary_csv(rows))
+    if failed:
+        raise _failure(failed, len(rows), summary)
+    return summary
+
+
+def _device(device: str | None, distributed: bool) -> Any:
+    """The torch device for ``--device`` (default: CUDA when present), checked."""
+    import torch
+
+    if not device:
+        dev = default_device()
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise InputError(f"--device {device}: not a device (use cpu, cuda or cuda:N)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    if distributed and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def _failure(
+    failed: list[tuple[ScanSource, InputError]], total: int, summary: Path | None
+) -> InputError:
+    """One error for the failed scans: the first one's message and what became of the rest."""
+    first = str(failed[0][1])
+    if summary is None:
+        if total == 1:
+            return failed[0][1]
+        return InputError(f"{first} (every one of the {total} scans failed; nothing written)")
+    done = total - len(failed)
+    return InputError(
+        f"{first} ({len(failed)} of {total} scans failed; the other {done} finished, "
+        f"all listed in {summary})"
+    )
 
 
 def _write_outputs(
@@ -154,31 +243,36 @@ def _write_outputs(
     overlays: bool,
 ) -> dict[str, Any]:
     sid = scan.id
-    write_nifti(
-        prediction_path(out_dir, sid), result.mask, scan.affine, dtype=np.uint8, like=scan.nifti
-    )
-    if write_prob:
+    stats = quantify(result.mask, result.lungs, spacing_from_affine(scan.affine))
+    with atomic_group() as stage:  # a scan's files appear together, or none of them
         write_nifti(
-            out_dir / f"{sid}_prob.nii.gz",
-            result.probability,
+            stage(prediction_path(out_dir, sid)),
+            result.mask,
             scan.affine,
-            dtype=np.float32,
+            dtype=np.uint8,
             like=scan.nifti,
         )
-    stats = quantify(result.mask, result.lungs, spacing_from_affine(scan.affine))
-    write_json_atomic(
-        out_dir / f"{sid}.json",
-        {
-            "id": sid,
-            "input": str(scan.source.path),
-            "series_uid": scan.source.series_uid,
-            **stats,
-            "model": str(model_path),
-            "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
-            "lungs_used": result.lungs is not None,
-            "gated": result.gated,
-        },
-    )
+        if write_prob:
+            write_nifti(
+                stage(out_dir / f"{sid}_prob.nii.gz"),
+                result.probability,
+                scan.affine,
+                dtype=np.float32,
+                like=scan.nifti,
+            )
+        write_json_atomic(
+            stage(out_dir / f"{sid}.json"),
+            {
+                "id": sid,
+                "input": str(scan.source.path),
+                "series_uid": scan.source.series_uid,
+                **stats,
+                "model": str(model_path),
+                "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
+                "lungs_used": result.lungs is not None,
+                "gated": result.gated,
+            },
+        )
     if overlays:
         from volseg.inference.overlays import write_overlays
 

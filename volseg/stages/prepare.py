@@ -7,8 +7,13 @@ Writes, under ``run_dir``::
     cache/<settings_hash>/...  preprocessed train/val studies (see volseg.data.cache)
     config.yaml                the resolved config
 
-Work already done is skipped: existing lung masks are kept and valid cache entries reused.
-Test studies are not cached, so no training stage can read them from the cache.
+Before anything is written the whole dataset passes the checks of ``volseg check-data``
+(:func:`volseg.data.check.check_dataset`: readable 3D NIfTI with a usable grid, CT in
+Hounsfield units, masks on their image's grid with values 0/1); any problem refuses the
+run, naming the first file. Work already done is skipped: existing lung masks are kept and
+valid cache entries reused. A run that fails on a bad input or an OS error (disk full)
+removes the files it wrote, never those that were there before. Test studies are not
+cached, so no training stage can read them from the cache.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 from volseg.config import Config, save_resolved
 from volseg.data import layout
 from volseg.data.mosmed import SPLITS, Datalist, Study
-from volseg.errors import InputError
+from volseg.errors import InputError, VolsegError
+from volseg.io import cleanup_on_error
 from volseg.progress import progress
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,47 @@ def dataset_lungs(studies: list[Study]) -> dict[str, Path]:
     return {s.id: s.lungs for s in studies if s.lungs is not None}
 
 
+_CLEAN: set[tuple[str, str]] = set()
+"""Datasets (path, listing hash) found clean in this process, so ``volseg run``'s check
+before any stage and ``prepare``'s own check read the files once."""
+
+
+def check_dataset_clean(root: str | Path, prune: tuple[Path, ...] = ()) -> None:
+    """Refuse a dataset in which ``volseg check-data`` finds any problem (one line)."""
+    from volseg.data.check import check_dataset
+    from volseg.stages.manifest import listing_fingerprint
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset folder not found (data.root)")
+    key = (str(root.resolve()), listing_fingerprint(root, prune=prune)["hash"])
+    if key in _CLEAN:
+        return
+    problems = check_dataset(root, progress=lambda files: progress(files, desc="check"))
+    if problems:
+        more = len(problems) - 1
+        tail = (
+            f" (and {more} more problem{'s' * (more != 1)}: `volseg check-data {root}` lists them)"
+            if more
+            else ""
+        )
+        raise InputError(f"{problems[0]}{tail}")
+    _CLEAN.add(key)
+
+
+def check_prepare(cfg: Config) -> Datalist:
+    """Everything ``prepare`` reads, checked without writing: returns the datalist."""
+    data = cfg.data
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise InputError(f"{cfg.run_dir}: exists and is not a folder (run_dir)")
+    check_dataset_clean(data.root, prune=(Path(cfg.run_dir),))
+    split = data.split
+    datalist = Datalist.build(data.root, split.val_fraction, split.test_fraction, split.seed)
+    if data.lungs == "dataset":
+        dataset_lungs(list(datalist.studies.values()))
+    return datalist
+
+
 def log_summary(datalist: Datalist) -> None:
     """One line per split × category: labeled / unlabeled counts."""
     for split, table in datalist.summary().items():
@@ -77,27 +124,31 @@ def run_prepare(cfg: Config) -> Path:
     """Discover, split, make lung masks, build the cache; returns ``<run_dir>/prepare``."""
     data = cfg.data
     out_dir = Path(cfg.run_dir) / PREPARE_DIR
-    split = data.split
-    datalist = Datalist.build(data.root, split.val_fraction, split.test_fraction, split.seed)
+    datalist = check_prepare(cfg)
     studies = [datalist.studies[i] for i in sorted(datalist.studies)]
+    cache_root = Path(cfg.run_dir) / CACHE_DIR
+    failures = (VolsegError, OSError)
+    with (
+        cleanup_on_error(cfg.run_dir, errors=failures),
+        cleanup_on_error(out_dir, cache_root, remove_files=True, errors=failures),
+    ):
+        if data.lungs == "dataset":
+            lungs = dataset_lungs(studies)
+        else:
+            lungs = compute_lungs(studies, out_dir / LUNGS_DIR)
+        datalist = datalist.with_lungs(lungs)
 
-    if data.lungs == "dataset":
-        lungs = dataset_lungs(studies)
-    else:
-        lungs = compute_lungs(studies, out_dir / LUNGS_DIR)
-    datalist = datalist.with_lungs(lungs)
+        if data.cache:
+            from volseg.data.cache import build_cache, settings_hash
 
-    if data.cache:
-        from volseg.data.cache import build_cache, settings_hash
+            # Test studies never enter the cache the training stages read from.
+            usable = datalist.studies_in(("train", "val"))
+            build_cache(usable, data, None, cache_root, data.num_workers)
+            cache_folder = cache_root / settings_hash(data.spacing, data.hu_window)
+            datalist = dataclasses.replace(datalist, cache_dir=cache_folder)
 
-        # Test studies never enter the cache the training stages read from.
-        usable = datalist.studies_in(("train", "val"))
-        build_cache(usable, data, None, Path(cfg.run_dir) / CACHE_DIR, data.num_workers)
-        cache_folder = Path(cfg.run_dir) / CACHE_DIR / settings_hash(data.spacing, data.hu_window)
-        datalist = dataclasses.replace(datalist, cache_dir=cache_folder)
-
-    datalist.save(out_dir / DATALIST)
-    save_resolved(cfg)
+        datalist.save(out_dir / DATALIST)
+        save_resolved(cfg)
     log_summary(datalist)
     log.info(
         "prepare: %s (%s)",

@@ -297,6 +297,19 @@ def run_probe(
 # ----------------------------------------------------------------------------- stage
 
 
+def check_pretrain(cfg: Config) -> None:
+    """What pretraining needs from the config, checked without writing or allocating."""
+    from volseg.stages.common import check_model
+
+    if not cfg.pretrain.enabled:
+        return
+    if cfg.pretrain.batch_size < 2:
+        raise ConfigError("pretrain.batch_size must be at least 2 (BatchNorm in the projector)")
+    encoder = getattr(check_model(cfg), "encoder", None)
+    if not isinstance(encoder, nn.Module) or not hasattr(encoder, "out_channels"):
+        raise ConfigError(f"model.name '{cfg.model.name}' has no encoder to pretrain")
+
+
 def run_pretrain(cfg: Config, resume: bool = True) -> Path:
     """Barlow Twins pretraining; returns ``<run_dir>/pretrain``.
 
@@ -318,24 +331,23 @@ def run_pretrain(cfg: Config, resume: bool = True) -> Path:
     from volseg.stages.common import load_prepared, stage_dir
 
     pcfg = cfg.pretrain
-    out = stage_dir(cfg, STAGE)
+    out = Path(cfg.run_dir) / STAGE
     if not pcfg.enabled:
         log.info("pretrain: disabled (pretrain.enabled: false); nothing to do")
         return out
-    if pcfg.batch_size < 2:
-        raise ConfigError("pretrain.batch_size must be at least 2 (BatchNorm in the projector)")
+    check_pretrain(cfg)
     dist = init_distributed()
     if resume and _up_to_date(cfg, out):
         log.info("pretrain: %s is up to date; nothing to do", out / ENCODER_FILE)
         return out
-    if not resume and dist.is_main:
-        for name in (ENCODER_FILE, PROBE_FILE):
-            (out / name).unlink(missing_ok=True)
-
-    prepared = load_prepared(cfg)
+    prepared = load_prepared(cfg)  # inputs first: a missing prepare leaves no folder behind
     volumes = prepared.volumes_of(prepared.datalist.train_studies())
     if not volumes:
         raise InputError(f"{cfg.run_dir}: no cached train-split scans to pretrain on")
+    out = stage_dir(cfg, STAGE)
+    if not resume and dist.is_main:
+        for name in (ENCODER_FILE, PROBE_FILE):
+            (out / name).unlink(missing_ok=True)
     log.info("pretrain: Barlow Twins on %d train-split scans (labels unused)", len(volumes))
     dataset = BarlowViewDataset(volumes, pcfg.patch_size, seed=cfg.seed)
 

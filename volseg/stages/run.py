@@ -7,11 +7,22 @@ table row) and the same input fingerprints (upstream stages' run ids, or the dat
 listing for ``prepare``). Since every completed run gets a new run id, re-running a stage
 re-runs everything that reads from it.
 
+Before anything in the run directory is touched, the whole run is planned and checked:
+which stages will run (an upstream output that is missing and will not be made is an
+error), and, for each of those, its ``check`` (model name and parameters against the
+registry, the dataset passing ``check-data``, the reference folder, ...). A typo therefore
+costs nothing, whichever stage it would have reached.
+
 A stage re-run because its settings or inputs changed (or forced while ``done``) starts
-fresh: its folder is deleted first. A stage found ``running`` or ``failed`` with unchanged
-settings is a continuation: its folder is kept and the training stages resume from their
-own checkpoints. ``prepare`` keeps its folder on a settings-only change, since the lung
-masks there depend only on the images and are reused.
+fresh in an empty folder, but finished outputs are never deleted before their replacement
+is done: a ``done`` stage folder is moved aside to ``<run_dir>/.previous/<stage>`` and
+removed only when the new run of the stage finishes. If the new run fails on a bad input
+or an OS error, the finished outputs are moved back at once; if it is interrupted, they
+stay aside and come back by themselves when a later run asks for the settings they were
+made with again. A stage found ``running`` or ``failed`` with unchanged settings is a
+continuation: its folder is kept and the training stages resume from their own
+checkpoints. ``prepare`` keeps its folder on a settings-only change, since the lung masks
+there depend only on the images and are reused.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from volseg.config import Config, save_resolved
-from volseg.errors import ConfigError, InputError, NotBuiltError
+from volseg.errors import ConfigError, InputError, NotBuiltError, VolsegError
 from volseg.stages import manifest as mf
 
 log = logging.getLogger(__name__)
@@ -53,13 +64,22 @@ class StageSpec:
     optional: bool = False
     """Can be switched off with ``<name>.enabled: false``."""
     clear_on_config_change: bool = True
-    """Delete the stage folder before re-running it after a settings change."""
+    """Start the stage in a fresh folder when re-running it after a settings change."""
+    check: str | StageFn | None = None
+    """Validates, writing nothing, what the stage needs from the config and from inputs
+    outside the run directory; called for every stage that will run, before any runs."""
 
     def resolve(self) -> StageFn:
         """The stage function; a stage module that does not exist yet is NotBuiltError."""
-        if callable(self.target):
-            return self.target
-        module_name, _, attr = self.target.partition(":")
+        return self._load(self.target)
+
+    def resolve_check(self) -> StageFn | None:
+        return None if self.check is None else self._load(self.check)
+
+    def _load(self, target: str | StageFn) -> StageFn:
+        if callable(target):
+            return target
+        module_name, _, attr = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -68,7 +88,7 @@ class StageSpec:
             raise NotBuiltError(f"stage {self.name}: {module_name} is not built yet") from exc
         fn = getattr(module, attr, None)
         if fn is None:
-            raise NotBuiltError(f"stage {self.name}: {self.target} is not built yet")
+            raise NotBuiltError(f"stage {self.name}: {target} is not built yet")
         return fn
 
 
@@ -78,29 +98,47 @@ STAGES: tuple[StageSpec, ...] = (
         "volseg.stages.prepare:run_prepare",
         ("data", "seed"),
         clear_on_config_change=False,
+        check="volseg.stages.prepare:check_prepare",
     ),
-    StageSpec("gan", "volseg.stages.gan:run_gan", ("data", "gan", "seed"), ("prepare",), True),
+    StageSpec(
+        "gan",
+        "volseg.stages.gan:run_gan",
+        ("data", "gan", "seed"),
+        ("prepare",),
+        True,
+        check="volseg.stages.gan:check_gan",
+    ),
     StageSpec(
         "pretrain",
         "volseg.stages.pretrain:run_pretrain",
         ("data", "model", "pretrain", "seed"),
         ("prepare",),
         True,
+        check="volseg.stages.pretrain:check_pretrain",
     ),
     StageSpec(
         "finetune",
         "volseg.stages.finetune:run_finetune",
         ("data", "model", "gan", "pretrain", "finetune", "seed"),
         ("prepare", "gan", "pretrain"),
+        check="volseg.stages.finetune:check_finetune",
     ),
     StageSpec(
         "predict", "volseg.stages.run:_predict_test_split", ("predict",), ("prepare", "finetune")
     ),
-    StageSpec("evaluate", "volseg.stages.run:_evaluate", ("evaluate",), ("prepare", "predict")),
+    StageSpec(
+        "evaluate",
+        "volseg.stages.run:_evaluate",
+        ("evaluate",),
+        ("prepare", "predict"),
+        check="volseg.stages.run:_check_evaluate",
+    ),
 )
 
 EXTERNAL = "external"
 """Input status of an upstream stage folder that has outputs but no manifest."""
+PREVIOUS_DIR = ".previous"
+"""``<run_dir>/.previous/<stage>``: a finished stage folder kept while it is being replaced."""
 
 
 def stage_names() -> tuple[str, ...]:
@@ -129,20 +167,25 @@ def _dataset_inputs(cfg: Config) -> dict[str, Any]:
     return {"dataset": mf.listing_fingerprint(root, prune=(Path(cfg.run_dir),))}
 
 
-def _upstream_fingerprint(cfg: Config, name: str, needed_by: str) -> dict[str, Any]:
+def _upstream_fingerprint(
+    cfg: Config, name: str, needed_by: str, base: Path | None = None
+) -> dict[str, Any]:
     """What ``needed_by`` records about the upstream stage ``name``.
 
     A ``done`` (or disabled) manifest gives its fingerprint; an optional stage disabled in
     the config needs none. A folder with outputs but no manifest (the stage was run by its
     own command, e.g. under torchrun) is used as it is, fingerprinted by its file listing.
-    Anything else is an :class:`InputError` saying what to run.
+    Anything else is an :class:`InputError` saying what to run. ``base`` is the folder
+    holding the stage folder (default the run directory; the set-aside copies' folder when
+    planning a run that will restore them).
     """
     spec = _spec(name)
     run_dir = Path(cfg.run_dir)
-    record = mf.read_manifest(run_dir, name)
+    base = base or run_dir
+    record = mf.read_manifest(base, name)
     if spec.optional and not _enabled(cfg, spec):
         return {"stage": name, "status": mf.STATUS_DISABLED}
-    folder = run_dir / name
+    folder = base / name
     if record is not None and record.status in (mf.STATUS_DONE, mf.STATUS_DISABLED):
         current, _ = mf.config_fingerprint(cfg, spec.sections)
         if record.config_hash != current:
@@ -174,10 +217,88 @@ def _outputs_hash(folder: Path) -> str | None:
     return mf.listing_fingerprint(folder, exclude=(mf.MANIFEST_NAME,))["hash"]
 
 
-def _stage_inputs(cfg: Config, spec: StageSpec) -> dict[str, Any]:
+def _stage_inputs(
+    cfg: Config, spec: StageSpec, bases: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """The stage's input fingerprints; ``bases`` maps upstream stages to another base."""
     if not spec.reads:
         return _dataset_inputs(cfg)
-    return {up: _upstream_fingerprint(cfg, up, spec.name) for up in spec.reads}
+    bases = bases or {}
+    return {up: _upstream_fingerprint(cfg, up, spec.name, bases.get(up)) for up in spec.reads}
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _previous_base(run_dir: Path) -> Path:
+    return run_dir / PREVIOUS_DIR
+
+
+def _restorable(
+    cfg: Config, spec: StageSpec, config_hash: str, inputs_hash: str | None, forced: bool
+) -> bool:
+    """True when the stage's set-aside finished outputs match the current settings and
+    inputs while its folder does not: a run with the settings they were made with again."""
+    if forced or inputs_hash is None:
+        return False
+    run_dir = Path(cfg.run_dir)
+    saved = mf.read_manifest(_previous_base(run_dir), spec.name)
+    if saved is None or saved.status != mf.STATUS_DONE:
+        return False
+    if not saved.matches(config_hash, inputs_hash):
+        return False
+    current = mf.read_manifest(run_dir, spec.name)
+    return current is None or not current.matches(config_hash, inputs_hash)
+
+
+def _plan(cfg: Config, selected: Sequence[str], forced: set[str]) -> dict[str, str]:
+    """What each selected stage will do, reading manifests only (nothing is written).
+
+    ``{stage: run | skip | restore | disabled}``. Raises the :class:`InputError` of a
+    stage whose upstream output is missing and not made by this run.
+    """
+    run_dir = Path(cfg.run_dir)
+    plan: dict[str, str] = {}
+    for spec in STAGES:
+        if spec.name not in selected:
+            continue
+        if spec.optional and not _enabled(cfg, spec):
+            plan[spec.name] = "disabled"
+            continue
+        upstream_runs = [up for up in spec.reads if plan.get(up) == "run"]
+        for up in spec.reads:  # upstream outputs this run will not make must exist
+            if up not in plan:
+                _upstream_fingerprint(cfg, up, spec.name)
+        if spec.name in forced or upstream_runs:
+            plan[spec.name] = "run"
+            continue
+        bases = {up: _previous_base(run_dir) for up in spec.reads if plan.get(up) == "restore"}
+        inputs_hash = mf.stable_hash(_stage_inputs(cfg, spec, bases))
+        config_hash, _ = mf.config_fingerprint(cfg, spec.sections)
+        prev = mf.read_manifest(run_dir, spec.name)
+        if (
+            prev is not None
+            and prev.status == mf.STATUS_DONE
+            and prev.matches(config_hash, inputs_hash)
+        ):
+            plan[spec.name] = "skip"
+        elif _restorable(cfg, spec, config_hash, inputs_hash, False):
+            plan[spec.name] = "restore"
+        else:
+            plan[spec.name] = "run"
+    return plan
+
+
+def _check_plan(cfg: Config, plan: dict[str, str]) -> None:
+    """Each stage's own check, for every stage that will run (before any of them runs).
+
+    The config-level checks go first, prepare's (which reads the whole dataset) last.
+    """
+    specs = [s for s in STAGES if plan.get(s.name) == "run"]
+    for spec in sorted(specs, key=lambda s: not s.reads):
+        check = spec.resolve_check()
+        if check is not None:
+            check(cfg)
 
 
 # ----------------------------------------------------------------------------- running
@@ -204,7 +325,7 @@ def _stage_lock(run_dir: Path, name: str) -> Iterator[None]:
 def _fresh_reason(
     spec: StageSpec, prev: mf.Manifest | None, config_hash: str, inputs_hash: str, forced: bool
 ) -> str | None:
-    """Why the stage folder must be cleared before running, or None to continue in it."""
+    """Why the stage must start in a fresh folder, or None to continue in it."""
     if prev is None:
         return None  # nothing recorded: whatever is there (e.g. checkpoints) is continued
     if forced and prev.status == mf.STATUS_DONE:
@@ -225,14 +346,43 @@ def _unlink_shared(stage_dir: Path) -> bool:
     return True
 
 
+def _set_aside(stage_dir: Path, saved: Path) -> None:
+    """Move a finished stage folder to ``saved`` (replacing an older one kept there)."""
+    if saved.exists():
+        shutil.rmtree(saved)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(stage_dir, saved)
+
+
+def _put_back(stage_dir: Path, saved: Path) -> None:
+    """Replace whatever is in ``stage_dir`` by the finished outputs kept in ``saved``."""
+    if stage_dir.is_symlink():
+        stage_dir.unlink()
+    elif stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    os.replace(saved, stage_dir)
+    with contextlib.suppress(OSError):
+        saved.parent.rmdir()  # only when no other stage is set aside
+
+
+def _clear_for_fresh_run(spec: StageSpec, prev: mf.Manifest | None, stage_dir: Path) -> None:
+    """Empty the stage folder for a fresh run; a finished one is set aside, not deleted."""
+    saved = _previous_base(stage_dir.parent) / spec.name
+    if prev is not None and prev.status == mf.STATUS_DONE:
+        log.info("%s: previous outputs set aside in %s until this run finishes", spec.name, saved)
+        _set_aside(stage_dir, saved)
+    else:  # unfinished work made with other settings or inputs
+        shutil.rmtree(stage_dir)
+
+
 def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
-    """Run, skip or mark one stage; returns ``ran``, ``skipped`` or ``disabled``."""
+    """Run, skip, restore or mark one stage; returns ``ran``, ``skipped`` or ``disabled``."""
     run_dir = Path(cfg.run_dir)
     stage_dir = run_dir / spec.name
+    saved = _previous_base(run_dir) / spec.name
     inputs = _stage_inputs(cfg, spec)
     inputs_hash = mf.stable_hash(inputs)
     config_hash, per_section = mf.config_fingerprint(cfg, spec.sections)
-    prev = mf.read_manifest(run_dir, spec.name)
     record = mf.Manifest(
         stage=spec.name,
         status=mf.STATUS_RUNNING,
@@ -243,6 +393,7 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
     )
 
     if spec.optional and not _enabled(cfg, spec):
+        prev = mf.read_manifest(run_dir, spec.name)
         if (
             prev is None
             or prev.status != mf.STATUS_DISABLED
@@ -255,6 +406,10 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
         log.info("%s: disabled (%s.enabled: false)", spec.name, spec.name)
         return "disabled"
 
+    if _restorable(cfg, spec, config_hash, inputs_hash, forced):
+        log.info("%s: putting back the finished outputs made with these settings", spec.name)
+        _put_back(stage_dir, saved)
+    prev = mf.read_manifest(run_dir, spec.name)
     if (
         not forced
         and prev is not None
@@ -273,8 +428,8 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
             reason or "must run",
         )
     elif reason is not None and stage_dir.exists():
-        log.info("%s: %s, starting fresh (removing %s)", spec.name, reason, stage_dir)
-        shutil.rmtree(stage_dir)
+        log.info("%s: %s, starting fresh", spec.name, reason)
+        _clear_for_fresh_run(spec, prev, stage_dir)
     elif prev is not None and prev.status in (mf.STATUS_RUNNING, mf.STATUS_FAILED):
         log.info("%s: continuing a run left '%s'", spec.name, prev.status)
     else:
@@ -291,6 +446,7 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
         record.finished = mf.now_iso()
         record.duration_s = round(time.monotonic() - start, 3)
         mf.write_manifest(run_dir, record)
+        _after_failure(spec, exc, stage_dir, saved)
         raise
     record.status = mf.STATUS_DONE
     record.finished = mf.now_iso()
@@ -298,8 +454,30 @@ def _run_stage(cfg: Config, spec: StageSpec, forced: bool) -> str:
     record.output = str(output if output is not None else stage_dir)
     record.run_id = mf.new_run_id()
     mf.write_manifest(run_dir, record)
+    if saved.exists():  # the replacement is done: the set-aside outputs can go
+        shutil.rmtree(saved)
+        with contextlib.suppress(OSError):
+            saved.parent.rmdir()  # only when no other stage is set aside
     log.info("%s: done in %.1f s", spec.name, record.duration_s)
     return "ran"
+
+
+def _after_failure(spec: StageSpec, exc: BaseException, stage_dir: Path, saved: Path) -> None:
+    """A failed run on a bad input or an OS error puts the set-aside finished outputs back;
+    an interrupted one (or a bug) leaves them aside so the new run can be continued."""
+    if not saved.exists():
+        return
+    if isinstance(exc, (VolsegError, OSError)):
+        _put_back(stage_dir, saved)
+        log.warning(
+            "%s: failed; its previous finished outputs are back in %s", spec.name, stage_dir
+        )
+    else:
+        log.warning(
+            "%s: stopped; its previous finished outputs are kept in %s until it finishes",
+            spec.name,
+            saved,
+        )
 
 
 def run_pipeline(
@@ -340,7 +518,11 @@ def run_pipeline(
                 "(only gan and pretrain can be switched off)"
             )
 
+    # Everything the run needs is checked before anything in the run directory is touched.
     run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: exists and is not a folder (run_dir)")
+    _check_plan(cfg, _plan(cfg, selected, forced))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg)
     actions: dict[str, str] = {}
@@ -412,6 +594,18 @@ def _predict_test_split(cfg: Config) -> Path:
     return out_dir
 
 
+def _reference_root(cfg: Config) -> Path:
+    """``data.root / data.reference``: the evaluation's reference masks."""
+    return Path(cfg.data.root) / cfg.data.reference
+
+
+def _check_evaluate(cfg: Config) -> None:
+    """The reference folder must exist before any stage runs, not after training."""
+    ref_root = _reference_root(cfg)
+    if not ref_root.is_dir():
+        raise InputError(f"{ref_root}: reference folder not found (data.reference)")
+
+
 def _link(target: Path, link: Path) -> None:
     """Symlink ``link`` -> ``target`` (a copy where links are not supported)."""
     try:
@@ -429,9 +623,8 @@ def _evaluation_inputs(cfg: Config, studies: Sequence[Any], folder: Path) -> tup
     """
     from volseg.data.layout import prediction_path
 
-    ref_root = Path(cfg.data.root) / cfg.data.reference
-    if not ref_root.is_dir():
-        raise InputError(f"{ref_root}: reference folder not found (data.reference)")
+    _check_evaluate(cfg)
+    ref_root = _reference_root(cfg)
     pred_root = Path(cfg.run_dir) / "predict"
     if folder.exists():
         shutil.rmtree(folder)
