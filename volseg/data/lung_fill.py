@@ -5,7 +5,7 @@ the coarse anatomical grid (``(z, y, x)``, mm spacing), one lung at a time so th
 bridges the mediastinum:
 
 1. a rolling-ball closing (radius in mm) and 2D + 3D hole filling: vessels, airway walls,
-   nodules and lesions surrounded by aerated lung;
+   nodules and lesions surrounded by aerated lung (not an organ dome the lung wraps);
 2. per axial slice, the dents of the lung's convex hull that hold ground glass (lesions
    with their ground-glass rim; the heart, hilum and liver dome are homogeneous tissue);
 3. extensive disease only: growth into the thick ground glass that touches the lung and
@@ -25,6 +25,9 @@ from scipy import ndimage as ndi
 if TYPE_CHECKING:
     from volseg.data.lungs import LungParams
 
+RIGHT, LEFT = 1, 2
+"""Side codes of the coarse lung label map."""
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +43,7 @@ def fill_lung(
     sub = np.pad(hu[box], pad, mode="edge")
     if p.closing_mm > 0:
         crop = _close_mm(crop, spacing, p.closing_mm)
-    crop = _fill_holes(crop)
+    crop = _fill_holes(crop, sub, spacing, p)
     if p.pleural_fill:
         crop = _fill_hull_dents(crop, sub, p)
     inner = tuple(slice(a, s - b) for (a, b), s in zip(pad, crop.shape, strict=True))
@@ -63,10 +66,25 @@ def _close_mm(mask: np.ndarray, spacing: tuple[float, float, float], radius_mm: 
     return ndi.distance_transform_edt(dilated, sampling=spacing) > radius_mm
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def _fill_holes(
+    mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+) -> np.ndarray:
+    """Fill 3D holes, and per slice the 2D holes that are lung: vessels and nodules (up to
+    ``hole_max_mm2``) or larger holes holding ground glass (a lesion). A large hole of
+    homogeneous tissue is an organ the lung wraps around in that slice (the liver or
+    spleen dome under the base) and stays out."""
+    max_pixels = p.hole_max_mm2 / (spacing[1] * spacing[2])
     for z in range(mask.shape[0]):
-        if mask[z].any():
-            mask[z] = ndi.binary_fill_holes(mask[z])
+        if not mask[z].any():
+            continue
+        holes, n = ndi.label(ndi.binary_fill_holes(mask[z]) & ~mask[z])
+        if n == 0:
+            continue
+        index = np.arange(1, n + 1)
+        area = np.bincount(holes.ravel(), minlength=n + 1)[1:]
+        glass = (hu[z] >= p.threshold_hu) & (hu[z] < p.ggo_max_hu)
+        glassy = np.asarray(ndi.mean(glass, holes, index)) >= p.min_ggo_fraction
+        mask[z] |= np.isin(holes, index[(area <= max_pixels) | glassy])
     return ndi.binary_fill_holes(mask)
 
 
@@ -124,6 +142,7 @@ def grow_into_lesions(
     hu: np.ndarray,
     gas: np.ndarray,
     spacing: tuple[float, float, float],
+    midline: float,
     p: LungParams,
 ) -> np.ndarray:
     """Grow each extensively diseased lung into the lesions thresholding cut off.
@@ -140,6 +159,10 @@ def grow_into_lesions(
     2. then through tissue that can be consolidation, up to ``dense_reach_mm``: below
        ``dense_max_hu`` after smoothing (heart, liver and muscle are denser), not thick
        fat, not gas, not the other lung.
+
+    Growth stays on the lung's own side of ``midline`` (the x index of the spine). A lung
+    with no air left beside an extensively diseased one starts from the largest region of
+    thick ground glass on its side.
 
     Holes left inside a grown lung (a consolidated core in its halo) are filled. Other
     lungs are returned unchanged (growing through consolidation next to any ground glass
@@ -166,16 +189,31 @@ def grow_into_lesions(
         return sides
     cavity = thoracic_cavity(sm, spacing, p)
     glass = thick & cavity & ~gas[box]
+    # Each lung grows on its own side of the midline only: lesions never cross the
+    # mediastinum, and a leak through mediastinal tissue stops there.
+    xs = np.arange(block.shape[2])[None, None, :]
+    own = {RIGHT: np.broadcast_to(xs < midline, block.shape)}
+    own[LEFT] = ~own[RIGHT]
+    for side in (RIGHT, LEFT):
+        if side not in np.unique(block) and glass[own[side]].any():
+            # A lung with no air left at all: its thick ground glass is the seed.
+            seed = glass & own[side] & (block == 0)
+            labels, n = ndi.label(seed)
+            if n:
+                sizes = np.bincount(labels.ravel())[1:]
+                block[labels == 1 + int(np.argmax(sizes))] = side
+                extensive.append(side)
     sigma = [0.0, p.dense_smoothing_mm / spacing[1], p.dense_smoothing_mm / spacing[2]]
     dense = ndi.gaussian_filter(sm, sigma)
     # Fat planes are thick; the fat-range ring around any air/tissue edge is thin.
     fat = _open_mm((dense > p.fat_hu[0]) & (dense < p.fat_hu[1]), plane, p.ggo_open_mm)
-    tissue = cavity & (dense < p.dense_max_hu) & ~fat & ~gas[box] & (block == 0)
+    tissue = cavity & (dense < p.dense_max_hu) & (sm < p.dense_max_hu + 20.0) & ~fat
+    tissue &= ~gas[box] & (block == 0)
     tissue = _open_mm(tissue, plane, p.dense_open_mm) | glass
     for side in extensive:
-        _grow(block, side, glass, spacing, p.ggo_reach_mm)
-        _grow(block, side, tissue, spacing, p.dense_reach_mm)
-        block[_fill_holes(block == side) & (block == 0)] = side
+        _grow(block, side, glass & own[side], spacing, p.ggo_reach_mm)
+        _grow(block, side, tissue & own[side], spacing, p.dense_reach_mm)
+        block[_fill_holes(block == side, sm, spacing, p) & (block == 0)] = side
     out = sides.copy()
     out[box] = block
     return out

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
+from volseg.data.lung_fill import LEFT, RIGHT
 from volseg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 # ITK works in LPS, NIfTI affines are RAS: flip the first two axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
-RIGHT, LEFT = 1, 2  # side codes of the coarse lung label map
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class LungParams:
     """In-plane reach (mm) of the airway lumen's partial-volume wall, removed with it."""
     closing_mm: float = 5.0
     """Radius of the rolling-ball closing that pulls vessels and pleural lesions in."""
+    hole_max_mm2: float = 400.0
+    """2D holes up to this area (mm^2) are vessels or nodules; larger ones need lesion."""
     pleural_fill: bool = True
     """Fill lesions that dent a lung (see lung_fill._fill_hull_dents)."""
     ggo_max_hu: float = -250.0
@@ -110,7 +112,7 @@ class LungParams:
     """Thick regions in this range are fat (mediastinal, pericardial), never lung."""
     dense_open_mm: float = 4.0
     """Radius (mm) of the opening that cuts thin bridges from consolidation to organs."""
-    dense_reach_mm: float = 30.0
+    dense_reach_mm: float = 80.0
     """Consolidation is added up to this in-plane path length (mm) from ground glass."""
     min_total_ml: float = 1500.0
     """QC: fewer lungs than this (whole lungs in view) is implausible for an adult."""
@@ -129,6 +131,7 @@ class LungParams:
             "airway_max_ml",
             "airway_wall_mm",
             "closing_mm",
+            "hole_max_mm2",
             "ggo_open_mm",
             "cavity_margin_mm",
             "dense_smoothing_mm",
@@ -249,7 +252,7 @@ def _find_lungs(
         if (split == side).any():
             filled = fill_lung(split == side, hu, spacing, p)
             sides[filled & (sides == 0)] = side
-    sides = grow_into_lesions(sides, hu, (candidate & ~lungs) | airway, spacing, p)
+    sides = grow_into_lesions(sides, hu, (candidate & ~lungs) | airway, spacing, midline, p)
     log.debug("pure air %.0f HU; lungs: %d coarse voxels", air_hu, int((sides > 0).sum()))
     return sides, air_hu
 
