@@ -228,3 +228,63 @@ def test_lesion_presence_gate_empties_small_predictions(
     assert predicted() == (80, False)  # the bundle has no gate
     assert predicted(min_involvement_pct=0.4) == (80, False)
     assert predicted(min_involvement_pct=1.0) == (0, True)
+
+
+def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -> None:
+    """The JSON and summary.csv carry right and left lung volume (mL) with the lung QC:
+    computed lungs land within 10 % of the phantom's true lungs; a given mask is split at
+    the middle of its right-left extent exactly."""
+    import csv
+    import json
+
+    from tests.chest_phantom import chest_phantom
+    from volseg.stages.predict import run_predict
+
+    hu, truth, _ = chest_phantom()
+    aff = np.diag([-1.4, -1.4, 8.0, 1.0])  # LPS storage: array x runs to the patient's left
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.round(hu).astype(np.int16), aff), src)
+    voxel_ml = 1.4 * 1.4 * 8.0 / 1000.0
+    half = truth.shape[0] // 2  # phantom lungs are symmetric about the array's middle
+    true_right = truth[:half].sum() * voxel_ml  # x index < half: patient's right (LPS)
+    true_left = truth[half:].sum() * voxel_ml
+
+    run_predict(oracle_bundle.parents[1], src, tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "scan_a.json").read_text())
+    assert abs(info["right_lung_ml"] - true_right) < 0.1 * true_right
+    assert abs(info["left_lung_ml"] - true_left) < 0.1 * true_left
+    assert abs(info["right_lung_ml"] + info["left_lung_ml"] - info["lung_volume_ml"]) < 0.2
+    assert info["lungs_cut_by_fov"] == ["top"]  # the phantom's apices leave the field of view
+    assert [w for w in info["lung_warnings"] if "cut by the field of view" not in w] == []
+    row = next(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert float(row["right_lung_ml"]) == pytest.approx(info["right_lung_ml"])
+
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+    run_predict(oracle_bundle.parents[1], src, tmp_path / "given", lungs=tmp_path / "in")
+    info = json.loads((tmp_path / "given" / "scan_a.json").read_text())
+    assert info["right_lung_ml"] == pytest.approx(true_right, abs=0.05)
+    assert info["left_lung_ml"] == pytest.approx(true_left, abs=0.05)
+
+
+def test_predict_warns_when_one_lung_is_missing(
+    oracle_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A given lung mask with the left lung erased: a warning line and the QC list say so."""
+    import json
+
+    from tests.chest_phantom import chest_phantom
+    from volseg.stages.predict import run_predict
+
+    hu, truth, _ = chest_phantom()
+    aff = np.diag([-1.4, -1.4, 8.0, 1.0])
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.round(hu).astype(np.int16), aff), src)
+    one = truth.copy()
+    one[truth.shape[0] // 2 :] = False  # only the right lung (array x < middle in LPS)
+    nib.save(nib.Nifti1Image(one.astype(np.uint8), aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+    run_predict(oracle_bundle.parents[1], src, tmp_path / "out", lungs=tmp_path / "in")
+    info = json.loads((tmp_path / "out" / "scan_a.json").read_text())
+    assert any("lung not found" in w or "below" in w for w in info["lung_warnings"])
+    assert any("scan_a" in r.message and "lung" in r.message for r in caplog.records)

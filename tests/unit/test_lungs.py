@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.chest_phantom import chest_phantom
 from volseg.cli import main
 from volseg.data.lungs import LungParams, segment_lungs, segment_lungs_file, sitk_from_array
 from volseg.errors import ConfigError, InputError
@@ -21,44 +22,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def chest_phantom(
-    spacing: tuple[float, float, float] = (1.4, 1.4, 8.0),
-    shape: tuple[int, int, int] = (200, 160, 36),
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A chest in (x, y, z) voxel order: body, two lungs with vessels, a dense pleural
-    lesion, a trachea, bowel gas below the lungs and a table. Returns (hu, lungs, lesion)."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(
-        *[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing, strict=True)],
-        indexing="ij",
-    )
-    hu = np.full(shape, -1000.0)
-    body = (x / 130) ** 2 + ((y + 5) / 95) ** 2 <= 1
-    hu[body] = 40.0
-    lungs = np.zeros(shape, dtype=bool)
-    for side in (-1, 1):
-        lungs |= ((x - side * 60) / 45) ** 2 + ((y + 5) / 65) ** 2 + ((z - 40) / 110) ** 2 <= 1
-    lungs &= z > -60
-    hu[lungs] = -850.0
-    vessels = (rng.random(shape) < 0.004) & lungs
-    from scipy import ndimage as ndi
-
-    hu[ndi.binary_dilation(vessels, iterations=1) & lungs] = 40.0
-    # a pleural lesion: a consolidated core in a ground-glass halo, as in COVID-19
-    lesion_r = ((x - 95) / 22) ** 2 + ((y + 5) / 28) ** 2 + ((z - 60) / 45) ** 2
-    core = np.clip((1.0 - lesion_r) / 0.5, 0.0, 1.0)  # ground glass blending into solid
-    hu[(lesion_r <= 1) & lungs] = (-600.0 + 630.0 * core)[(lesion_r <= 1) & lungs]
-    trachea = (x / 9) ** 2 + ((y + 30) / 9) ** 2 <= 1
-    hu[trachea & (z > 60) & body] = -1000.0
-    bowel = ((x + 40) / 30) ** 2 + ((y + 40) / 20) ** 2 + ((z + 100) / 30) ** 2 <= 1
-    hu[bowel & body] = -1000.0
-    table = (np.abs(y - 108) < 3) & (np.abs(x) < 120)
-    hu[table] = 200.0
-    hu += rng.normal(0, 20, shape)
-    return hu.astype(np.float32), lungs, (lesion_r <= 1) & lungs
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +129,20 @@ def test_cli_folder_mode(
     out = tmp_path / "out"
     assert main(["lungs", "-i", str(tmp_path / "in"), "-o", str(out), "--no-progress"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "lung_volumes.csv",
         "study_0001_lungs.nii.gz",
         "study_0007_lungs.nii.gz",
     ]
+    import csv
+
+    rows = {r["id"]: r for r in csv.DictReader((out / "lung_volumes.csv").open())}
+    assert sorted(rows) == ["study_0001", "study_0007"]
+    phantom = rows["study_0001"]  # two whole lungs of ~1.3 L each in the phantom
+    assert 800 < float(phantom["right_lung_ml"]) < 1800
+    assert 800 < float(phantom["left_lung_ml"]) < 1800
+    total = float(phantom["right_lung_ml"]) + float(phantom["left_lung_ml"])
+    assert abs(float(phantom["lung_volume_ml"]) - total) < 0.2
+    assert "top" in rows["study_0007"]["lungs_cut_by_fov"]  # lung bases only
     for src in (a, b):
         res = nib.load(str(out / f"{src.name.split('.')[0]}_lungs.nii.gz"))
         ref = nib.load(str(src))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "lung masks from CT (threshold + morphology, no training)"
+HELP = "lung masks from CT (anatomy in physical units, no training), with volumes"
 DESCRIPTION = (
     "Segment the lungs of a chest CT in Hounsfield units: a NIfTI file in -> a mask file out, "
-    "or a folder in -> <id>_lungs.nii.gz per scan in the output folder. Masks are uint8 0/1 "
-    "with exactly the input's shape and affine; inputs are never modified."
+    "or a folder in -> <id>_lungs.nii.gz per scan and lung_volumes.csv in the output folder. "
+    "Masks are uint8 0/1 with exactly the input's shape and affine; inputs are never "
+    "modified. Right and left lung volumes (mL) are logged, with a warning when implausible."
 )
 
 
@@ -19,13 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-existing", action="store_true", help="keep lung masks that already exist"
     )
     parser.add_argument(
-        "--threshold-hu", type=float, default=-400.0, help="air threshold in HU (default -400)"
+        "--threshold-hu", type=float, default=None, help="air threshold in HU (default -400)"
     )
     parser.add_argument(
         "--closing-mm",
         type=float,
-        default=10.0,
-        help="rolling-ball closing radius in mm that fills vessels and pleural lesions",
+        default=None,
+        help="rolling-ball closing radius in mm that pulls vessels and pleural lesions in "
+        "(default 5)",
     )
 
 
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and not dst.is_dir() and (src.is_dir() or not is_nifti(dst)):
         raise InputError(f"{dst}: exists and is not a folder (-o names the output folder)")
-    params = LungParams(threshold_hu=args.threshold_hu, closing_mm=args.closing_mm)
+    given = {"threshold_hu": args.threshold_hu, "closing_mm": args.closing_mm}
+    params = LungParams(**{k: v for k, v in given.items() if v is not None})
     with cleanup_on_error(dst.parent if is_nifti(dst) else dst):
         failed = segment_lungs_paths(src, dst, params=params, skip_existing=args.skip_existing)
     if failed:

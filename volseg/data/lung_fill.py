@@ -40,16 +40,27 @@ def fill_lung(
     """One lung's aerated mask -> the lung with its vessels and lesions (same shape)."""
     box, pad = _box(lung, spacing, p.closing_mm)
     crop = np.pad(lung[box], pad)
-    sub = np.pad(hu[box], pad, mode="edge")
+    glass = _thick_glass(np.pad(hu[box], pad, mode="edge"), spacing, p.threshold_hu, p)
     if p.closing_mm > 0:
         crop = _close_mm(crop, spacing, p.closing_mm)
-    crop = _fill_holes(crop, sub, spacing, p)
+    crop = _fill_holes(crop, glass, spacing, p)
     if p.pleural_fill:
-        crop = _fill_hull_dents(crop, sub, p)
+        crop = _fill_hull_dents(crop, glass, p)
     inner = tuple(slice(a, s - b) for (a, b), s in zip(pad, crop.shape, strict=True))
     out = np.zeros_like(lung)
     out[box] = crop[inner]
     return out
+
+
+def _thick_glass(
+    hu: np.ndarray, spacing: tuple[float, float, float], low_hu: float, p: LungParams
+) -> np.ndarray:
+    """Ground glass (``low_hu``..``ggo_max_hu``) thicker than the partial-volume rim that
+    every edge between aerated lung and tissue has: an in-plane opening of at least
+    ``ggo_open_mm`` and 1.5 voxels."""
+    band = max(p.ggo_open_mm, 1.5 * max(spacing[1:]))
+    plane = (1e6, spacing[1], spacing[2])  # in-plane distances: slices are independent
+    return _open_mm((hu >= low_hu) & (hu < p.ggo_max_hu), plane, band)
 
 
 def _box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float):
@@ -67,7 +78,7 @@ def _close_mm(mask: np.ndarray, spacing: tuple[float, float, float], radius_mm: 
 
 
 def _fill_holes(
-    mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+    mask: np.ndarray, glass: np.ndarray, spacing: tuple[float, float, float], p: LungParams
 ) -> np.ndarray:
     """Fill 3D holes, and per slice the 2D holes that are lung: vessels and nodules (up to
     ``hole_max_mm2``) or larger holes holding ground glass (a lesion). A large hole of
@@ -82,13 +93,12 @@ def _fill_holes(
             continue
         index = np.arange(1, n + 1)
         area = np.bincount(holes.ravel(), minlength=n + 1)[1:]
-        glass = (hu[z] >= p.threshold_hu) & (hu[z] < p.ggo_max_hu)
-        glassy = np.asarray(ndi.mean(glass, holes, index)) >= p.min_ggo_fraction
+        glassy = np.asarray(ndi.mean(glass[z], holes, index)) >= p.min_ggo_fraction
         mask[z] |= np.isin(holes, index[(area <= max_pixels) | glassy])
     return ndi.binary_fill_holes(mask)
 
 
-def _fill_hull_dents(lung: np.ndarray, hu: np.ndarray, p: LungParams) -> np.ndarray:
+def _fill_hull_dents(lung: np.ndarray, glass: np.ndarray, p: LungParams) -> np.ndarray:
     """Add the lesions that dent a lung, slice by slice.
 
     Consolidation is not air, so thresholding cuts it out and leaves a dent in the lung.
@@ -108,10 +118,8 @@ def _fill_hull_dents(lung: np.ndarray, hu: np.ndarray, p: LungParams) -> np.ndar
         gaps, n = ndi.label(hull & ~region)
         if n == 0:
             continue
-        h = hu[z]
         index = np.arange(1, n + 1)
-        glass = (h >= p.threshold_hu) & (h < p.ggo_max_hu)
-        accept = index[np.asarray(ndi.mean(glass, gaps, index)) >= p.min_ggo_fraction]
+        accept = index[np.asarray(ndi.mean(glass[z], gaps, index)) >= p.min_ggo_fraction]
         if accept.size:
             out[z] |= np.isin(gaps, accept)
     return out
@@ -176,8 +184,7 @@ def grow_into_lesions(
     box = slice(max(int(zs[0]) - z_pad, 0), int(zs[-1]) + z_pad + 1)
     sm, block = hu[box], sides[box].copy()
     plane = (1e6, spacing[1], spacing[2])  # in-plane distances: slices are independent
-    band = max(p.ggo_open_mm, 1.5 * max(spacing[1:]))
-    thick = _open_mm((sm >= p.ggo_min_hu) & (sm < p.ggo_max_hu), plane, band)
+    thick = _thick_glass(sm, spacing, p.ggo_min_hu, p)
     extensive = []
     for side in np.unique(block[block > 0]):
         lung = block == side

@@ -38,7 +38,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from volseg.data.lung_fill import LEFT, RIGHT
+from volseg.data.lung_grid import AxisOrder, CoarseGrid
 from volseg.errors import ConfigError, InputError
+from volseg.quantify import spacing_from_affine
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 
 # ITK works in LPS, NIfTI affines are RAS: flip the first two axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-
 
 
 @dataclass(frozen=True)
@@ -178,47 +179,72 @@ class LungMask:
     def total_ml(self) -> float:
         return self.right_ml + self.left_ml
 
+    @classmethod
+    def of_mask(
+        cls, mask: np.ndarray, hu: np.ndarray, affine: np.ndarray, params: LungParams | None = None
+    ) -> LungMask:
+        """QC of a lung mask made elsewhere (``--lungs``) for the CT ``hu``: its sides are
+        split as :func:`lung_mask` splits them (at the spine, or at a junction)."""
+        p = params or LungParams()
+        view = _CoarseView.of(hu, affine, p)
+        lungs = view.order.forward(view.grid.pool(np.asarray(mask) > 0)) > 0.5
+        sides = _split_sides(
+            np.ascontiguousarray(lungs), view.spacing, _midline_x(view.hu, view.spacing, p)
+        )
+        return view.with_qc(mask, sides, p)
+
     def qc(self) -> dict[str, object]:
         """JSON-ready QC record (volumes rounded to 0.1 mL)."""
         return {
             "right_lung_ml": round(self.right_ml, 1),
             "left_lung_ml": round(self.left_ml, 1),
-            "lung_volume_ml": round(self.total_ml, 1),
             "lungs_cut_by_fov": list(self.cut_by_fov),
             "lung_warnings": list(self.warnings),
         }
 
 
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along each array axis: the lengths of the affine's columns."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
-
-
 def lung_mask(hu: np.ndarray, affine: np.ndarray, params: LungParams | None = None) -> LungMask:
     """Lung mask of a CT volume ``hu`` (nibabel voxel order, RAS ``affine``) with its QC."""
-    from volseg.data.lung_grid import AxisOrder, CoarseGrid
-
     p = params or LungParams()
-    if hu.ndim != 3:
-        raise InputError(f"expected a 3D image, got {hu.ndim}D")
-    order = AxisOrder.from_affine(affine)
-    grid = CoarseGrid.plan(hu.shape, voxel_spacing(affine), p.grid_mm)
-    coarse = np.ascontiguousarray(order.forward(grid.pool(hu, floor=p.air_floor_hu)))
-    spacing = order.spacing(grid.spacing)
-    sides, air_hu = _find_lungs(coarse, spacing, p)
-    soft = _boundary_soft(coarse, sides > 0, p.threshold_hu, air_hu)
-    mask = grid.upsample_soft(np.ascontiguousarray(order.backward(soft)))
-    native_sides = grid.upsample_nearest(order.backward(sides))
-    counts = np.bincount(native_sides[mask], minlength=3)
-    voxel_ml = float(np.prod(voxel_spacing(affine))) / 1000.0
-    result = LungMask(
-        mask=mask.astype(np.uint8),
-        right_ml=float(counts[RIGHT]) * voxel_ml,
-        left_ml=float(counts[LEFT]) * voxel_ml,
-        cut_by_fov=_cut_faces(sides > 0),
-    )
-    result.warnings = _qc_warnings(result, p)
-    return result
+    view = _CoarseView.of(hu, affine, p)
+    sides, air_hu = _find_lungs(view.hu, view.spacing, p)
+    soft = _boundary_soft(view.hu, sides > 0, p.threshold_hu, air_hu)
+    mask = view.grid.upsample_soft(np.ascontiguousarray(view.order.backward(soft)))
+    return view.with_qc(mask, sides, p)
+
+
+@dataclass
+class _CoarseView:
+    """A scan on the coarse anatomical grid, and the way back to native voxels."""
+
+    order: AxisOrder
+    grid: CoarseGrid
+    hu: np.ndarray  # coarse HU, anatomical order (z, y, x)
+    spacing: tuple[float, float, float]
+    voxel_ml: float  # native voxel
+
+    @classmethod
+    def of(cls, hu: np.ndarray, affine: np.ndarray, p: LungParams) -> _CoarseView:
+        if hu.ndim != 3:
+            raise InputError(f"expected a 3D image, got {hu.ndim}D")
+        order = AxisOrder.from_affine(affine)
+        native = spacing_from_affine(affine)
+        grid = CoarseGrid.plan(hu.shape, native, p.grid_mm)
+        coarse = np.ascontiguousarray(order.forward(grid.pool(hu, floor=p.air_floor_hu)))
+        return cls(order, grid, coarse, order.spacing(grid.spacing), float(np.prod(native)) / 1e3)
+
+    def with_qc(self, mask: np.ndarray, sides: np.ndarray, p: LungParams) -> LungMask:
+        """The native ``mask`` with per-side volumes from the coarse side map."""
+        native_sides = self.grid.upsample_nearest(self.order.backward(sides))
+        counts = np.bincount(native_sides[np.asarray(mask) > 0], minlength=3)
+        result = LungMask(
+            mask=np.asarray(mask).astype(np.uint8),
+            right_ml=float(counts[RIGHT]) * self.voxel_ml,
+            left_ml=float(counts[LEFT]) * self.voxel_ml,
+            cut_by_fov=_cut_faces(sides > 0),
+        )
+        result.warnings = _qc_warnings(result, p)
+        return result
 
 
 def _find_lungs(
@@ -394,7 +420,7 @@ def _qc_warnings(result: LungMask, p: LungParams) -> list[str]:
         )
     whole = not result.cut_by_fov
     small = min(result.right_ml, result.left_ml)
-    if whole and small < 0.05 * max(result.total_ml, 1e-6):
+    if "side" not in result.cut_by_fov and small < 0.05 * max(result.total_ml, 1e-6):
         missing = "right" if result.right_ml < result.left_ml else "left"
         out.append(f"{missing} lung not found ({small:.0f} mL)")
     if whole and result.total_ml < p.min_total_ml:
@@ -411,11 +437,7 @@ def segment_lungs(image: sitk.Image, params: LungParams | None = None) -> sitk.I
     if image.GetDimension() != 3:
         raise InputError(f"expected a 3D image, got {image.GetDimension()}D")
     data = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)  # (i, j, k)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = _RAS_TO_LPS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.GetOrigin())
-    mask = lung_mask(np.asarray(data), affine, params).mask
+    mask = lung_mask(np.asarray(data), affine_from_sitk(image), params).mask
     out = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0)))
     out.CopyInformation(image)
     return out
@@ -439,6 +461,16 @@ def sitk_from_array(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
     return image
 
 
+def affine_from_sitk(image: sitk.Image) -> np.ndarray:
+    """RAS voxel-to-world affine of a SimpleITK image, for its array transposed to (i, j, k)
+    (the inverse of :func:`sitk_from_array`)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _RAS_TO_LPS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.GetOrigin())
+    return affine
+
+
 def segment_lungs_file(
     src: str | os.PathLike, dst: str | os.PathLike, params: LungParams | None = None
 ) -> Path:
@@ -447,6 +479,12 @@ def segment_lungs_file(
     The output is written atomically (no half-written file) and never over the input.
     Raises :class:`InputError` for an unreadable file or a scan with no lung-like air.
     """
+    _segment_file(Path(src), Path(dst), params)
+    return Path(dst)
+
+
+def _segment_file(src: Path, dst: Path, params: LungParams | None) -> LungMask:
+    """:func:`segment_lungs_file`, returning the mask with its QC."""
     from volseg.io import load_nifti, read_nifti, write_nifti
 
     src, dst = Path(src), Path(dst)
@@ -468,7 +506,7 @@ def segment_lungs_file(
     )
     for warning in result.warnings:
         log.warning("%s: %s", src.name, warning)
-    return dst
+    return result
 
 
 def segment_lungs_paths(
@@ -478,13 +516,14 @@ def segment_lungs_paths(
     params: LungParams | None = None,
     skip_existing: bool = False,
 ) -> list[Path]:
-    """File -> file (or into folder ``dst``), or folder -> folder of ``<id>_lungs.nii.gz``.
+    """File -> file (or into folder ``dst``), or folder -> folder of ``<id>_lungs.nii.gz``
+    plus ``lung_volumes.csv`` (right/left lung volume in mL, field-of-view cuts, warnings).
 
     A single bad file raises :class:`InputError`; in folder mode each bad file is logged and
     skipped, and the list of files that failed is returned.
     """
     from volseg.data.layout import lungs_path, study_id
-    from volseg.io import is_nifti, strip_nifti_suffix
+    from volseg.io import is_nifti, strip_nifti_suffix, write_text_atomic
     from volseg.progress import progress
 
     src, dst = Path(src), Path(dst)
@@ -509,14 +548,31 @@ def segment_lungs_paths(
     if is_nifti(dst):
         raise InputError(f"{dst}: input is a folder, so the output must be a folder")
     failed: list[Path] = []
+    rows: list[str] = []
     for path in progress(files, desc="lungs", unit="scan"):
         target = lungs_path(dst, study_id(path))
         if skip_existing and target.exists():
             continue
         try:
-            segment_lungs_file(path, target, params)
+            result = _segment_file(path, target, params)
         except InputError as exc:
             log.error("%s", exc)
             failed.append(path)
+            continue
+        rows.append(_volume_row(study_id(path), result))
+    if rows:
+        write_text_atomic(dst / "lung_volumes.csv", "".join([_VOLUME_HEADER, *rows]))
     log.info("%d lung masks in %s, %d failed", len(files) - len(failed), dst, len(failed))
     return failed
+
+
+_VOLUME_HEADER = "id,right_lung_ml,left_lung_ml,lung_volume_ml,lungs_cut_by_fov,lung_warnings\n"
+
+
+def _volume_row(sid: str, result: LungMask) -> str:
+    """One ``lung_volumes.csv`` row (warnings joined by '; ', quoted)."""
+    warnings = "; ".join(result.warnings).replace('"', "'")
+    return (
+        f"{sid},{result.right_ml:.1f},{result.left_ml:.1f},{result.total_ml:.1f},"
+        f'{" ".join(result.cut_by_fov)},"{warnings}"\n'
+    )

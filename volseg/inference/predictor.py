@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from volseg.bundle import Bundle
 from volseg.engine.device import autocast_for
 from volseg.geometry import WorkingGrid, window_hu
 from volseg.inference.postprocess import remove_small_components
+
+if TYPE_CHECKING:
+    from volseg.data.lungs import LungMask
 from volseg.quantify import spacing_from_affine
 
 log = logging.getLogger(__name__)
@@ -155,14 +159,11 @@ class Predictor:
         return n_lungs > 0 and 100.0 * float(np.count_nonzero(mask)) / n_lungs < gate
 
 
-def lung_mask_for(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Lung mask of a native HU volume with the classical SimpleITK method (uint8 0/1)."""
-    import SimpleITK as sitk
+def lung_mask_for(image: np.ndarray, affine: np.ndarray) -> LungMask:
+    """Lung mask of a native HU volume (:func:`volseg.data.lungs.lung_mask`) with its QC."""
+    from volseg.data.lungs import lung_mask
 
-    from volseg.data.lungs import segment_lungs, sitk_from_array
-
-    mask = segment_lungs(sitk_from_array(image, affine))
-    return sitk.GetArrayFromImage(mask).transpose(2, 1, 0).astype(np.uint8)
+    return lung_mask(image, affine)
 
 
 def parse_roi(values: Sequence[int] | None) -> tuple[int, int, int] | None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from volseg.bundle import load_bundle
 from volseg.data.layout import lungs_path, prediction_path
+from volseg.data.lungs import LungMask
 from volseg.errors import InputError
 from volseg.inference.predictor import PredictOptions, Predictor, default_device, lung_mask_for
 from volseg.inference.scans import Scan, ScanSource, check_source, discover_scans, load_scan
@@ -52,8 +53,11 @@ SUMMARY_FIELDS = (
     "input",
     "lesion_volume_ml",
     "lung_volume_ml",
+    "right_lung_ml",
+    "left_lung_ml",
     "involvement_pct",
     "ct_grade",
+    "lung_warnings",
     "seconds",
     "error",
 )
@@ -109,18 +113,25 @@ def _prefetch(sources: Sequence[ScanSource]) -> Iterator[tuple[ScanSource, Scan 
             yield src, scan
 
 
-def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> np.ndarray | None:
+def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | None:
+    """The scan's lung mask with its QC: given (``--lungs``) or computed; warnings logged."""
     if not use_lungs:
         return None
+    result = None
     if lungs is not None:
         file = lungs if lungs.is_file() else lungs_path(lungs, scan.id)
         if file.exists():
             mask, affine = read_nifti(file)
             if mask.shape != scan.array.shape or not np.allclose(affine, scan.affine, atol=1e-3):
                 raise InputError(f"{file}: lung mask geometry differs from {scan.source.path}")
-            return (mask > 0).astype(np.uint8)
-        log.warning("%s: no lung mask at %s, computing one", scan.id, file)
-    return lung_mask_for(scan.array, scan.affine)
+            result = LungMask.of_mask(mask > 0, scan.array, scan.affine)
+        else:
+            log.warning("%s: no lung mask at %s, computing one", scan.id, file)
+    if result is None:
+        result = lung_mask_for(scan.array, scan.affine)
+    for warning in result.warnings:
+        log.warning("%s: %s", scan.id, warning)
+    return result
 
 
 def run_predict(
@@ -174,10 +185,12 @@ def run_predict(
             try:
                 if isinstance(scan, InputError):
                     raise scan
-                lung_mask = _lungs_for(scan, lungs_arg, use_lungs)
-                result = predictor.predict(scan.array, scan.affine, lung_mask)
+                lung = _lungs_for(scan, lungs_arg, use_lungs)
+                result = predictor.predict(
+                    scan.array, scan.affine, None if lung is None else lung.mask
+                )
                 row = _write_outputs(
-                    scan, result, out_dir, bundle.path, options, write_prob, overlays
+                    scan, result, lung, out_dir, bundle.path, options, write_prob, overlays
                 )
             except InputError as exc:
                 if len(sources) > 1:
@@ -236,6 +249,7 @@ def _failure(
 def _write_outputs(
     scan: Scan,
     result: Any,
+    lung: LungMask | None,
     out_dir: Path,
     model_path: Path | None,
     options: PredictOptions,
@@ -244,6 +258,7 @@ def _write_outputs(
 ) -> dict[str, Any]:
     sid = scan.id
     stats = quantify(result.mask, result.lungs, spacing_from_affine(scan.affine))
+    stats |= {} if lung is None else lung.qc()
     with atomic_group() as stage:  # a scan's files appear together, or none of them
         write_nifti(
             stage(prediction_path(out_dir, sid)),
@@ -282,10 +297,19 @@ def _write_outputs(
     return {"id": sid, "input": str(scan.source.path), **stats}
 
 
+def _csv_value(value: Any) -> Any:
+    """Empty for None, lists joined by '; ' (lung warnings), the value otherwise."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "; ".join(str(v) for v in value)
+    return value
+
+
 def _summary_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
+        writer.writerow({k: _csv_value(row.get(k)) for k in SUMMARY_FIELDS})
     return buf.getvalue()
