@@ -36,7 +36,7 @@ def phantom_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
 def test_real_ct_dice(real_ct: Path, real_lungs: Path, tmp_path: Path) -> None:
     out = segment_lungs_file(real_ct, tmp_path / "lungs.nii.gz")
     ref = np.asanyarray(nib.load(str(real_lungs)).dataobj)
-    assert dice(np.asanyarray(nib.load(str(out)).dataobj), ref) >= 0.85
+    assert dice(np.asanyarray(nib.load(str(out)).dataobj), ref) >= 0.95
 
 
 @pytest.mark.parametrize("axcodes", [("L", "P", "S"), ("A", "I", "R"), ("S", "R", "P")])
@@ -55,7 +55,7 @@ def test_real_ct_any_orientation(
     assert out.shape == moved.shape
     assert np.array_equal(out.affine, moved.affine)
     ref = nib.load(str(real_lungs)).as_reoriented(ornt)
-    assert dice(np.asanyarray(out.dataobj), np.asanyarray(ref.dataobj)) >= 0.85
+    assert dice(np.asanyarray(out.dataobj), np.asanyarray(ref.dataobj)) >= 0.95
 
 
 def test_phantom_anisotropic_with_consolidation(phantom_file, tmp_path: Path) -> None:
@@ -160,13 +160,6 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "scan.nii.gz" in err
 
 
-# Dice floors measured on volseg.data.synth's demo preset (2.8 x 2.8 x 10 mm), seed 0:
-# 0.976 / 0.953 / 0.915 / 0.890 / 0.786. Severe disease replaces most of a lung's air with
-# consolidation; the dense-fill step recovers much of it (CT-4 0.60 -> 0.79 on this seed,
-# mean 0.74 -> 0.86 over seeds 0-2) but not all, so CT-3/CT-4 stay below CT-0/CT-1.
-SYNTH_FLOORS = {"CT-0": 0.95, "CT-1": 0.94, "CT-2": 0.90, "CT-3": 0.86, "CT-4": 0.75}
-
-
 def synth_masks(preset: str, category: str, seed: int, **params) -> tuple[np.ndarray, np.ndarray]:
     """(predicted lung mask, true lung mask) of one synthetic study, in its voxel order."""
     synth = pytest.importorskip("volseg.data.synth")
@@ -176,12 +169,6 @@ def synth_masks(preset: str, category: str, seed: int, **params) -> tuple[np.nda
     image = sitk_from_array(study.image.astype(np.float32), study.affine)
     mask = sitk.GetArrayFromImage(segment_lungs(image, LungParams(**params))).transpose(2, 1, 0)
     return mask, study.lungs
-
-
-@pytest.mark.parametrize("category", sorted(SYNTH_FLOORS))
-def test_synthetic_dice(category: str) -> None:
-    mask, truth = synth_masks("demo", category, 0)
-    assert dice(mask, truth) >= SYNTH_FLOORS[category]
 
 
 def test_dense_fill_recovers_consolidated_lung() -> None:
