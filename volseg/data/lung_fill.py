@@ -72,9 +72,17 @@ def _box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float
 
 
 def _close_mm(mask: np.ndarray, spacing: tuple[float, float, float], radius_mm: float):
-    """Closing with a ball of ``radius_mm`` as two distance thresholds (exact, linear time)."""
-    dilated = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
-    return ndi.distance_transform_edt(dilated, sampling=spacing) > radius_mm
+    """Closing with a ball of ``radius_mm`` (``mask`` is padded by more than the radius)."""
+    ball = ball_mm(radius_mm, spacing)
+    return ndi.binary_erosion(ndi.binary_dilation(mask, ball), ball)
+
+
+def ball_mm(radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """Structuring element: the voxel offsets within ``radius_mm`` (an ellipsoid in voxels;
+    a huge spacing along an axis makes it flat, i.e. in-plane)."""
+    reach = [int(np.floor(radius_mm / s)) for s in spacing]
+    grid = np.mgrid[tuple(slice(-k, k + 1) for k in reach)]
+    return sum((g * s) ** 2 for g, s in zip(grid, spacing, strict=True)) <= radius_mm**2
 
 
 def _fill_holes(
@@ -268,11 +276,12 @@ def _plane_cross() -> np.ndarray:
 
 
 def _open_mm(mask: np.ndarray, sampling: tuple[float, ...], radius_mm: float) -> np.ndarray:
-    """Morphological opening with a ball of ``radius_mm`` (exact, via two distance maps)."""
+    """Morphological opening with a ball of ``radius_mm``; the field of view's edge does
+    not erode (what lies beyond it is unknown, not empty)."""
     if radius_mm <= 0:
         return mask
-    core = ndi.distance_transform_edt(mask, sampling=sampling) > radius_mm
-    return ndi.distance_transform_edt(~core, sampling=sampling) <= radius_mm
+    ball = ball_mm(radius_mm, sampling)
+    return ndi.binary_dilation(ndi.binary_erosion(mask, ball, border_value=1), ball) & mask
 
 
 def thoracic_cavity(

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from volseg.data.lung_fill import LEFT, RIGHT
+from volseg.data.lung_fill import LEFT, RIGHT, ball_mm
 from volseg.data.lung_grid import AxisOrder, CoarseGrid
 from volseg.errors import ConfigError, InputError
 from volseg.quantify import spacing_from_affine
@@ -299,10 +299,8 @@ def _select_lungs(comps, like: np.ndarray, spacing: tuple[float, float, float], 
     box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
     labels = comps.labels[box]
     if p.satellite_mm > 0:
-        pad = [(int(np.ceil(p.satellite_mm / s)),) * 2 for s in spacing]
-        dist = ndi.distance_transform_edt(~np.pad(candidate[box], pad), sampling=spacing)
-        inner = tuple(slice(q, q + n) for (q, _), n in zip(pad, labels.shape, strict=True))
-        groups, _ = ndi.label(dist[inner] <= p.satellite_mm / 2.0)
+        near = ndi.binary_dilation(candidate[box], ball_mm(p.satellite_mm / 2.0, spacing))
+        groups, _ = ndi.label(near)
     else:
         groups = np.where(candidate[box], labels, 0)
     member = candidate[box]
