@@ -235,12 +235,16 @@ class _CoarseView:
 
     def with_qc(self, mask: np.ndarray, sides: np.ndarray, p: LungParams) -> LungMask:
         """The native ``mask`` with per-side volumes from the coarse side map."""
+        mask = np.asarray(mask) > 0
         native_sides = self.grid.upsample_nearest(self.order.backward(sides))
-        counts = np.bincount(native_sides[np.asarray(mask) > 0], minlength=3)
+        counts = np.bincount(native_sides[mask], minlength=3).astype(np.float64)
+        # Edge voxels whose coarse block is outside the side map go to the sides pro rata.
+        total = float(mask.sum()) * self.voxel_ml
+        share = counts[RIGHT] / max(counts[RIGHT] + counts[LEFT], 1.0)
         result = LungMask(
-            mask=np.asarray(mask).astype(np.uint8),
-            right_ml=float(counts[RIGHT]) * self.voxel_ml,
-            left_ml=float(counts[LEFT]) * self.voxel_ml,
+            mask=mask.astype(np.uint8),
+            right_ml=total * share,
+            left_ml=total * (1.0 - share) if counts[LEFT] > 0 else 0.0,
             cut_by_fov=_cut_faces(sides > 0),
         )
         result.warnings = _qc_warnings(result, p)
