@@ -6,6 +6,7 @@ Dataset (MosMed COVID19_1110, plus what ``volseg synth`` adds)::
     masks/study_XXXX_mask.nii.gz            lesion masks for the labeled subset
     lungs/study_XXXX_lungs.nii.gz           true lung masks (synthetic data only)
     truth/study_XXXX_mask.nii.gz            full lesion ground truth (synthetic data only)
+    lesion_types/study_XXXX_types.nii.gz    lesion types: 1 ground glass, 2 consolidation
     manifest.csv                            per-study truth (synthetic data only)
 """
 
@@ -20,13 +21,14 @@ STUDIES_DIR = "studies"
 MASKS_DIR = "masks"
 LUNGS_DIR = "lungs"
 TRUTH_DIR = "truth"
+TYPES_DIR = "lesion_types"
 MANIFEST = "manifest.csv"
 
 
 def study_id(path: str | Path) -> str:
     """``.../study_0001.nii.gz`` or ``study_0001_mask.nii.gz`` -> ``study_0001``."""
     name = strip_nifti_suffix(Path(path).name)
-    for suffix in ("_mask", "_lungs", "_pseudo", "_prob"):
+    for suffix in ("_mask", "_lungs", "_pseudo", "_prob", "_types"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -46,6 +48,10 @@ def lungs_path(folder: Path, sid: str) -> Path:
 
 def truth_path(root: Path, sid: str) -> Path:
     return Path(root) / TRUTH_DIR / f"{sid}_mask.nii.gz"
+
+
+def truth_types_path(root: Path, sid: str) -> Path:
+    return Path(root) / TYPES_DIR / f"{sid}_types.nii.gz"
 
 
 def pseudo_path(folder: Path, sid: str) -> Path:

@@ -28,12 +28,22 @@ from volseg.errors import InputError
 if TYPE_CHECKING:
     from volseg.data.synth_anatomy import ChestRender
     from volseg.data.synth_lesions import LesionModel, Lesions
+    from volseg.data.synth_site import ScanSite
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 SYNTH_JSON = "synth.json"
-MANIFEST_COLUMNS = ("study_id", "category", "labeled", "involvement_pct", "lesion_ml", "lung_ml")
+MANIFEST_COLUMNS = (
+    "study_id",
+    "category",
+    "labeled",
+    "involvement_pct",
+    "lesion_ml",
+    "lung_ml",
+    "site",
+    "findings",
+)
 MAX_ATTEMPTS = 8
 
 
@@ -43,8 +53,9 @@ class SynthPreset:
 
     ``shape``/``spacing`` are (X, Y, Z) voxels / mm; ``counts`` the studies per CT category;
     ``n_labeled`` how many CT-1 studies get a published mask; ``render_dz`` the thickest
-    sub-slice (mm) used to model partial volume across the slice; ``noise_hu`` the range of
-    the image noise standard deviation.
+    sub-slice (mm) used to model partial volume across the slice; ``n_sites`` how many
+    scanners (:mod:`volseg.data.synth_site`) the studies are spread over (the labeled ones
+    all come from the first).
     """
 
     name: str
@@ -53,8 +64,8 @@ class SynthPreset:
     counts: dict[str, int]
     n_labeled: int
     render_dz: float = 6.0
-    noise_hu: tuple[float, float] = (10.0, 20.0)
     center_mm: tuple[float, float, float] = (0.0, 0.0, -160.0)
+    n_sites: int = 3
 
     @property
     def n_studies(self) -> int:
@@ -73,6 +84,7 @@ PRESETS: dict[str, SynthPreset] = {
         spacing=(5.5, 5.5, 18.0),
         counts={"CT-0": 4, "CT-1": 8, "CT-2": 2, "CT-3": 1, "CT-4": 1},
         n_labeled=4,
+        n_sites=2,
     ),
     "demo": SynthPreset(
         name="demo",
@@ -88,6 +100,7 @@ PRESETS: dict[str, SynthPreset] = {
         counts={"CT-0": 4, "CT-1": 8, "CT-2": 2, "CT-3": 1, "CT-4": 1},
         n_labeled=4,
         render_dz=8.0,
+        n_sites=2,
     ),
 }
 
@@ -103,6 +116,8 @@ class SynthStudy:
     involvement_pct: float  # lesion voxels inside lung / lung voxels × 100
     category: str = "CT-0"
     labels: np.ndarray | None = None  # uint8 tissue codes (synth_anatomy.TISSUE, 255 = mixed)
+    lesion_types: np.ndarray | None = None  # uint8 0 none, 1 ground glass, 2 consolidation
+    findings: tuple[str, ...] = ()  # non-COVID findings (synth_mimics), none a lesion
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -123,29 +138,39 @@ def study_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
 
 
-def synthesize_study(preset: SynthPreset | str, category: str, seed: int) -> SynthStudy:
-    """Generate one study of ``category`` whose true involvement lies in that category."""
+def synthesize_study(
+    preset: SynthPreset | str, category: str, seed: int, site: ScanSite | None = None
+) -> SynthStudy:
+    """Generate one study of ``category`` whose true involvement lies in that category,
+    acquired at ``site`` (a scanner drawn from the seed when not given)."""
     from scipy import ndimage
 
     from volseg.data.synth_anatomy import MIXED, TISSUE, render_chest, sample_anatomy
     from volseg.data.synth_grid import average_subslices, las_affine, subdivide_slices
     from volseg.data.synth_lesions import draw_lesion_model
+    from volseg.data.synth_mimics import add_effusion, add_streaks, draw_mimics
+    from volseg.data.synth_site import draw_patient, draw_site
     from volseg.quantify import grade_from_involvement
 
     preset = get_preset(preset)
     if category not in layout.CATEGORIES:
         raise ValueError(f"category must be one of {layout.CATEGORIES}, got {category!r}")
     rng = np.random.default_rng(seed)
+    site = site or draw_site(np.random.default_rng([seed, 1]))
+    patient = draw_patient(rng)
     k = preset.subslices
     affine = las_affine(preset.shape, preset.spacing, preset.center_mm)
     r_affine = subdivide_slices(affine, k)
     r_shape = (preset.shape[0], preset.shape[1], preset.shape[2] * k)
     r_spacing = (preset.spacing[0], preset.spacing[1], preset.spacing[2] / k)
-    anat = sample_anatomy(rng, r_affine, r_shape)
-    chest = render_chest(anat, rng, r_affine, r_shape)
+    anat = sample_anatomy(rng, r_affine, r_shape, patient.habitus)
+    chest = render_chest(anat, rng, r_affine, r_shape, patient, site)
+    findings = ["effusion"] if add_effusion(rng, chest, r_spacing) else []
     lungs = average_subslices(chest.lungs, k) >= 0.5
     n_lung = int(lungs.sum())
     grade = layout.CATEGORIES.index(category)
+    mimics = draw_mimics(rng, chest, r_affine, r_spacing)
+    findings += mimics.names
 
     lesions = None
     lesion = np.zeros(preset.shape, dtype=bool)
@@ -164,26 +189,36 @@ def synthesize_study(preset: SynthPreset | str, category: str, seed: int) -> Syn
         raise RuntimeError(f"could not synthesise a {category} study with seed {seed}")
     involvement = 100.0 * float(lesion.sum()) / n_lung
 
-    # Composite the lung: parenchyma, lesions, vessels; then airways everywhere.
-    lung_hu = chest.parenchyma
+    # Composite the lung: parenchyma, non-COVID findings, lesions, vessels; then airways.
+    lung_hu = chest.parenchyma + (mimics.hu - chest.parenchyma) * mimics.weight
     labels = chest.labels
+    types = np.zeros(preset.shape, dtype=np.uint8)
     if lesions is not None:
         lung_hu = lung_hu + (lesions.hu - lung_hu) * lesions.weight
         labels[lesions.mask] = TISSUE["ggo"]
         labels[lesions.consolidation] = TISSUE["consolidation"]
-    vessel_hu = 42.0
-    lung_hu = lung_hu + (vessel_hu - lung_hu) * chest.vessel
+        solid = average_subslices(lesions.consolidation.astype(np.float32), k) > 0.5
+        types[lesion] = 1
+        types[lesion & solid] = 2
+    lung_hu = lung_hu + (site.blood_hu - lung_hu) * chest.vessel
     hu = np.where(chest.lungs, lung_hu, chest.hu)
     hu += (10.0 - hu) * chest.wall
     hu += (-1000.0 - hu) * chest.lumen
     labels[(chest.vessel >= 0.5) & chest.lungs] = TISSUE["vessel"]
     labels[chest.lumen >= 0.5] = TISSUE["airway"]
 
-    # Thick slices, in-plane blur of the reconstruction kernel, quantum noise.
+    # Thick slices, the site's reconstruction kernel, its noise, streaks, padding.
     image = average_subslices(hu, k)
-    image = ndimage.gaussian_filter(image, sigma=(0.45, 0.45, 0.0))
-    image += rng.normal(0.0, rng.uniform(*preset.noise_hu), size=image.shape).astype(np.float32)
-    image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+    blur = _blur_px(site.kernel_mm, preset.spacing[0])
+    image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0.0))
+    noise = ndimage.gaussian_filter(
+        rng.standard_normal(image.shape).astype(np.float32), sigma=(blur, blur, 0.0)
+    )
+    noise *= site.noise_at(float(np.prod(preset.spacing))) / max(float(noise.std()), 1e-6)
+    image = add_streaks(rng, image + noise, preset.spacing)
+    if site.padding_hu is not None:
+        image[_outside_circle(preset.shape)] = site.padding_hu
+    image = np.clip(np.rint(image), -3024, 3071).astype(np.int16)
     labels_out = _pure_labels(labels, k, MIXED)
     return SynthStudy(
         image=image,
@@ -193,7 +228,27 @@ def synthesize_study(preset: SynthPreset | str, category: str, seed: int) -> Syn
         involvement_pct=involvement,
         category=category,
         labels=labels_out,
+        lesion_types=types,
+        findings=tuple(findings),
     )
+
+
+def _blur_px(kernel_mm: float, pixel_mm: float) -> float:
+    """In-plane blur (pixels) of image and noise: the kernel, plus at coarse pixels the low
+    pass of reconstructing (or resampling) to them, which correlates the noise of
+    neighbouring pixels (real CTs resampled to 2.8 mm: correlation 0.45-0.66 at one pixel;
+    at 0.7-1 mm they show 0.13-0.39, the kernel alone)."""
+    coarse = 0.8 * float(np.clip((pixel_mm - 1.0) / 1.8, 0.0, 1.0))
+    return float(np.hypot(kernel_mm / pixel_mm, coarse))
+
+
+def _outside_circle(shape: tuple[int, int, int]) -> np.ndarray:
+    """In-plane voxels outside the reconstruction circle inscribed in the field of view."""
+    nx, ny = shape[0], shape[1]
+    xx, yy = np.mgrid[:nx, :ny]
+    r = 0.5 * min(nx, ny)
+    ring = (xx - (nx - 1) / 2.0) ** 2 + (yy - (ny - 1) / 2.0) ** 2 > r * r
+    return np.broadcast_to(ring[:, :, None], shape)
 
 
 def _lesions_to_target(
@@ -251,6 +306,7 @@ _DATASET_ENTRIES = (
     layout.MASKS_DIR,
     layout.LUNGS_DIR,
     layout.TRUTH_DIR,
+    layout.TYPES_DIR,
     layout.MANIFEST,
     SYNTH_JSON,
 )
@@ -318,6 +374,7 @@ def synthesize_dataset(
 def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
     """Every study, mask, truth file and the manifest into ``out_dir``; returns synth.json."""
     from volseg import __version__
+    from volseg.data.synth_site import draw_site
     from volseg.io import write_json_atomic, write_nifti, write_text_atomic
     from volseg.progress import progress
     from volseg.quantify import quantify
@@ -325,12 +382,15 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
     rows = []
     start = time.perf_counter()
     plan = study_plan(preset)
+    sites = [draw_site(np.random.default_rng([seed, 2, i])) for i in range(preset.n_sites)]
     for number, (sid, category, labeled) in enumerate(progress(plan, desc="synth"), start=1):
         t0 = time.perf_counter()
-        study = synthesize_study(preset, category, study_seed(seed, number))
+        site = 0 if labeled else (number - 1) % len(sites)  # labeled scans: one scanner
+        study = synthesize_study(preset, category, study_seed(seed, number), sites[site])
         write_nifti(layout.image_path(out_dir, category, sid), study.image, study.affine)
         write_nifti(layout.lungs_path(out_dir / layout.LUNGS_DIR, sid), study.lungs, study.affine)
         write_nifti(layout.truth_path(out_dir, sid), study.lesion, study.affine)
+        write_nifti(layout.truth_types_path(out_dir, sid), study.lesion_types, study.affine)
         if labeled:
             write_nifti(layout.mask_path(out_dir, sid), study.lesion, study.affine)
         q = quantify(study.lesion, study.lungs, study.spacing)
@@ -342,6 +402,8 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
                 "involvement_pct": f"{study.involvement_pct:.6f}",
                 "lesion_ml": f"{q['lesion_volume_ml']:.4f}",
                 "lung_ml": f"{q['lung_volume_ml']:.4f}",
+                "site": site,
+                "findings": ";".join(study.findings),
             }
         )
         log.debug(
@@ -360,6 +422,7 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
         "n_studies": len(plan),
         "n_labeled": sum(1 for _, _, lab in plan if lab),
         "params": {k: v for k, v in asdict(preset).items() if k != "name"},
+        "sites": [asdict(site) for site in sites],
     }
     write_json_atomic(out_dir / SYNTH_JSON, info)
     return info | {"seconds": time.perf_counter() - start}

@@ -9,11 +9,15 @@ concentric layers that follow the (super-elliptic, slightly irregular) body outl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from volseg.data.synth_grid import smooth_noise, world_axes
 from volseg.data.synth_trees import Segment, TreeParams, grow_tree, rasterize_tubes
+
+if TYPE_CHECKING:
+    from volseg.data.synth_site import PatientState, ScanSite
 
 # Tissue codes of the label map returned with every synthetic study.
 TISSUE: dict[str, int] = {
@@ -77,18 +81,21 @@ class Anatomy:
         return self.d_rib + self.rib_th + 2.0
 
 
-def sample_anatomy(rng: np.random.Generator, affine: np.ndarray, shape: tuple) -> Anatomy:
-    """Draw a plausible adult chest that fits the field of view of ``affine``/``shape``."""
+def sample_anatomy(
+    rng: np.random.Generator, affine: np.ndarray, shape: tuple, habitus: float = 1.0
+) -> Anatomy:
+    """Draw a plausible adult chest that fits the field of view of ``affine``/``shape``;
+    ``habitus`` scales the body's width and depth (the field of view still bounds them)."""
     xs, ys, zs = (np.ravel(c) for c in world_axes(affine, shape))
     x_ext, y_min, y_max = float(np.ptp(xs)), float(ys.min()), float(ys.max())
     z_min, z_max = float(zs.min()), float(zs.max())
     u = rng.uniform
     table_top = y_min + u(0.06, 0.10) * (y_max - y_min)
-    b_post = min(u(104.0, 120.0), 0.33 * (y_max - y_min))
+    b_post = min(u(104.0, 120.0) * habitus, 0.33 * (y_max - y_min))
     b_ant = b_post * u(1.0, 1.1)
     cy = table_top + 3.0 + b_post
     b_ant = min(b_ant, y_max - 6.0 - cy)
-    a = min(u(150.0, 170.0), 0.47 * x_ext)
+    a = min(u(150.0, 170.0) * habitus, 0.47 * x_ext)
     cx = u(-6.0, 6.0)
     fat, muscle, rib_th = u(5.0, 14.0), u(6.0, 10.0), u(7.0, 10.0)
     med_half = u(13.0, 19.0)
@@ -209,9 +216,19 @@ class ChestRender:
 
 
 def render_chest(
-    anat: Anatomy, rng: np.random.Generator, affine: np.ndarray, shape: tuple
+    anat: Anatomy,
+    rng: np.random.Generator,
+    affine: np.ndarray,
+    shape: tuple,
+    patient: PatientState | None = None,
+    site: ScanSite | None = None,
 ) -> ChestRender:
-    """Evaluate the chest on a grid: body layers, bones, organs, lungs, vessels and airways."""
+    """Evaluate the chest on a grid: body layers, bones, organs, gut gas, lungs, vessels and
+    airways, with the patient's lung density and the site's blood (contrast) HU."""
+    from volseg.data.synth_site import PatientState, ScanSite
+
+    patient = patient or PatientState(-868.0, 44.0, 0.0, 12.0, 1.0, 1.0)
+    site = site or ScanSite(noise_hu=30.0, kernel_mm=0.7, blood_hu=40.0, padding_hu=None)
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     x, y, z = world_axes(affine, shape)
     dx, dy = x - anat.cx, y - anat.cy
@@ -250,7 +267,11 @@ def render_chest(
     )
     put(cavity & fat_pad & (z > hz + 0.5 * hrz) & (z < anat.z_apex), -90.0 + 8.0 * tex, "fat")
     heart = ((x - hx) / hrx) ** 2 + ((y - hy) / hry) ** 2 + ((z - hz) / hrz) ** 2 < 1.0
-    put(heart, 40.0 + 4.0 * tex, "soft")
+    put(heart, site.blood_hu + 4.0 * tex, "soft")
+    aorta = (x - (anat.cx - anat.spine_r - 12.0)) ** 2 + (y - anat.spine_y) ** 2 < 12.5**2
+    put(aorta & cavity & (z < anat.z_apex - 20.0), site.blood_hu + 3.0 * tex, "soft")
+    _gut_gas(anat, rng, x, y, z, cavity, put)
+    _breasts(anat, rng, x, y, z, depth, tex, put)
     _bones(anat, x, y, z, depth, put)
     # Lungs.
     side = lung_side(anat, x, y, z, depth)
@@ -261,13 +282,21 @@ def render_chest(
     inferior = np.clip((anat.z_apex - z) / (anat.z_apex - anat.z_recess), 0.0, 1.0)
     inferior = np.broadcast_to(inferior, shape).astype(np.float32)
     lung_tex = smooth_noise(rng, shape, spacing, 5.0)
-    parenchyma = -868.0 + 22.0 * posterior + 12.0 * lung_tex + 8.0 * tex
+    # Gravity: a supine patient's dependent lung is denser, most steeply at the back.
+    dependent = ((posterior + 1.0) / 2.0) ** 2
+    parenchyma = (
+        patient.lung_hu
+        + patient.dependent_hu * dependent
+        + patient.basal_hu * inferior
+        + patient.texture_hu * lung_tex
+        + 6.0 * tex
+    )
     pv = float(min(spacing[0], spacing[1]))
     central, lumen, wall = _airways(anat, rng, affine, shape, pv)
     lungs &= central < 0.5  # trachea and main bronchi are not lung
     side[~lungs] = 0
     labels[lungs] = TISSUE["lung"]
-    vessel = _vessels(anat, rng, affine, shape, pv) * lungs
+    vessel = _vessels(anat, rng, affine, shape, pv, patient.vessel_scale) * lungs
     return ChestRender(
         hu=hu,
         parenchyma=parenchyma.astype(np.float32),
@@ -280,6 +309,40 @@ def render_chest(
         posterior=np.broadcast_to(posterior, shape).astype(np.float32),
         inferior=inferior,
     )
+
+
+def _gut_gas(anat: Anatomy, rng, x, y, z, cavity, put) -> None:
+    """Stomach gas under the left dome (an air-fluid level: gas on top, anterior in a
+    supine patient) and a few colon gas pockets below the lungs."""
+    dx = x - anat.cx
+    dome_top = anat.z_recess + 25.0 + 0.7 * anat.dome[-1] * 0.9
+    if rng.random() < 0.7:
+        sx, sy, sz = rng.uniform(20.0, 40.0), rng.uniform(15.0, 30.0), rng.uniform(10.0, 25.0)
+        c = (anat.cx - rng.uniform(40.0, 80.0), anat.cy + rng.uniform(0.0, 40.0), dome_top - sz - 8)
+        stomach = ((x - c[0]) / sx) ** 2 + ((y - c[1]) / sy) ** 2 + ((z - c[2]) / sz) ** 2 < 1
+        level = c[1] + rng.uniform(-0.5, 0.3) * sy
+        put(stomach & cavity & (dx < 0) & (y > level), -1000.0, "air")
+    for _ in range(int(rng.poisson(1.5))):
+        r = rng.uniform(6.0, 15.0)
+        c = (
+            anat.cx + rng.uniform(-0.7, 0.7) * anat.a,
+            anat.cy + rng.uniform(0.1, 0.7) * anat.b_ant,
+            anat.z_recess + rng.uniform(-40.0, 10.0),
+        )
+        pocket = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < r * r
+        put(pocket & cavity & (z < anat.z_recess + 20.0), -1000.0, "air")
+
+
+def _breasts(anat: Anatomy, rng, x, y, z, depth, tex, put) -> None:
+    """In 40 % of studies, breasts on the anterior chest wall: fat and glandular tissue."""
+    if rng.random() >= 0.4:
+        return
+    r = rng.uniform(40.0, 70.0)
+    zc = anat.heart_c[2] + rng.uniform(-20.0, 20.0)
+    for s in (1, -1):
+        c = (anat.cx + s * rng.uniform(60.0, 90.0), anat.cy + anat.b_ant - 0.45 * r, zc)
+        ball = ((x - c[0]) ** 2 + (y - c[1]) ** 2 + ((z - c[2]) / 0.8) ** 2 < r * r) & (y > anat.cy)
+        put(ball & (depth <= 2.0), -60.0 + 40.0 * tex, "fat")
 
 
 def _bones(anat: Anatomy, x, y, z, depth, put) -> None:
@@ -329,7 +392,7 @@ _VESSEL_DIRECTIONS = (
 )
 
 
-def _vessels(anat: Anatomy, rng, affine, shape, pv: float) -> np.ndarray:
+def _vessels(anat: Anatomy, rng, affine, shape, pv: float, scale: float = 1.0) -> np.ndarray:
     """Pulmonary vessel trees from each hilum, fanning up, out, down-back and down-front."""
     params = TreeParams(min_radius=max(0.5, 0.15 * pv))
     segments: list[Segment] = []
@@ -347,7 +410,7 @@ def _vessels(anat: Anatomy, rng, affine, shape, pv: float) -> np.ndarray:
                 hilum,
                 np.asarray(d) + jitter,
                 rng.uniform(28, 38),
-                rng.uniform(4, 5.5),
+                rng.uniform(4, 5.5) * scale,
                 inside,
                 params,
             )

@@ -4,8 +4,9 @@ A lesion "score" field is smooth 3D noise plus biases toward the pleura (sub-ple
 back (dependent lung) and the bases, as in COVID-19 pneumonia. Thresholding it at a per-lung
 quantile gives multifocal, bilateral, soft-edged patches whose volume hits the target
 involvement on the render grid (the caller corrects it for the thick output slices). The
-highest-scoring cores become consolidation (−100…+50 HU), the rest ground-glass opacity
-(−700…−300 HU).
+highest-scoring cores become consolidation (−10…+45 HU, unenhanced lung), the rest
+ground-glass opacity (−750…−300 HU), in a third of the severe studies with crazy paving
+(thickened interlobular septa: a network of lines).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class LesionModel:
     consolidation_share: float
     ggo_hu: np.ndarray  # float32
     consolidation_hu: np.ndarray  # float32
+    septa: np.ndarray | None = None  # float32 0..1 crazy-paving lines, or None
 
 
 def draw_lesion_model(
@@ -83,8 +85,13 @@ def draw_lesion_model(
     score += rng.uniform(0.5, 0.9) * chest.posterior
     score += rng.uniform(0.3, 0.6) * chest.inferior
     texture = smooth_noise(rng, shape, spacing, 10.0)
-    ggo = np.clip(rng.uniform(-620.0, -470.0) + 45.0 * texture, -690.0, -320.0)
-    cons = rng.uniform(-40.0, 25.0) + 12.0 * texture
+    ggo = np.clip(rng.uniform(-700.0, -450.0) + 45.0 * texture, -750.0, -300.0)
+    cons = rng.uniform(-10.0, 45.0) + 12.0 * texture
+    septa = None
+    if rng.random() < (0.15 if category == "CT-1" else 0.3):
+        # Crazy paving: thickened interlobular septa, a polygonal network of lines.
+        cells = smooth_noise(rng, shape, spacing, rng.uniform(6.0, 9.0))
+        septa = np.clip(1.0 - np.abs(cells) / 0.15, 0.0, 1.0).astype(np.float32)
     return LesionModel(
         score=score,
         target_pct=float(target),
@@ -93,6 +100,7 @@ def draw_lesion_model(
         consolidation_share=float(rng.uniform(*CONSOLIDATION_SHARE[category])),
         ggo_hu=ggo.astype(np.float32),
         consolidation_hu=cons.astype(np.float32),
+        septa=septa,
     )
 
 
@@ -121,6 +129,8 @@ def place_lesions(model: LesionModel, chest: ChestRender, render_pct: float) -> 
     core_cut = float(np.quantile(margin[mask], 1.0 - share)) if mask.any() else 0.0
     core = sigmoid((margin - core_cut) / (0.5 * model.softness))  # sharper consolidation edge
     ggo = model.ggo_hu
+    if model.septa is not None:
+        ggo = ggo + (150.0 - ggo) * 0.6 * model.septa  # septa: partial volume of thin lines
     hu = ggo + (model.consolidation_hu - ggo) * core
     return Lesions(
         mask=mask,

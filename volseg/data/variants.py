@@ -73,6 +73,18 @@ def scan_variants(
         yield _variant(f"padding {value:g}", _repad(img, value), ref)
 
 
+def resampled(
+    image: np.ndarray, reference: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...]
+) -> Variant:
+    """One scan and its mask on a grid of ``spacing`` mm, as a coarser scanner sees it."""
+    from volseg.data.lungs import sitk_from_array
+
+    img = sitk_from_array(np.asarray(image, dtype=np.float32), affine)
+    ref = sitk_from_array(np.asarray(reference, dtype=np.float32), affine)
+    name = "x".join(f"{s:g}" for s in spacing) + " mm"
+    return _variant(name, *_resample(img, ref, tuple(float(s) for s in spacing)))
+
+
 def threshold_baseline(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Plain lung mask: -400 HU, air inside the body (the largest tissue component, holes
     filled per axial slice), its two largest 3D components, holes filled per slice."""
