@@ -12,7 +12,6 @@ mistyped choice.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import re
@@ -21,6 +20,7 @@ from typing import NoReturn
 
 from volseg import __version__
 from volseg.errors import NotBuiltError, VolsegError, one_line, os_error_message
+from volseg.utils import did_you_mean
 
 # Order is the order shown in --help: data tools, then the pipeline stages, then utilities.
 COMMANDS: tuple[str, ...] = (
@@ -59,8 +59,7 @@ def _with_suggestion(message: str) -> str:
         return one_line(message)
     given = match.group(1)
     choices = re.findall(r"'([^']*)'", match.group(2))
-    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.5)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(given, choices)
     head = message[: match.start()]
     return f"{head}invalid choice '{given}'{hint}; choose from {', '.join(choices)}"
 

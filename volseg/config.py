@@ -8,7 +8,6 @@ final configuration into the run directory so every run records exactly what it 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from volseg.errors import ConfigError
+from volseg.utils import did_you_mean
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -247,11 +247,6 @@ class Config(Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _did_you_mean(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _section_fields(path: tuple[str | int, ...]) -> list[str]:
     """Field names valid at a dotted location, for did-you-mean suggestions."""
     model: type[BaseModel] = Config
@@ -274,7 +269,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            hint = _did_you_mean(str(loc[-1]), _section_fields(loc[:-1]))
+            hint = did_you_mean(str(loc[-1]), _section_fields(loc[:-1]), cutoff=0.6)
             lines.append(f"{source}: unknown key '{key}'{hint}")
         else:
             lines.append(f"{source}: invalid value for '{key}': {err['msg']}")

@@ -31,6 +31,7 @@ from volseg.data.mosmed import Study
 from volseg.data.transforms import preprocessing_settings
 from volseg.errors import InputError, cause_text
 from volseg.io import atomic_path, write_json_atomic
+from volseg.utils import file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def settings_hash(spacing: Sequence[float], hu_window: Sequence[float]) -> str:
     payload = dict(preprocessing_settings(spacing, hu_window), cache_format=CACHE_FORMAT)
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def fingerprint(path: Path | None) -> dict[str, Any] | None:
-    """Path, size and mtime of a source file: changes when the file does."""
-    if path is None:
-        return None
-    st = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -124,7 +117,7 @@ def _valid_entry(meta_path: Path, sources: dict[str, Path], key: str) -> bool:
         return False
     if meta.get("settings_hash") != key:
         return False
-    current = {k: fingerprint(p) for k, p in sources.items()}
+    current = {k: file_fingerprint(p) for k, p in sources.items()}
     if meta.get("sources") != current:
         return False
     return all((meta_path.parent / f"{meta['id']}.{k}.npy").is_file() for k in sources)
@@ -189,7 +182,7 @@ def preprocess_study(
         "source_shape": [int(s) for s in np.asarray(source_meta["spatial_shape"])[:3]],
         "has_label": "label" in sources,
         "has_lungs": "lungs" in sources,
-        "sources": {k: fingerprint(p) for k, p in sources.items()},
+        "sources": {k: file_fingerprint(p) for k, p in sources.items()},
     }
     write_json_atomic(folder / f"{study.id}.json", meta)
     return CachedVolume._from_meta(meta, folder)

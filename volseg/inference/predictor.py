@@ -66,10 +66,6 @@ class Prediction:
     gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def body_bbox(volume: torch.Tensor, threshold: float, margin: int) -> tuple[slice, ...]:
     """Bounding box (over the last three dims) of voxels above ``threshold``, with a margin."""
     fg = (volume > threshold).reshape(volume.shape[-3:])

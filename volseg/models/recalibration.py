@@ -15,13 +15,14 @@ the features with a gate in (0, 1), so either can follow any encoder or decoder 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from volseg.utils import did_you_mean
 
 RECALIBRATIONS = ("none", "se", "ssr")
 
@@ -196,8 +197,7 @@ def make_recalibration(kind: str, channels: int) -> nn.Module:
         return SqueezeExcitation3D(channels)
     if kind == "ssr":
         return SingularityStrengthRecalibration3D(channels)
-    close = difflib.get_close_matches(str(kind), RECALIBRATIONS, n=1, cutoff=0.5)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(str(kind), RECALIBRATIONS)
     raise ValueError(
         f"unknown recalibration {kind!r}{hint}; choose from {', '.join(RECALIBRATIONS)}"
     )

@@ -10,7 +10,6 @@ a checkpoint storing ``{"name": ..., "params": model.init_args}`` can rebuild it
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from volseg.models.resunet3d import ResUNet3D
 from volseg.models.transunet3d import TransUNet3D
 from volseg.models.unet3d import UNet3D
 from volseg.models.unetpp3d import UNetPlusPlus3D
+from volseg.utils import did_you_mean
 
 MODELS: dict[str, type[nn.Module]] = {
     "transunet3d": TransUNet3D,
@@ -42,11 +42,6 @@ HEADS: dict[str, type[nn.Module]] = {
 }
 
 
-def _did_you_mean(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def constructor_params(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
     """Keyword parameters a network's constructor accepts (excluding ``self``)."""
     params = inspect.signature(cls.__init__).parameters
@@ -59,13 +54,13 @@ def _build(
     if name not in registry:
         options = sorted(registry)
         raise ValueError(
-            f"unknown {kind} '{name}'{_did_you_mean(name, options)}; choose from {', '.join(options)}"
+            f"unknown {kind} '{name}'{did_you_mean(name, options)}; choose from {', '.join(options)}"
         )
     cls = registry[name]
     accepted = constructor_params(cls)
     unknown = [k for k in params if k not in accepted]
     if unknown:
-        hints = "".join(_did_you_mean(k, list(accepted)) for k in unknown[:1])
+        hints = "".join(did_you_mean(k, list(accepted)) for k in unknown[:1])
         raise ValueError(
             f"{kind} '{name}' has no parameter {', '.join(repr(k) for k in unknown)}{hints}; "
             f"accepted: {', '.join(accepted)}"

@@ -33,6 +33,8 @@ from volseg.io import (
     write_text_atomic,
 )
 from volseg.progress import progress
+from volseg.utils import json_safe
+from volseg.utils import same_grid as _same_grid
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,7 @@ def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     """True when two volumes share shape and affine (within :data:`AFFINE_ATOL_MM`)."""
-    return tuple(shape_a) == tuple(shape_b) and bool(
-        np.allclose(affine_a, affine_b, rtol=0.0, atol=AFFINE_ATOL_MM)
-    )
+    return _same_grid(shape_a, affine_a, shape_b, affine_b, AFFINE_ATOL_MM)
 
 
 def resample_nearest(
@@ -184,17 +184,6 @@ def evaluate_case(
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None (strict JSON), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def build_summary(
@@ -273,7 +262,7 @@ def _write_outputs(
         P.plot_confusion(summary["grade_confusion"], folder / PLOT_FILES["confusion"])
         written["CT-grade confusion matrix"] = PLOT_FILES["confusion"]
     summary["plots"] = dict(written)
-    write_json_atomic(folder / "summary.json", _json_safe(summary))
+    write_json_atomic(folder / "summary.json", json_safe(summary))
     write_text_atomic(folder / "report.md", render_report(summary, written))
     return written
 

@@ -49,6 +49,7 @@ from volseg.stages.common import (
 )
 from volseg.stages.gan import pseudo_dir, qc_path
 from volseg.stages.pretrain import ENCODER_FILE, read_encoder
+from volseg.utils import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -290,17 +291,6 @@ def _crop_shares(counts: Sequence[int], probs: Sequence[float] | None) -> str:
 
 
 # ----------------------------------------------------------------------------- stage
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf (undefined metrics) to None, so summary.json is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _config_hash(cfg: Config) -> str:
@@ -626,7 +616,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         bundle = _save_bundle(
             cfg, model, out, extra, None if gate is None else gate["min_involvement_pct"]
         )
-        write_json_atomic(out / SUMMARY_FILE, _json_safe(summary))
+        write_json_atomic(out / SUMMARY_FILE, json_safe(summary))
         log.info(
             "finetune: best val_dice %s at epoch %s -> %s",
             "n/a" if result.best_metric is None else f"{result.best_metric:.4f}",

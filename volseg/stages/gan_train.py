@@ -41,6 +41,7 @@ from volseg.errors import ConfigError, InputError
 from volseg.losses import AdversarialLoss, RestorationL1Loss
 from volseg.models import LesionCorruptor, build_gan_model
 from volseg.stages.common import Prepared
+from volseg.utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,8 @@ class GanSteps:
         gen = state.raw(GENERATOR)
         device = next(gen.parameters()).device
         b = {k: v.to(device) for k, v in self.val_batch.items()}
-        was_training = gen.training
-        gen.eval()
-        with torch.no_grad():
+        with eval_mode(gen), torch.no_grad():
             restored = gen(b["corrupted"])
-        gen.train(was_training)
         lungs = b["lungs"] > 0
         painted = b["blob"] > 0
         return {

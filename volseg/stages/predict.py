@@ -33,7 +33,7 @@ from volseg.bundle import load_bundle
 from volseg.data.layout import lungs_path, prediction_path
 from volseg.data.lungs import LungMask
 from volseg.errors import InputError
-from volseg.inference.predictor import PredictOptions, Predictor, default_device, lung_mask_for
+from volseg.inference.predictor import PredictOptions, Predictor, lung_mask_for
 from volseg.inference.scans import Scan, ScanSource, check_source, discover_scans, load_scan
 from volseg.io import (
     atomic_group,
@@ -45,6 +45,7 @@ from volseg.io import (
 )
 from volseg.progress import progress
 from volseg.quantify import quantify, spacing_from_affine
+from volseg.utils import default_device, same_grid
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | No
         file = lungs if lungs.is_file() else lungs_path(lungs, scan.id)
         if file.exists():
             mask, affine = read_nifti(file)
-            if mask.shape != scan.array.shape or not np.allclose(affine, scan.affine, atol=1e-3):
+            if not same_grid(mask.shape, affine, scan.array.shape, scan.affine):
                 raise InputError(f"{file}: lung mask geometry differs from {scan.source.path}")
             result = LungMask.of_mask(mask > 0, scan.array, scan.affine)
         else:

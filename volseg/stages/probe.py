@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from volseg.utils import eval_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -198,12 +200,8 @@ def encoder_features_at(
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     stride = tuple(getattr(encoder, "total_stride", (1, 1, 1)))
     x, region = pad_to_multiple(x, stride)
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         skips, bottleneck = encoder(x)
-    finally:
-        encoder.train(was_training)
     grid = _grid(points, x.shape[-3:], [r.start for r in region]).to(device)
     feats = [
         F.grid_sample(

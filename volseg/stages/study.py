@@ -31,7 +31,6 @@ re-run skips every stage that finished with the same settings.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ from volseg.config import Config
 from volseg.errors import ConfigError, InputError, NotBuiltError, VolsegError
 from volseg.io import atomic_path, write_text_atomic
 from volseg.stages import manifest as mf
+from volseg.utils import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def parse_names(
         raise ConfigError(f"{option}: give at least one of {', '.join(choices)}")
     for item in items:
         if item not in choices:
-            close = difflib.get_close_matches(item, list(choices), n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(item, choices)
             raise ConfigError(f"{option}: unknown {item!r}{hint}; choose from {', '.join(choices)}")
     if keep_order:
         return list(dict.fromkeys(items))

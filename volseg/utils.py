@@ -1,0 +1,83 @@
+"""Small helpers several rooms share: JSON-safe values, eval mode, did-you-mean, grids, files.
+
+Nothing here imports torch at module level, so the CLI stays fast to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GRID_ATOL_MM = 1e-3
+"""Two grids are the same when their shapes are equal and their affines agree this closely."""
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf (undefined metrics) to None, tuples to lists, paths to strings, recursively,
+    so the result is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+@contextlib.contextmanager
+def eval_mode(module: Any) -> Iterator[Any]:
+    """``module`` in eval mode inside the block; its previous mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def did_you_mean(name: str, options: Iterable[str], cutoff: float = 0.5) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=cutoff)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def same_grid(
+    shape_a: Iterable[int],
+    affine_a: Any,
+    shape_b: Iterable[int],
+    affine_b: Any,
+    atol: float = GRID_ATOL_MM,
+) -> bool:
+    """True when two volumes share their (spatial) shape and affine within ``atol`` mm."""
+    a, b = tuple(int(s) for s in shape_a)[:3], tuple(int(s) for s in shape_b)[:3]
+    return a == b and bool(
+        np.allclose(np.asarray(affine_a), np.asarray(affine_b), rtol=0.0, atol=atol)
+    )
+
+
+def file_fingerprint(path: str | Path | None, resolve: bool = True) -> dict[str, Any] | None:
+    """Path, size and mtime of a file: changes whenever the file does (None for None)."""
+    if path is None:
+        return None
+    p = Path(path)
+    st = p.stat()
+    return {
+        "path": str(p.resolve() if resolve else p),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
+
+
+def default_device() -> Any:
+    """CUDA when present, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
