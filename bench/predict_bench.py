@@ -126,6 +126,7 @@ def main() -> None:
 
     from volseg.bundle import load_bundle, resolve_bundle_path, save_bundle
     from volseg.models import build_model
+    from volseg.recipe import Recipe
     from volseg.stages.predict import run_predict
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="volseg-bench-"))
@@ -134,7 +135,7 @@ def main() -> None:
     if args.bundle:
         bundle_path = resolve_bundle_path(args.bundle)
         trained = load_bundle(bundle_path, device)
-        args.spacing = [float(s) for s in trained.preprocessing["spacing"]]
+        args.spacing = list(trained.recipe.spacing)
         args.model = trained.model_name
     else:
         torch.manual_seed(0)
@@ -144,7 +145,7 @@ def main() -> None:
             build_model(args.model, **params),
             args.model,
             params,
-            {"spacing": args.spacing, "hu_window": [-1000.0, 400.0]},
+            Recipe(args.spacing, (-1000.0, 400.0), tuple(args.roi)),
             {},
         )
         trained = load_bundle(bundle_path, device)

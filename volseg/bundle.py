@@ -1,9 +1,11 @@
 """Model bundles: one file that rebuilds a trained network and its preprocessing.
 
 A bundle (``model.pt``) holds the registry name and constructor arguments of the network,
-its weights, the preprocessing it was trained with (working spacing, HU window) and default
-inference settings, so ``volseg predict -m RUN_DIR`` needs no config (after nnU-Net, which
-stores its trainer's init arguments beside the weights).
+its weights, the whole preprocessing :class:`volseg.recipe.Recipe` it was trained with
+(orientation, working spacing, HU window, body crop, patch size, version) and the inference
+settings, so ``volseg predict -m RUN_DIR`` needs no config (after nnU-Net, which stores its
+trainer's init arguments beside the weights). Format 1 bundles (spacing and window only)
+still load, with a warning: their body crop was not recorded.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Any
 
 from volseg import __version__
 from volseg.errors import InputError, cause_text, load_error_text
+from volseg.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "volseg-model"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
+OLD_FORMAT_VERSIONS = (1,)
+RECREATE = "re-create it with `volseg run -c CFG --from finetune`"
 BUNDLE_NAME = "model.pt"
 
 
@@ -30,7 +35,7 @@ class Bundle:
     model: Any
     model_name: str
     model_params: dict[str, Any]
-    preprocessing: dict[str, Any]
+    recipe: Recipe
     predict_defaults: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -41,18 +46,15 @@ def save_bundle(
     model: Any,
     model_name: str,
     model_params: dict[str, Any],
-    preprocessing: dict[str, Any],
+    recipe: Recipe,
     predict_defaults: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically. ``preprocessing`` needs ``spacing`` and ``hu_window``."""
+    """Write a bundle atomically, with the whole ``recipe``."""
     import torch
 
     from volseg.io import atomic_path
 
-    for key in ("spacing", "hu_window"):
-        if key not in preprocessing:
-            raise ValueError(f"preprocessing: missing '{key}'")
     module = getattr(model, "module", model)  # unwrap DDP
     module = getattr(module, "_orig_mod", module)  # unwrap torch.compile
     payload = {
@@ -60,7 +62,7 @@ def save_bundle(
         "format_version": BUNDLE_FORMAT_VERSION,
         "volseg_version": __version__,
         "model": {"name": model_name, "params": dict(model_params)},
-        "preprocessing": {k: _plain(v) for k, v in preprocessing.items()},
+        "recipe": recipe.to_json(),
         "predict": {k: _plain(v) for k, v in (predict_defaults or {}).items()},
         "extra": dict(extra or {}),
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
@@ -100,10 +102,10 @@ def load_bundle(path: str | Path, device: Any = "cpu") -> Bundle:
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{file}: not a volseg model bundle")
     version = payload.get("format_version")
-    if version != BUNDLE_FORMAT_VERSION:
+    if version != BUNDLE_FORMAT_VERSION and version not in OLD_FORMAT_VERSIONS:
         raise InputError(
             f"{file}: bundle format version {version} is not supported by volseg "
-            f"{__version__} (expects {BUNDLE_FORMAT_VERSION})"
+            f"{__version__} (expects {BUNDLE_FORMAT_VERSION}); {RECREATE}"
         )
     try:
         name = str(payload["model"]["name"])
@@ -116,12 +118,13 @@ def load_bundle(path: str | Path, device: Any = "cpu") -> Bundle:
         model.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise InputError(f"{file}: cannot rebuild network '{name}' ({cause_text(exc)})") from exc
+    recipe = _recipe_of(payload, file, params)
     model.to(device).eval()
     return Bundle(
         model=model,
         model_name=name,
         model_params=params,
-        preprocessing=payload["preprocessing"],
+        recipe=recipe,
         predict_defaults=payload.get("predict", {}),
         extra=payload.get("extra", {}),
         path=file,
@@ -135,3 +138,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _recipe_of(payload: dict[str, Any], file: Path, params: dict[str, Any]) -> Recipe:
+    """The bundle's recipe; a format 1 bundle's is rebuilt from its spacing, window and
+    ROI with today's body crop (a warning says so)."""
+    if payload.get("format_version") == BUNDLE_FORMAT_VERSION:
+        return Recipe.from_json(payload.get("recipe"), f"{file}: recipe")
+    old = payload.get("preprocessing") or {}
+    roi = (payload.get("predict") or {}).get("roi_size") or params.get("img_size")
+    try:
+        recipe = Recipe(spacing=old["spacing"], hu_window=old["hu_window"], patch_size=roi)
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            f"{file}: format 1 bundle without spacing/window/ROI; {RECREATE}"
+        ) from None
+    log.warning(
+        "%s: format 1 bundle (no preprocessing recipe): using its spacing and HU window with "
+        "today's body crop, so predictions may differ slightly; %s",
+        file,
+        RECREATE,
+    )
+    return recipe

@@ -11,217 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
+from volseg.config_sections import (  # noqa: F401  (re-exported: the sections' home)
+    DataConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    GanConfig,
+    ModelConfig,
+    PredictConfig,
+    PretrainConfig,
+    Section,
+    SplitConfig,
+    TrainConfig,
+)
 from volseg.errors import ConfigError
 from volseg.utils import did_you_mean
-
-Triple = tuple[float, float, float]
-IntTriple = tuple[int, int, int]
-
-
-class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _positive_sizes(value: tuple[int, ...]) -> tuple[int, ...]:
-    if not value or min(value) < 1:
-        raise ValueError("sizes must be at least 1")
-    return value
-
-
-class SplitConfig(Section):
-    """Patient-level split, stratified by CT category and labeled/unlabeled."""
-
-    seed: int = Field(0, ge=0)
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.25, ge=0.0, lt=1.0)
-
-
-class DataConfig(Section):
-    """Where the MosMed-layout dataset lives and how volumes are preprocessed."""
-
-    root: Path = Path("data/synth")
-    reference: Literal["masks", "truth"] = "masks"
-    """Reference masks for evaluation: ``masks`` (MosMed's labeled subset) or ``truth``
-    (a synthetic dataset's full ground truth)."""
-    spacing: Triple = (1.5, 1.5, 5.0)
-    hu_window: tuple[float, float] = (-1000.0, 400.0)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    num_workers: int = Field(0, ge=0)
-    cache: bool = True
-    lungs: Literal["compute", "dataset"] = "compute"
-    """Lung masks: ``compute`` them (``volseg.data.lungs``) or use the dataset's ``lungs/``
-    folder (synthetic data)."""
-
-    @field_validator("hu_window")
-    @classmethod
-    def _window_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if value[0] >= value[1]:
-            raise ValueError("lower bound must be below upper bound")
-        return value
-
-    @field_validator("spacing")
-    @classmethod
-    def _spacing_positive(cls, value: Triple) -> Triple:
-        if min(value) <= 0:
-            raise ValueError("spacing must be positive")
-        return value
-
-
-class ModelConfig(Section):
-    """Segmentation network by registry name; ``params`` go to its constructor."""
-
-    name: str = "transunet3d"
-    recalibration: Literal["none", "se", "ssr"] = "none"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainConfig(Section):
-    """Settings shared by the three training stages."""
-
-    enabled: bool = True
-    epochs: int = Field(10, ge=1)
-    iters_per_epoch: int = Field(50, ge=1)
-    batch_size: int = Field(2, ge=1)
-    patch_size: IntTriple = (96, 96, 32)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    grad_clip: float | None = 1.0
-    amp: bool = True
-    compile: bool = False
-    channels_last: bool = False
-    """On CUDA, keep weights and 5D batches in ``channels_last_3d`` (NDHWC) memory format:
-    cuDNN's 3D convolutions then skip their layout transposes. Measured on an H100 with the
-    default TransUNet3D at 128³: +46 % patches/s together with ``compile``, neutral eager
-    (bench/README.md). Ignored on CPU."""
-    val_every: int = Field(1, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1)
-    """Steps between mid-epoch ``checkpoint_last.pt`` writes (None: about four per epoch)."""
-    log_every: int = Field(10, ge=1)
-    """Steps between lines in ``metrics.jsonl`` / TensorBoard."""
-
-    _patch_positive = field_validator("patch_size")(_positive_sizes)
-
-
-class GanConfig(TrainConfig):
-    """3D GAN that restores healthy lung; its residual on COVID scans is the pseudo-mask."""
-
-    adversarial: Literal["lsgan", "hinge"] = "lsgan"
-    l1_weight: float = Field(10.0, ge=0)
-    adv_weight: float = Field(1.0, ge=0)
-    threshold: float | None = None
-    """Residual threshold for pseudo-masks; None: calibrate (labeled val, else train, scans;
-    else healthy residuals)."""
-    smoothing_sigma_mm: float = Field(2.0, ge=0)
-    min_component_mm3: float = Field(50.0, ge=0)
-    generator_params: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of ``Generator3D`` (e.g. ``widths``, ``strides``)."""
-    discriminator_params: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of ``PatchDiscriminator3D``."""
-    corruptor_params: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of ``LesionCorruptor`` (spacing and HU window come from ``data``)."""
-    lesion_l1_weight: float = Field(4.0, ge=0)
-    """Extra restoration-L1 weight on corrupted voxels (1 + this, versus 1 elsewhere)."""
-    val_crops: int = Field(8, ge=1)
-    """Corrupted healthy crops scored by the validation restoration error."""
-    overlap: float = Field(0.5, ge=0, lt=1)
-    """Sliding-window overlap when restoring whole volumes for the residual."""
-    sw_batch_size: int = Field(4, ge=1)
-    healthy_percentile: float = Field(99.5, gt=0, lt=100)
-    """Without labeled scans: threshold = this percentile of healthy in-lung residuals."""
-    max_involvement_pct: float = Field(90.0, gt=0, le=100)
-    """QC: a pseudo-mask involving more of the lungs than this is implausible."""
-
-
-class PretrainConfig(TrainConfig):
-    """Barlow Twins pretraining of the encoder on all training-split scans."""
-
-    lambda_offdiag: float = Field(5e-3, ge=0)
-    projector_dims: tuple[int, ...] = (512, 512, 512)
-    _dims_positive = field_validator("projector_dims")(_positive_sizes)
-    probe: bool = True
-    """After training, fit a linear probe (lesion vs lung voxels) on frozen features of the
-    pretrained and of a random encoder; writes ``pretrain/probe.json``."""
-    probe_voxels: int = Field(500, ge=1)
-    """Lesion voxels (and as many lung-background voxels) sampled per labeled scan."""
-
-
-class FinetuneConfig(TrainConfig):
-    """Supervised fine-tuning on true masks plus down-weighted pseudo-masks."""
-
-    init: Literal["pretrained", "scratch"] = "pretrained"
-    use_pseudo: bool = True
-    pseudo_weight: float = Field(0.5, ge=0, le=1)
-    pseudo_until: float = Field(1.0, gt=0, le=1)
-    """Share of the fine-tuning steps during which pseudo-labeled scans are drawn; after it
-    the crops come from the true masks (and healthy scans) alone, so the noisy pseudo-masks
-    give a warm start that the true labels then refine. 1: the whole run. Ignored without
-    labeled scans (0 labels: the pseudo-masks are all there is)."""
-    pseudo_fraction: float | None = Field(None, ge=0, lt=1)
-    """While pseudo-masks are drawn: the share of the lesion-scan crops taken from the
-    pseudo-labeled scans (the labeled scans share the rest evenly), so a few true masks are
-    not outnumbered by many pseudo-masks. None: every scan is drawn with equal probability.
-    Ignored without labeled scans."""
-    use_healthy: bool = False
-    """Add the CT-0 training scans with an all-zero mask at weight 1: CT-0 means "no CT signs
-    of viral pneumonia", so the empty mask is a true label, and it teaches the network that
-    vessels and normal lung are not lesion (MosMed's labeled scans are all CT-1). Off by
-    default: scans are drawn uniformly, so the share of lesion-free crops grows with the
-    number of CT-0 scans. On the demo (5 labels, 480 steps) it cut the false positives
-    on healthy test scans by ~43 % (test Dice 0.445 -> 0.449); with 120 steps the network
-    learned to predict nothing at every label count of the study (docs/study.md)."""
-    healthy_fraction: float | None = Field(None, ge=0, lt=1)
-    """With ``use_healthy``: the share of training crops taken from the CT-0 scans (the rest
-    spread evenly over the labeled and pseudo-labeled scans). None: every training scan is
-    drawn with equal probability. 0.1 on the demo: no collapse with short training; with
-    the lesion-presence gate, test Dice 0.785 vs 0.727 without healthy scans, because the
-    gate is set from the false positives on healthy lungs (docs/study.md)."""
-    n_labeled: int | None = Field(None, ge=0)
-    encoder_lr_mult: float = Field(0.5, gt=0)
-    dice_weight: float = Field(1.0, ge=0)
-    bce_weight: float = Field(1.0, ge=0)
-    mse_weight: float = Field(0.5, ge=0)
-    supcon_weight: float = Field(0.1, ge=0)
-    sensitivity_beta: float = Field(2.0, ge=0)
-    supcon_temperature: float = Field(0.1, gt=0)
-    calibrate_gate: bool = False
-    """After training, choose the lesion-presence gate (``predict.min_involvement_pct``) on
-    the labeled validation scans and the healthy (CT-0) scans the network did not train on
-    (validation, plus training ones unless ``use_healthy``), whose reference is empty by
-    definition; stored in the model bundle (``finetune/summary.json`` has the cases)."""
-
-
-class PredictConfig(Section):
-    """Sliding-window inference and post-processing."""
-
-    roi_size: IntTriple = (96, 96, 32)
-    _roi_positive = field_validator("roi_size")(_positive_sizes)
-    overlap: float = Field(0.5, ge=0, lt=1)
-    sw_batch_size: int = Field(4, ge=1)
-    tta: bool = False
-    threshold: float = Field(0.5, gt=0, lt=1)
-    min_component_mm3: float = Field(10.0, ge=0)
-    min_involvement_pct: float | None = Field(None, ge=0, lt=100)
-    """Lesion-presence gate: a scan whose predicted lesions fill less than this share (%) of
-    its lungs is called lesion-free (empty mask, CT-0). None: the model bundle's value (set
-    by ``finetune.calibrate_gate``, else 0 = no gate). Needs the lung mask."""
-    restrict_to_lungs: bool = True
-    write_prob: bool = False
-
-
-class EvaluateConfig(Section):
-    """Metrics report settings."""
-
-    bootstrap: int = Field(1000, ge=0)
-    nsd_tolerance_mm: float = Field(2.0, gt=0)
-    involvement_bins: tuple[float, ...] = (0.0, 5.0, 25.0, 50.0, 100.0)
 
 
 class Config(Section):
@@ -239,8 +47,10 @@ class Config(Section):
 
     def section_hash(self, name: str) -> str:
         """Stable hash of one section, used to decide whether a stage must re-run."""
-        section = getattr(self, name)
-        payload = json.dumps(section.model_dump(mode="json"), sort_keys=True)
+        value = getattr(self, name).model_dump(mode="json")
+        if name == "model":  # only the chosen backbone's sizes count
+            value["params"] = value["params"].get(self.model.name) or {}
+        payload = json.dumps(value, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -317,6 +127,34 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
             node[keys[-1]] = str(p if p.is_absolute() else (base / p).resolve())
 
 
+MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("pretrain", "patch_size"): "model.patch_size",
+    ("finetune", "patch_size"): "model.patch_size",
+    ("predict", "roi_size"): "model.patch_size",
+}
+"""Keys that are gone, with the one that replaced them."""
+
+
+def _refuse_moved_keys(tree: dict[str, Any], source: str) -> None:
+    """One line naming the new key for a key of an older config."""
+    for (section, key), new in MOVED_KEYS.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and key in node:
+            raise ConfigError(f"{source}: '{section}.{key}' is now '{new}' (one patch size)")
+    params = (
+        (tree.get("model") or {}).get("params") if isinstance(tree.get("model"), dict) else None
+    )
+    if isinstance(params, dict):
+        for name, entry in params.items():
+            if name == "img_size" or (isinstance(entry, dict) and "img_size" in entry):
+                where = (
+                    "model.params.img_size"
+                    if name == "img_size"
+                    else f"model.params.{name}.img_size"
+                )
+                raise ConfigError(f"{source}: '{where}' is now 'model.patch_size' (one patch size)")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -362,6 +200,7 @@ def load_config(
         tree.setdefault("data", {})["root"] = str(Path(data_root).expanduser().resolve())
     if run_dir is not None:
         tree["run_dir"] = str(Path(run_dir).expanduser().resolve())
+    _refuse_moved_keys(tree, source)
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as exc:

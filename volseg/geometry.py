@@ -117,3 +117,22 @@ def window_hu(volume: torch.Tensor, hu_window: Sequence[float]) -> torch.Tensor:
     """Clip to the HU window and scale it to [0, 1] (what the network was trained on)."""
     lo, hi = float(hu_window[0]), float(hu_window[1])
     return ((volume - lo) / (hi - lo)).clamp_(0.0, 1.0)
+
+
+def body_bbox(
+    volume: torch.Tensor, threshold: float, margin: int | Sequence[int]
+) -> tuple[slice, slice, slice]:
+    """Bounding box (over the last three dims) of voxels above ``threshold``, grown by
+    ``margin`` voxels (one per axis, or one for all); the whole volume when none is above."""
+    margins = (int(margin),) * 3 if isinstance(margin, int) else tuple(int(m) for m in margin)
+    fg = (volume > threshold).reshape(volume.shape[-3:])
+    if not bool(fg.any()):
+        return tuple(slice(0, n) for n in volume.shape[-3:])  # type: ignore[return-value]
+    slices = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = torch.nonzero(fg.any(dim=other)).flatten()
+        lo = max(int(hits[0]) - margins[axis], 0)
+        hi = min(int(hits[-1]) + 1 + margins[axis], fg.shape[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)  # type: ignore[return-value]

@@ -12,7 +12,7 @@ import pytest
 
 from volseg.cli import main
 from volseg.data.mosmed import Datalist
-from volseg.stages.prepare import datalist_path
+from volseg.rundir import datalist_path
 
 SMALL = "{filters: [4, 8, 16, 32], strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]]}"
 CASES = [
@@ -26,14 +26,15 @@ CASES = [
     (
         "transunet3d",
         "ssr",
-        "{widths: [4, 8, 16, 32], strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]], hidden_size: 32, depth: 1, num_heads: 2, img_size: [32, 32, 16]}",
+        "{widths: [4, 8, 16, 32], strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]], hidden_size: 32, depth: 1, num_heads: 2}",
     ),
 ]
 CONFIG = """seed: 0
 data: {spacing: [5.5, 5.5, 12.0], lungs: dataset, split: {seed: 0, val_fraction: 0.2, test_fraction: 0.25}}
-pretrain: {epochs: 1, iters_per_epoch: 2, batch_size: 2, patch_size: [32, 32, 16], projector_dims: [32, 32], probe: false}
-finetune: {epochs: 1, iters_per_epoch: 2, batch_size: 2, patch_size: [32, 32, 16], warmup_epochs: 0, use_pseudo: false}
-predict: {roi_size: [32, 32, 16], overlap: 0.25}
+model: {patch_size: [32, 32, 16]}
+pretrain: {epochs: 1, iters_per_epoch: 2, batch_size: 2, projector_dims: [32, 32], probe: false}
+finetune: {epochs: 1, iters_per_epoch: 2, batch_size: 2, warmup_epochs: 0, use_pseudo: false}
+predict: {overlap: 0.25}
 """
 
 
@@ -73,7 +74,7 @@ def test_pretrain_finetune_predict(
     common = [
         "-c", str(root / "cfg.yaml"), "--data", str(tiny_dataset), "--run-dir", str(run),
         "--set", f"model.name={name}", "--set", f"model.recalibration={recal}",
-        "--set", f"model.params={params}",
+        "--set", f"model.params.{name}={params}",
     ]  # fmt: skip
     assert main(["pretrain", *common]) == 0
     assert main(["finetune", *common]) == 0

@@ -13,32 +13,31 @@ import torch
 from volseg.bundle import load_bundle
 from volseg.cli import main
 from volseg.config import Config, load_config
-from volseg.data import layout
+from volseg.data import layout, sampling
 from volseg.data.mosmed import Datalist, Study
+from volseg.data.sampling import select_labeled
 from volseg.errors import InputError
+from volseg.inference import validation
 from volseg.io import read_nifti, write_nifti
 from volseg.models import build_model
 from volseg.pseudo.qc import QcRow, write_qc
+from volseg.recipe import Recipe
+from volseg.rundir import datalist_path, encoder_path, pseudo_dir, qc_path
 from volseg.stages import finetune as ft_stage
-from volseg.stages import validation
 from volseg.stages.common import model_kwargs
-from volseg.stages.finetune import (
-    load_pretrained_encoder,
-    run_finetune,
-    select_labeled,
-)
-from volseg.stages.prepare import datalist_path
+from volseg.stages.finetune import load_pretrained_encoder, run_finetune
 
 TINY_MODEL = (
     "model:\n"
     "  name: transunet3d\n"
+    "  patch_size: [32, 32, 16]\n"
     "  params:\n"
-    "    widths: [8, 16, 32, 64]\n"
-    "    strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]]\n"
-    "    hidden_size: 64\n"
-    "    depth: 2\n"
-    "    num_heads: 4\n"
-    "    img_size: [32, 32, 16]\n"
+    "    transunet3d:\n"
+    "      widths: [8, 16, 32, 64]\n"
+    "      strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]]\n"
+    "      hidden_size: 64\n"
+    "      depth: 2\n"
+    "      num_heads: 4\n"
 )
 DATA = (
     "seed: 0\n"
@@ -52,10 +51,9 @@ FINETUNE = (
     "  epochs: 2\n"
     "  iters_per_epoch: 2\n"
     "  batch_size: 2\n"
-    "  patch_size: [32, 32, 16]\n"
     "  warmup_epochs: 0\n"
     "  n_labeled: 1\n"
-    "predict: {roi_size: [32, 32, 16], overlap: 0.25}\n"
+    "predict: {overlap: 0.25}\n"
 )
 CONFIG = DATA + TINY_MODEL + FINETUNE
 
@@ -87,13 +85,13 @@ def _config(run: Path, data: Path, *overrides: str) -> Config:
 def spy_validation(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Records the study ids of every validation call the stage makes."""
     calls: list[list[str]] = []
-    real = validation.validate_volumes
+    real = validation.validate
 
-    def spy(model, volumes, *args, **kwargs):
-        calls.append([v.id for v in volumes])
-        return real(model, volumes, *args, **kwargs)
+    def spy(predictor, cases, *args, **kwargs):
+        calls.append([c.id for c in cases])
+        return real(predictor, cases, *args, **kwargs)
 
-    monkeypatch.setattr(validation, "validate_volumes", spy)
+    monkeypatch.setattr(validation, "validate", spy)
     return calls
 
 
@@ -129,7 +127,9 @@ def test_select_labeled_deterministic_and_stratified(tmp_path: Path) -> None:
 def test_encoder_mismatch_is_an_error(tmp_path: Path) -> None:
     cfg = load_config(
         None,
-        ["model.params={widths: [8, 16], strides: [[2, 2, 2]], hidden_size: 64, num_heads: 4}"],
+        [
+            "model.params={transunet3d: {widths: [8, 16], strides: [[2, 2, 2]], hidden_size: 64, num_heads: 4}}"
+        ],
     )
     params = model_kwargs(cfg)
     model = build_model(cfg.model.name, **params)
@@ -180,8 +180,8 @@ def test_finetune_end_to_end(
     # the bundle rebuilds from the run dir and holds the BEST checkpoint's weights
     bundle = load_bundle(run)
     assert bundle.model_name == "transunet3d" and bundle.model_params["hidden_size"] == 64
-    assert bundle.preprocessing["spacing"] == [5.5, 5.5, 12.0]
-    assert bundle.predict_defaults["roi_size"] == [32, 32, 16]
+    assert bundle.recipe.spacing == (5.5, 5.5, 12.0) and bundle.recipe.patch_size == (32, 32, 16)
+    assert bundle.recipe == Recipe.from_config(_config(run, tiny_dataset))
     best = torch.load(out / "checkpoint_best.pt", weights_only=True)["modules"]["net"]
     for key, value in bundle.model.state_dict().items():
         assert torch.equal(value, best[f"seg.{key}"]), key
@@ -206,7 +206,7 @@ def test_pretrained_encoder_initialises_the_network(
         run, tiny_dataset, "finetune.lr=1e-12", "finetune.epochs=1", "finetune.supcon_weight=0"
     )
     params = model_kwargs(cfg)
-    known = _write_encoder(ft_stage.encoder_path(run), cfg.model.name, params, seed=1234)
+    known = _write_encoder(encoder_path(run), cfg.model.name, params, seed=1234)
     scratch = build_model(cfg.model.name, **params).encoder.state_dict()
     run_finetune(cfg)
     summary = json.loads((run / "finetune" / "summary.json").read_text())
@@ -217,7 +217,7 @@ def test_pretrained_encoder_initialises_the_network(
     assert any(not torch.equal(scratch[k], known[k]) for k in known)  # not the default init
 
     # an encoder pretrained with other params stops the stage with a clear error
-    _write_encoder(ft_stage.encoder_path(run), cfg.model.name, dict(params, depth=1), seed=0)
+    _write_encoder(encoder_path(run), cfg.model.name, dict(params, depth=1), seed=0)
     with pytest.raises(InputError, match="depth: 1 vs 2"):
         run_finetune(cfg, resume=False)
 
@@ -278,12 +278,12 @@ def test_healthy_fraction_probabilities() -> None:
     from volseg.config import FinetuneConfig
 
     # sources: 2 labeled, 1 pseudo-labeled, 2 healthy
-    probs = ft_stage.source_probabilities(2, 1, 2, FinetuneConfig(healthy_fraction=0.1))
+    probs = sampling.source_probabilities(2, 1, 2, FinetuneConfig(healthy_fraction=0.1))
     assert probs == pytest.approx([0.3, 0.3, 0.3, 0.05, 0.05])
-    assert ft_stage.source_probabilities(2, 1, 2, FinetuneConfig()) is None  # uniform
-    assert ft_stage.source_probabilities(2, 1, 0, FinetuneConfig(healthy_fraction=0.1)) is None
+    assert sampling.source_probabilities(2, 1, 2, FinetuneConfig()) is None  # uniform
+    assert sampling.source_probabilities(2, 1, 0, FinetuneConfig(healthy_fraction=0.1)) is None
     with pytest.raises(InputError, match="healthy scans alone"):
-        ft_stage.source_probabilities(0, 0, 2, FinetuneConfig(healthy_fraction=0.1))
+        sampling.source_probabilities(0, 0, 2, FinetuneConfig(healthy_fraction=0.1))
 
 
 def test_pseudo_fraction_probabilities() -> None:
@@ -291,18 +291,18 @@ def test_pseudo_fraction_probabilities() -> None:
 
     ft = FinetuneConfig(pseudo_fraction=0.4)
     # 2 labeled, 3 pseudo-labeled: labeled scans 0.3 each, pseudo-labeled 0.4 / 3 each
-    probs = ft_stage.source_probabilities(2, 3, 0, ft)
+    probs = sampling.source_probabilities(2, 3, 0, ft)
     assert probs == pytest.approx([0.3, 0.3, 0.4 / 3, 0.4 / 3, 0.4 / 3])
     # with healthy scans (uniform, 2 of 7 sources) the lesion scans split the other 5/7
-    probs = ft_stage.source_probabilities(2, 3, 2, ft)
+    probs = sampling.source_probabilities(2, 3, 2, ft)
     assert probs == pytest.approx([3 / 14, 3 / 14, 2 / 21, 2 / 21, 2 / 21, 1 / 7, 1 / 7])
     both = ft.model_copy(update={"healthy_fraction": 0.1})
-    probs = ft_stage.source_probabilities(2, 3, 2, both)
+    probs = sampling.source_probabilities(2, 3, 2, both)
     assert probs == pytest.approx([0.27, 0.27, 0.12, 0.12, 0.12, 0.05, 0.05])
     # nothing to split: no labeled scans, no pseudo-masks, or the true-mask phase
-    assert ft_stage.source_probabilities(0, 3, 0, ft) is None
-    assert ft_stage.source_probabilities(2, 0, 0, ft) is None
-    assert ft_stage.source_probabilities(2, 3, 0, ft, pseudo=False) == pytest.approx(
+    assert sampling.source_probabilities(0, 3, 0, ft) is None
+    assert sampling.source_probabilities(2, 0, 0, ft) is None
+    assert sampling.source_probabilities(2, 3, 0, ft, pseudo=False) == pytest.approx(
         [0.5, 0.5, 0, 0, 0]
     )
 
@@ -312,19 +312,19 @@ def test_pseudo_until_switches_to_true_masks() -> None:
 
     ft = FinetuneConfig(epochs=4, iters_per_epoch=10, pseudo_until=0.25)
     # 10 of 40 steps with pseudo-masks; 3 samples per step (e.g. batch 3 on one rank)
-    [(first, probs)] = ft_stage.source_phases(2, 3, 0, ft, samples_per_step=3)
+    [(first, probs)] = sampling.source_phases(2, 3, 0, ft, samples_per_step=3)
     assert first == 30
     assert probs == pytest.approx([0.5, 0.5, 0, 0, 0])
     # healthy scans keep their share (uniform: 1 of 3 non-pseudo sources each)
-    [(_, probs)] = ft_stage.source_phases(1, 3, 2, ft, samples_per_step=1)
+    [(_, probs)] = sampling.source_phases(1, 3, 2, ft, samples_per_step=1)
     assert probs == pytest.approx([1 / 3, 0, 0, 0, 1 / 3, 1 / 3])
     healthy = ft.model_copy(update={"healthy_fraction": 0.1})
-    [(_, probs)] = ft_stage.source_phases(2, 1, 2, healthy, samples_per_step=1)
+    [(_, probs)] = sampling.source_phases(2, 1, 2, healthy, samples_per_step=1)
     assert probs == pytest.approx([0.45, 0.45, 0, 0.05, 0.05])
     # nothing to switch: whole run, no pseudo-masks, or no labeled scan to switch to
-    assert ft_stage.source_phases(2, 3, 0, FinetuneConfig(), 3) == []
-    assert ft_stage.source_phases(2, 0, 0, ft, 3) == []
-    assert ft_stage.source_phases(0, 3, 0, ft, 3) == []
+    assert sampling.source_phases(2, 3, 0, FinetuneConfig(), 3) == []
+    assert sampling.source_phases(2, 0, 0, ft, 3) == []
+    assert sampling.source_phases(0, 3, 0, ft, 3) == []
 
 
 def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -336,7 +336,7 @@ def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Pat
         run_finetune(cfg)
 
     # fake GAN outputs: the true lesion masks of unlabeled COVID scans as pseudo-masks
-    folder = ft_stage.pseudo_dir(run)
+    folder = pseudo_dir(run)
     folder.mkdir(parents=True)
     rows = []
     covid = dl.covid_unlabeled(("train", "val"))
@@ -344,7 +344,7 @@ def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Pat
         data, affine = read_nifti(study.truth, dtype=np.float32)
         write_nifti(layout.pseudo_path(folder, study.id), data.astype(np.uint8), affine)
         rows.append(QcRow(study.id, dl.split_of(study.id), study.category, 1.0, 1.0, 1, i != 0, ""))
-    write_qc(ft_stage.qc_path(run), rows)
+    write_qc(qc_path(run), rows)
     expected = sorted(r.study_id for r in rows if r.passed and r.split == "train")
     assert expected
 

@@ -13,7 +13,7 @@ from volseg.data import layout
 from volseg.data.mosmed import Datalist
 from volseg.io import read_nifti
 from volseg.pseudo.qc import QC_COLUMNS, read_qc
-from volseg.stages.prepare import datalist_path
+from volseg.rundir import datalist_path
 
 CONFIG = """\
 seed: 0

@@ -11,7 +11,7 @@ from tests.unit.test_mosmed import make_mosmed
 from volseg.cli import main
 from volseg.data.cache import load_cache
 from volseg.data.mosmed import SPLITS, Datalist
-from volseg.stages.prepare import datalist_path
+from volseg.rundir import datalist_path
 
 PLAN = {"CT-0": 3, "CT-1": 6, "CT-2": 1}
 

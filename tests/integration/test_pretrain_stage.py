@@ -16,6 +16,7 @@ from volseg.data.patches import PatchSource
 from volseg.engine import read_metrics
 from volseg.losses import BarlowTwinsLoss
 from volseg.models import ProjectorHead, build_model
+from volseg.pipeline.run import run_stage_command
 from volseg.stages.common import model_kwargs
 from volseg.stages.pretrain import (
     ENCODER_FILE,
@@ -23,12 +24,11 @@ from volseg.stages.pretrain import (
     PROBE_FILE,
     BarlowTwinsNet,
     BarlowViewDataset,
-    run_pretrain,
 )
 
 TINY_MODEL = (
-    "model.params={widths: [8, 16, 32, 64], strides: [[2, 2, 1], [2, 2, 2], [2, 2, 2]], "
-    "hidden_size: 64, depth: 2, num_heads: 2, img_size: [32, 32, 16]}"
+    "model.params.transunet3d={widths: [8, 16, 32, 64], strides: [[2, 2, 1], [2, 2, 2], "
+    "[2, 2, 2]], hidden_size: 64, depth: 2, num_heads: 2}"
 )
 
 
@@ -38,7 +38,8 @@ def _config(run: Path, data: Path, *extra: str) -> Config:
         "data.spacing=[5.5, 5.5, 12.0]",
         "data.split={seed: 0, val_fraction: 0.2, test_fraction: 0.25}",
         TINY_MODEL,
-        "pretrain={epochs: 1, iters_per_epoch: 3, batch_size: 2, patch_size: [32, 32, 16], "
+        "model.patch_size=[32, 32, 16]",
+        "pretrain={epochs: 1, iters_per_epoch: 3, batch_size: 2, "
         "projector_dims: [64, 64], probe_voxels: 200}",
         *extra,
     ]
@@ -58,7 +59,7 @@ def test_pretrain_stage_end_to_end_and_noop(
     prepared_run: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _config(prepared_run, tiny_dataset)
-    out = run_pretrain(cfg)
+    out = run_stage_command(cfg, "pretrain")
     assert out == prepared_run / "pretrain"
 
     # encoder.pt: the exact contract, loadable strictly into a fresh full model's encoder
@@ -92,13 +93,13 @@ def test_pretrain_stage_end_to_end_and_noop(
         raise AssertionError("a finished pretrain stage must not load data again")
 
     monkeypatch.setattr("volseg.stages.common.load_prepared", fail)
-    assert run_pretrain(cfg) == out
+    assert run_stage_command(cfg, "pretrain") == out
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == stamps
 
     # a changed setting is not a no-op (the engine then continues from its checkpoint)
     monkeypatch.undo()
     more = _config(prepared_run, tiny_dataset, "pretrain.epochs=2", "pretrain.probe=false")
-    run_pretrain(more)
+    run_stage_command(more, "pretrain")
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("type") == "train"]
     assert rows[-1]["step"] == 6
     assert torch.load(out / ENCODER_FILE, weights_only=True)["pretrain"]["epochs"] == 2

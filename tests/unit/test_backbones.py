@@ -19,6 +19,7 @@ from volseg.models.recalibration import (
     SingularityStrengthRecalibration3D,
     SqueezeExcitation3D,
 )
+from volseg.recipe import Recipe
 from volseg.stages.common import model_kwargs
 
 BACKBONES = ("transunet3d", "unet3d", "resunet3d", "unetpp3d")
@@ -190,7 +191,8 @@ def test_bundle_round_trip_rebuilds_backbone_with_recalibration(
         model=ModelConfig(
             name=name,
             recalibration=recalibration,
-            params={**TINY[name], "strides": [list(s) for s in STRIDES]},
+            patch_size=(32, 32, 16),
+            params={name: {**TINY[name], "strides": [list(s) for s in STRIDES]}},
         )
     )
     model = build_model(name, **model_kwargs(cfg))
@@ -203,7 +205,7 @@ def test_bundle_round_trip_rebuilds_backbone_with_recalibration(
         model,
         name,
         model.init_args,
-        preprocessing={"spacing": [1.5, 1.5, 5.0], "hu_window": [-1000, 400]},
+        Recipe((1.5, 1.5, 5.0), (-1000, 400), (32, 32, 16)),
     )
     bundle = load_bundle(path)
     assert type(bundle.model) is type(model)

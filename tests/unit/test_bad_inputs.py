@@ -29,16 +29,19 @@ import pytest
 from tests.unit.test_inference import OracleNet
 from tests.unit.test_mosmed import make_mosmed, phantom
 from tests.unit.test_run_orchestrator import FakePipeline
+from volseg import rundir
 from volseg.cli import build_parser, main
 from volseg.errors import cause_text
 from volseg.models import registry
-from volseg.stages import manifest as mf
-from volseg.stages import run as orch
+from volseg.pipeline import manifest as mf
+from volseg.pipeline import plan as plan_mod
+from volseg.pipeline import run as orch
+from volseg.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 AFFINE = np.diag([-5.0, 5.0, 10.0, 1.0])
-REAL_CHECKS = {spec.name: spec.check for spec in orch.STAGES}
+REAL_CHECKS = {spec.name: spec.check for spec in plan_mod.STAGES}
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -233,8 +236,8 @@ def oracle_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         OracleNet(),
         "oracle",
         {"level": 0.6},
-        {"spacing": [5.0, 5.0, 10.0], "hu_window": [-1000, 400]},
-        {"roi_size": [16, 16, 8], "overlap": 0.25, "min_component_mm3": 0},
+        Recipe((5.0, 5.0, 10.0), (-1000, 400), (16, 16, 8)),
+        {"overlap": 0.25, "min_component_mm3": 0},
     )
 
 
@@ -250,8 +253,8 @@ def unet_bundle(tmp_path: Path) -> Path:
         build_model("unet3d", **params),
         "unet3d",
         params,
-        {"spacing": [5.0, 5.0, 10.0], "hu_window": [-1000, 400]},
-        {"roi_size": [16, 16, 8], "overlap": 0.25},
+        Recipe((5.0, 5.0, 10.0), (-1000, 400), (16, 16, 8)),
+        {"overlap": 0.25},
     )
 
 
@@ -301,9 +304,9 @@ def pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
     (pipe.data / "masks").mkdir()
     checked = tuple(
         dataclasses.replace(s, check=REAL_CHECKS[s.name] if s.name != "prepare" else None)
-        for s in orch.STAGES
+        for s in plan_mod.STAGES
     )
-    monkeypatch.setattr(orch, "STAGES", checked)
+    monkeypatch.setattr(plan_mod, "STAGES", checked)
     return pipe
 
 
@@ -326,8 +329,12 @@ def _run_cli(capfd, pipe: FakePipeline, tmp_path: Path, *extra: str) -> tuple[in
     ("override", "needles"),
     [
         ("model.name=unet4d", ("model.name", "unet4d", "did you mean 'unet3d'")),
-        ("model.params={widthz: [8, 16]}", ("model.params", "widthz", "did you mean 'widths'")),
-        ("model.params={widths: [8]}", ("model.params", "widths")),
+        (
+            "model.params.transunet3d={widthz: [8, 16]}",
+            ("model.params", "widthz", "did you mean 'widths'"),
+        ),
+        ("model.params.transunet3d={widths: [8]}", ("model.params", "widths")),
+        ("model.params={widths: [8]}", ("model.params", "widths", "keyed by backbone")),
         ("gan.generator_params={foo: 1}", ("gan.generator_params", "foo")),
         ("gan.corruptor_params={blobz: 2}", ("gan.corruptor_params", "blobz")),
         ("pretrain.batch_size=1", ("pretrain.batch_size",)),
@@ -351,7 +358,7 @@ def test_rerun_keeps_the_finished_stage_until_its_replacement_is_done(
 ) -> None:
     pipe.run()
     old = tree(pipe.run_dir / "pretrain")
-    saved = pipe.run_dir / orch.PREVIOUS_DIR / "pretrain"
+    saved = pipe.run_dir / rundir.PREVIOUS_DIR / "pretrain"
 
     def check_beside(folder: Path) -> None:
         assert tree(saved) == old  # the finished outputs are still on disk
@@ -380,7 +387,7 @@ def test_rerun_failing_on_bad_input_puts_the_finished_stage_back(pipe: FakePipel
         pipe.run("pretrain.lr=0.01")
     assert tree(pipe.run_dir / "pretrain") == old
     assert pipe.manifest("pretrain").run_id == old_id
-    assert not (pipe.run_dir / orch.PREVIOUS_DIR / "pretrain").exists()
+    assert not (pipe.run_dir / rundir.PREVIOUS_DIR / "pretrain").exists()
     del pipe.hooks["pretrain"]
     assert pipe.run() == {name: "skipped" for name in orch.stage_names()}
 
@@ -398,7 +405,7 @@ def test_interrupted_rerun_keeps_the_finished_stage_until_settings_return(
     pipe.hooks["pretrain"] = interrupt
     with pytest.raises(KeyboardInterrupt):
         pipe.run("pretrain.lr=0.01")
-    saved = pipe.run_dir / orch.PREVIOUS_DIR / "pretrain"
+    saved = pipe.run_dir / rundir.PREVIOUS_DIR / "pretrain"
     assert tree(saved) == old
     del pipe.hooks["pretrain"]
     # the old settings again: the finished outputs come back, nothing is retrained
@@ -420,7 +427,7 @@ def test_interrupted_rerun_is_continued_with_the_new_settings(pipe: FakePipeline
     del pipe.hooks["pretrain"]
     pipe.run("pretrain.lr=0.01")
     assert "checkpoint_last.pt" in pipe.seen["pretrain"]  # continued, not restarted
-    assert not (pipe.run_dir / orch.PREVIOUS_DIR / "pretrain").exists()
+    assert not (pipe.run_dir / rundir.PREVIOUS_DIR / "pretrain").exists()
 
 
 # ============================================================= 2. OS errors, one line
@@ -811,8 +818,22 @@ def test_help_shows_every_command_line_without_a_dict() -> None:
         (b"\xa6\x01\xff binary", [], ("config.yaml", "not a text")),
         (None, [], ("config.yaml", "a folder")),
         (b"seed: 0\n", ["--set", "seed=-1"], ("'seed'",)),
-        (b"seed: 0\n", ["--set", "finetune.patch_size=[0,32,16]"], ("finetune.patch_size",)),
-        (b"seed: 0\n", ["--set", "predict.roi_size=[0,8,8]"], ("predict.roi_size",)),
+        (b"seed: 0\n", ["--set", "model.patch_size=[0,32,16]"], ("model.patch_size",)),
+        (
+            b"seed: 0\n",
+            ["--set", "finetune.patch_size=[32,32,16]"],
+            ("finetune.patch_size", "model.patch_size"),
+        ),
+        (
+            b"seed: 0\n",
+            ["--set", "predict.roi_size=[8,8,8]"],
+            ("predict.roi_size", "model.patch_size"),
+        ),
+        (
+            b"model: {params: {img_size: [8, 8, 8]}}\n",
+            [],
+            ("model.params.img_size", "model.patch_size"),
+        ),
     ],
 )
 def test_bad_config_files_and_values(tmp_path: Path, capfd, content, extra, needles) -> None:

@@ -1,4 +1,4 @@
-"""Preprocessing cache: hits, misses, invalidation, memory-mapped loading, grid resampling."""
+"""Preprocessing cache: hits, misses, invalidation, memory-mapped loading, the recipe's grid."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 
 from tests.unit.test_mosmed import make_mosmed
-from volseg.config import DataConfig
 from volseg.data import cache as cache_mod
-from volseg.data.cache import build_cache, load_cache, mask_on_grid, resample_to_grid
+from volseg.data.cache import build_cache, load_cache
 from volseg.data.mosmed import discover
 from volseg.errors import InputError
 from volseg.io import read_nifti
+from volseg.recipe import Recipe
+
+
+def DataConfig(spacing=(1.5, 1.5, 5.0)) -> Recipe:  # noqa: N802  (the recipe a data section makes)
+    return Recipe(spacing, (-1000.0, 400.0), (32, 32, 16))
 
 
 @pytest.fixture
@@ -46,7 +50,8 @@ def test_build_then_hit(tmp_path: Path, dataset, monkeypatch) -> None:
     assert isinstance(image, np.memmap) and image.dtype == np.float16
     assert image.shape == labeled.shape == labeled.label().shape == labeled.lungs().shape
     assert labeled.label().dtype == np.uint8 and labeled.label().sum() > 0
-    np.testing.assert_allclose(labeled.spacing, (7.5, 7.5, 10.0), atol=1e-5)
+    # the field of view is kept: the spacing is the target within half a voxel of rounding
+    np.testing.assert_allclose(labeled.spacing, (7.5, 7.5, 10.0), rtol=0.05)
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
 
     calls.clear()
@@ -97,15 +102,32 @@ def test_lungs_dir_and_errors(tmp_path: Path, dataset) -> None:
 
 
 def test_masks_move_between_source_and_cached_grids(tmp_path: Path, dataset) -> None:
-    vol = build_cache(dataset, DataConfig(spacing=(5.0, 5.0, 10.0)), None, tmp_path / "c")[
-        "study_0002"
-    ]
-    on_grid = mask_on_grid(dataset[1].mask, vol)
+    import torch
+
+    recipe = DataConfig(spacing=(5.0, 5.0, 10.0))
+    vol = build_cache(dataset, recipe, None, tmp_path / "c")["study_0002"]
+    on_grid = vol.mask_from_source(dataset[1].mask, recipe)
     np.testing.assert_array_equal(on_grid, vol.label())  # same as the cached label
     source, affine = read_nifti(dataset[1].mask)
-    back = resample_to_grid(vol.label(), vol.affine, vol.source_affine, vol.source_shape)
+    label = torch.from_numpy(np.asarray(vol.label(), dtype=np.float32))[None, None]
+    back = vol.working(recipe).to_native(label, "nearest")[0, 0].numpy()
     assert back.shape == source.shape
     np.testing.assert_array_equal(back > 0.5, source > 0)  # same spacing: exact
+
+
+@pytest.mark.parametrize("spacing", [(5.0, 5.0, 10.0), (7.5, 6.0, 12.0)])
+def test_train_and_inference_see_the_same_working_grid(tmp_path: Path, dataset, spacing) -> None:
+    """The cache (training) and the predictor (inference) apply one recipe: same grid, same
+    body crop, same values (up to the cache's float16) for the same scan."""
+    recipe = DataConfig(spacing=spacing)
+    vol = build_cache(dataset, recipe, None, tmp_path / "c")["study_0002"]
+    image, affine = read_nifti(dataset[1].image, dtype=np.float32)
+    working, x = recipe.apply(image, affine)  # what Predictor.probability runs
+    assert working.shape == vol.shape
+    np.testing.assert_array_equal(working.affine, vol.affine)
+    assert [[b.start, b.stop] for b in working.box] == [list(b) for b in vol.box]
+    np.testing.assert_allclose(vol.image(), x[0, 0].numpy(), atol=1e-3)
+    assert vol.working(recipe).box == working.box
 
 
 def test_parallel_build_matches_serial(tmp_path: Path, dataset) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from volseg.stages.validation import GateCase, choose_involvement_gate
+from volseg.inference.validation import GateCase, choose_involvement_gate
 
 
 def test_gated_dice_follows_the_empty_mask_convention() -> None:

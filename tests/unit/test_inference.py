@@ -15,6 +15,7 @@ from volseg.bundle import load_bundle, save_bundle
 from volseg.errors import InputError
 from volseg.geometry import WorkingGrid
 from volseg.models import registry
+from volseg.recipe import Recipe
 
 
 class OracleNet(nn.Module):
@@ -37,8 +38,8 @@ def oracle_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         OracleNet(),
         "oracle",
         {"level": 0.6},
-        {"spacing": [1.5, 1.5, 5.0], "hu_window": [-1000, 400]},
-        {"roi_size": [16, 16, 8], "overlap": 0.25, "min_component_mm3": 0},
+        Recipe((1.5, 1.5, 5.0), (-1000, 400), (16, 16, 8)),
+        {"overlap": 0.25, "min_component_mm3": 0},
     )
 
 
@@ -118,7 +119,7 @@ def test_predict_paints_lesion_back_at_its_voxel(
 
 def test_bundle_round_trip_and_bad_bundles(oracle_bundle: Path, tmp_path: Path) -> None:
     bundle = load_bundle(oracle_bundle.parents[1])  # a run directory resolves to finetune/model.pt
-    assert bundle.model_name == "oracle" and bundle.preprocessing["spacing"] == [1.5, 1.5, 5.0]
+    assert bundle.model_name == "oracle" and bundle.recipe.spacing == (1.5, 1.5, 5.0)
     payload = torch.load(oracle_bundle, weights_only=True)
     payload["format_version"] = 99
     bad = tmp_path / "bad.pt"

@@ -16,8 +16,9 @@ import pytest
 
 from volseg.config import load_config
 from volseg.errors import ConfigError, InputError
-from volseg.stages import manifest as mf
-from volseg.stages import run as orch
+from volseg.pipeline import manifest as mf
+from volseg.pipeline import plan as plan_mod
+from volseg.pipeline import run as orch
 
 ALL = ["prepare", "gan", "pretrain", "finetune", "predict", "evaluate"]
 
@@ -35,9 +36,9 @@ class FakePipeline:
         self.seen: dict[str, list[str]] = {}
         # fake stages need no checks (the real ones: tests/unit/test_bad_inputs.py)
         fakes = tuple(
-            dataclasses.replace(s, target=self._fake(s.name), check=None) for s in orch.STAGES
+            dataclasses.replace(s, target=self._fake(s.name), check=None) for s in plan_mod.STAGES
         )
-        monkeypatch.setattr(orch, "STAGES", fakes)
+        monkeypatch.setattr(plan_mod, "STAGES", fakes)
 
     def _fake(self, name: str) -> Callable:
         def stage(cfg) -> Path:
@@ -240,7 +241,7 @@ def test_only_accepts_upstream_run_outside_the_orchestrator(pipe: FakePipeline) 
     # finetune re-run by its own command (e.g. under torchrun): outputs, no manifest
     mf.manifest_path(pipe.run_dir, "finetune").unlink()
     assert pipe.run(only="predict") == {"predict": "ran"}
-    assert pipe.manifest("predict").inputs["finetune"]["status"] == orch.EXTERNAL
+    assert pipe.manifest("predict").inputs["finetune"]["status"] == plan_mod.EXTERNAL
 
 
 def test_bad_selection_and_disabled_finetune(pipe: FakePipeline) -> None:
@@ -341,32 +342,34 @@ def test_predict_adapter_predicts_the_test_split(tmp_path: Path, monkeypatch) ->
     cfg, _, _ = _tiny_run(tmp_path)
     bundle = cfg.run_dir / "finetune" / "model.pt"
     with pytest.raises(InputError, match="fine-tuned model not found"):
-        orch._predict_test_split(cfg)
+        predict_mod.run_predict_split(cfg)
     bundle.parent.mkdir(parents=True)
     bundle.write_bytes(b"model")
     got = {}
     monkeypatch.setattr(predict_mod, "run_predict", lambda *a, **k: got.update(args=a, kw=k))
-    assert orch._predict_test_split(cfg) == cfg.run_dir / "predict"
+    assert predict_mod.run_predict_split(cfg) == cfg.run_dir / "predict"
     model, inputs, out_dir = got["args"]
     assert model == bundle and out_dir == cfg.run_dir / "predict"
     assert [p.name for p in inputs] == ["study_0001.nii.gz", "study_0002.nii.gz"]
     assert got["kw"]["lungs"] == cfg.run_dir / "prepare" / "lungs"
-    assert got["kw"]["roi_size"] == tuple(cfg.predict.roi_size)
+    assert "roi_size" not in got["kw"]  # the ROI is the bundle recipe's patch size
+    assert got["kw"]["overlap"] == cfg.predict.overlap
     assert got["kw"]["use_lungs"] is cfg.predict.restrict_to_lungs
 
 
 def test_evaluate_adapter_scores_test_studies_with_a_reference(tmp_path: Path, caplog) -> None:
     from volseg.io import write_nifti
+    from volseg.stages import evaluate as evaluate_mod
 
     cfg, mask, affine = _tiny_run(tmp_path)
     for sid in ("study_0001", "study_0002"):
         write_nifti(cfg.run_dir / "predict" / f"{sid}_mask.nii.gz", mask, affine)
-    out = orch._evaluate(cfg)
+    out = evaluate_mod.run_evaluate_split(cfg)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["pairs"] == 1  # study_0002 has no reference, study_0003 is train
     assert summary["counts"]["ref_without_pred"] == 0
     assert summary["metrics"]["dice"]["mean"] == pytest.approx(1.0)
-    with caplog.at_level("INFO", logger="volseg.stages.run"):
+    with caplog.at_level("INFO", logger="volseg.pipeline.run"):
         figures = orch.log_results(cfg.run_dir)
     assert figures is not None and figures["dice"] == pytest.approx(1.0)
     assert figures["report"].endswith("report.md") and Path(figures["report"]).is_file()

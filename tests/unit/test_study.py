@@ -17,9 +17,10 @@ import pytest
 
 from volseg.config import Config, load_config
 from volseg.errors import ConfigError, InputError
-from volseg.stages import manifest as mf
-from volseg.stages import run as orch
-from volseg.stages import study as st
+from volseg.pipeline import manifest as mf
+from volseg.pipeline import plan as plan_mod
+from volseg.pipeline import run as orch
+from volseg.pipeline import study as st
 
 N_AVAILABLE = 4
 
@@ -48,9 +49,9 @@ class FakeStudy:
         self.fail: Callable[[Config], None] | None = None
         # fake stages need no checks (the real ones: tests/unit/test_bad_inputs.py)
         fakes = tuple(
-            dataclasses.replace(s, target=self._fake(s.name), check=None) for s in orch.STAGES
+            dataclasses.replace(s, target=self._fake(s.name), check=None) for s in plan_mod.STAGES
         )
-        monkeypatch.setattr(orch, "STAGES", fakes)
+        monkeypatch.setattr(plan_mod, "STAGES", fakes)
 
     def rel(self, cfg: Config) -> str:
         return Path(cfg.run_dir).relative_to(self.study_dir).as_posix()
@@ -172,7 +173,7 @@ def test_finetune_setting_reruns_cells_not_shared_stages(fake: FakeStudy) -> Non
 
 
 def test_arms_get_their_config(fake: FakeStudy) -> None:
-    fake.run("0,2,all", "model.params={widths: [8, 16]}", **TWO_NETS)
+    fake.run("0,2,all", "model.params.transunet3d={widths: [8, 16]}", **TWO_NETS)
     scratch = fake.configs["transunet3d-none/scratch-n2"]
     assert scratch.finetune.init == "scratch" and scratch.finetune.use_pseudo is False
     assert scratch.gan.enabled is False and scratch.pretrain.enabled is False
@@ -188,8 +189,9 @@ def test_arms_get_their_config(fake: FakeStudy) -> None:
     full = fake.configs["unet3d-none/full-n2"]
     assert full.finetune.init == "pretrained" and full.finetune.use_pseudo is True
     assert full.model.name == "unet3d"
-    assert full.model.params == {}  # model.params belong to model.name (transunet3d) only
-    assert fake.configs["transunet3d-none/full-n2"].model.params == {"widths": [8, 16]}
+    # model.params are keyed by backbone: unet3d has no entry, so it builds with defaults
+    assert full.model.params == {"transunet3d": {"widths": [8, 16]}}
+    assert fake.configs["transunet3d-none/full-n2"].model.params == full.model.params
     assert {c.data.split.seed for c in fake.configs.values()} == {0}
 
 

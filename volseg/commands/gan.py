@@ -18,10 +18,10 @@ def run(args: argparse.Namespace) -> int:
 
     from volseg.commands._common import load_config_from_args
     from volseg.engine.distributed import cleanup_distributed
-    from volseg.stages.gan import run_gan
+    from volseg.pipeline.run import run_stage_command
 
     cfg = load_config_from_args(args)
-    folder = run_gan(cfg, resume=args.resume)
+    folder = run_stage_command(cfg, "gan", resume=args.resume)
     cleanup_distributed()  # every torchrun worker leaves together and exits 0
     logging.getLogger(__name__).info("gan: outputs in %s", folder)
     return 0

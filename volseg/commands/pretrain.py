@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
     from volseg.engine.distributed import cleanup_distributed
-    from volseg.stages.pretrain import run_pretrain
+    from volseg.pipeline.run import run_stage_command
 
-    run_pretrain(load_config_from_args(args), resume=args.resume)
+    run_stage_command(load_config_from_args(args), "pretrain", resume=args.resume)
     cleanup_distributed()  # every torchrun worker leaves together and exits 0
     return 0

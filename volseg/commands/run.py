@@ -15,7 +15,7 @@ DESCRIPTION = (
     "See docs/pipeline.md."
 )
 
-# The stage table lives in volseg.stages.run (not imported here, to keep --help fast);
+# The stage table lives in volseg.pipeline.run (not imported here, to keep --help fast);
 # a unit test checks the two agree.
 STAGE_NAMES = ("prepare", "gan", "pretrain", "finetune", "predict", "evaluate")
 
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
-    from volseg.stages.run import run_pipeline
+    from volseg.pipeline.run import run_pipeline
 
     run_pipeline(load_config_from_args(args), start=args.start, only=args.only, force=args.force)
     return 0

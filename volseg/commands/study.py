@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
-    from volseg.stages.study import StudyIncomplete, describe_plan, plan_study, run_study
+    from volseg.pipeline.study import StudyIncomplete, describe_plan, plan_study, run_study
 
     cfg = load_config_from_args(args)
     if args.dry_run:

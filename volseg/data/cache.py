@@ -7,10 +7,13 @@ Layout::
     <cache_dir>/<settings_hash>/<id>.lungs.npy   uint8 lung mask
     <cache_dir>/<settings_hash>/<id>.json        grid affine, shapes, source fingerprints
 
-``settings_hash`` covers every preprocessing setting (spacing, HU window, crop, transform
-version); each entry's JSON records the size and mtime of its source files, so editing a
-source or changing preprocessing invalidates exactly the entries concerned. The JSON is
-written last and atomically: it marks a complete entry.
+Each entry is made by applying the run's :class:`volseg.recipe.Recipe` — the very code the
+predictor runs on a scan — so the cached grid is the grid inference works on.
+``settings_hash`` (:meth:`Recipe.cache_key`) covers every preprocessing setting (orientation,
+spacing, HU window, body crop, recipe version); each entry's JSON records the recipe, the
+body crop box and the size and mtime of its source files, so editing a source or changing
+preprocessing invalidates exactly the entries concerned. The JSON is written last and
+atomically: it marks a complete entry.
 """
 
 from __future__ import annotations
@@ -28,23 +31,20 @@ import numpy as np
 
 from volseg.data import layout
 from volseg.data.mosmed import Study
-from volseg.data.transforms import preprocessing_settings
 from volseg.errors import InputError, cause_text
 from volseg.io import atomic_path, write_json_atomic
-from volseg.utils import file_fingerprint
+from volseg.recipe import Recipe, Working
+from volseg.utils import file_fingerprint, same_grid
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 IMAGE_DTYPE = np.float16
-GRID_ATOL_MM = 1e-3
-"""Masks must lie on their image's grid: affines equal within this (mm, element-wise)."""
 
 
-def settings_hash(spacing: Sequence[float], hu_window: Sequence[float]) -> str:
+def settings_hash(recipe: Recipe) -> str:
     """Short stable hash of the preprocessing settings (names the cache sub-folder)."""
-    payload = dict(preprocessing_settings(spacing, hu_window), cache_format=CACHE_FORMAT)
-    text = json.dumps(payload, sort_keys=True)
+    text = json.dumps({"recipe": recipe.cache_key(), "cache_format": CACHE_FORMAT})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -61,10 +61,25 @@ class CachedVolume:
     source_shape: tuple[int, int, int]
     has_label: bool
     has_lungs: bool
+    box: tuple[tuple[int, int], ...] = ()
+    """The body crop on the working grid (``[start, stop)`` per axis)."""
 
     @property
     def spacing(self) -> tuple[float, float, float]:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    def working(self, recipe: Recipe) -> Working:
+        """The :class:`volseg.recipe.Working` that maps the source grid to this entry's."""
+        return Working.of(recipe, self.source_affine, self.source_shape, self.box)
+
+    def mask_from_source(self, path: str | Path, recipe: Recipe) -> np.ndarray:
+        """A NIfTI mask on the study's source grid (a pseudo-mask) on this entry's grid."""
+        from volseg.io import read_nifti
+
+        data, affine = read_nifti(path, dtype=np.float32)
+        if not same_grid(data.shape, affine, self.source_shape, self.source_affine):
+            raise InputError(f"{path}: not on the grid of study {self.id}'s image")
+        return self.working(recipe).mask_to_working(data > 0.5)
 
     def _array(self, kind: str, mmap: bool) -> np.ndarray:
         return np.load(self.folder / f"{self.id}.{kind}.npy", mmap_mode="r" if mmap else None)
@@ -95,6 +110,7 @@ class CachedVolume:
             source_shape=tuple(meta["source_shape"]),
             has_label=bool(meta["has_label"]),
             has_lungs=bool(meta["has_lungs"]),
+            box=tuple(tuple(int(v) for v in b) for b in meta.get("box", ())),
         )
 
 
@@ -129,57 +145,42 @@ def _save_npy(dest: Path, array: np.ndarray) -> None:
 
 
 def preprocess_study(
-    study: Study,
-    lungs: Path | None,
-    spacing: Sequence[float],
-    hu_window: Sequence[float],
-    folder: Path,
+    study: Study, lungs: Path | None, recipe: Recipe, folder: Path
 ) -> CachedVolume:
-    """Preprocess one study with :func:`preprocess_transforms` and write its cache entry."""
-    from volseg.data.transforms import preprocess_transforms
-    from volseg.io import load_nifti
+    """Apply ``recipe`` to one study (image, lesion and lung masks) and write its entry."""
+    from volseg.io import read_nifti
 
     sources = _sources(study, lungs)
-    # A clear InputError for a missing/corrupt file or a mask on another grid, before MONAI.
-    ref = load_nifti(study.image)
+    image, affine = read_nifti(study.image, dtype=np.float32)
+    masks = {}
     for key, path in sources.items():
-        img = load_nifti(path)
-        if key != "image" and (
-            img.shape[:3] != ref.shape[:3]
-            or not np.allclose(img.affine, ref.affine, atol=GRID_ATOL_MM)
-        ):
+        if key == "image":
+            continue
+        data, m_affine = read_nifti(path, dtype=np.float32)
+        if not same_grid(data.shape, m_affine, image.shape, affine):
             raise InputError(
-                f"{path}: {key} grid (shape {img.shape[:3]}) does not match "
-                f"{study.image} (shape {ref.shape[:3]}) or their affines differ"
+                f"{path}: {key} grid (shape {data.shape[:3]}) does not match "
+                f"{study.image} (shape {image.shape[:3]}) or their affines differ"
             )
-    chain = preprocess_transforms(spacing, hu_window, keys=tuple(sources))
+        masks[key] = data > 0.5
     try:
-        out = chain({k: str(p) for k, p in sources.items()})
-    except Exception as exc:  # MONAI wraps the cause in "applying transform <object ...>"
+        working, x = recipe.apply(image, affine)
+    except (RuntimeError, ValueError) as exc:
         raise InputError(f"{study.image}: preprocessing failed ({cause_text(exc)})") from exc
-    image = out["image"]
-    shape = tuple(int(s) for s in image.shape[1:])
-    for k in sources:
-        if tuple(out[k].shape[1:]) != shape:
-            raise InputError(
-                f"{sources[k]}: grid does not match {study.image} "
-                f"(preprocessed shape {tuple(out[k].shape[1:])} vs {shape})"
-            )
-    source_meta = out["image_meta_dict"]
     folder.mkdir(parents=True, exist_ok=True)
-    _save_npy(folder / f"{study.id}.image.npy", image[0].numpy().astype(IMAGE_DTYPE))
-    for k in sources:
-        if k != "image":
-            _save_npy(folder / f"{study.id}.{k}.npy", (out[k][0].numpy() > 0.5).astype(np.uint8))
+    _save_npy(folder / f"{study.id}.image.npy", x[0, 0].numpy().astype(IMAGE_DTYPE))
+    for key, mask in masks.items():
+        _save_npy(folder / f"{study.id}.{key}.npy", working.mask_to_working(mask))
     meta = {
         "id": study.id,
         "format": CACHE_FORMAT,
         "settings_hash": folder.name,
-        "settings": preprocessing_settings(spacing, hu_window),
-        "shape": list(shape),
-        "affine": np.asarray(image.affine, dtype=np.float64).tolist(),
-        "source_affine": np.asarray(source_meta["original_affine"], dtype=np.float64).tolist(),
-        "source_shape": [int(s) for s in np.asarray(source_meta["spatial_shape"])[:3]],
+        "recipe": recipe.to_json(),
+        "shape": list(working.shape),
+        "box": working.box_json(),
+        "affine": working.affine.tolist(),
+        "source_affine": np.asarray(affine, dtype=np.float64).tolist(),
+        "source_shape": [int(s) for s in image.shape[:3]],
         "has_label": "label" in sources,
         "has_lungs": "lungs" in sources,
         "sources": {k: file_fingerprint(p) for k, p in sources.items()},
@@ -197,7 +198,7 @@ def _lungs_for(study: Study, lungs_dir: Path | None) -> Path | None:
     return study.lungs
 
 
-def _build_one(args: tuple[Study, Path | None, tuple, tuple, Path]) -> CachedVolume:
+def _build_one(args: tuple[Study, Path | None, Recipe, Path]) -> CachedVolume:
     import torch
 
     torch.set_num_threads(1)
@@ -206,36 +207,33 @@ def _build_one(args: tuple[Study, Path | None, tuple, tuple, Path]) -> CachedVol
 
 def build_cache(
     studies: Sequence[Study],
-    cfg: Any,
+    recipe: Recipe,
     lungs_dir: str | Path | None,
     cache_dir: str | Path,
     num_workers: int = 0,
 ) -> dict[str, CachedVolume]:
     """Preprocess ``studies`` into ``cache_dir`` (skipping valid entries); returns them by id.
 
-    ``cfg``: the ``data`` config section (or the whole config) for spacing and HU window.
+    ``recipe``: the run's :class:`volseg.recipe.Recipe` (``Recipe.from_config(cfg)``).
     ``lungs_dir``: folder of ``<id>_lungs.nii.gz`` masks, or None to use ``study.lungs``.
     Test studies should not be passed with their masks (``prepare`` drops them).
     ``num_workers`` > 0 preprocesses in that many processes.
     """
     from volseg.progress import progress
 
-    data_cfg = getattr(cfg, "data", cfg)
-    spacing = tuple(float(s) for s in data_cfg.spacing)
-    hu_window = tuple(float(h) for h in data_cfg.hu_window)
-    key = settings_hash(spacing, hu_window)
+    key = settings_hash(recipe)
     folder = Path(cache_dir) / key
     lungs_root = Path(lungs_dir) if lungs_dir is not None else None
 
     result: dict[str, CachedVolume] = {}
-    todo: list[tuple[Study, Path | None, tuple, tuple, Path]] = []
+    todo: list[tuple[Study, Path | None, Recipe, Path]] = []
     for study in studies:
         lungs = _lungs_for(study, lungs_root)
         meta_path = folder / f"{study.id}.json"
         if _valid_entry(meta_path, _sources(study, lungs), key):
             result[study.id] = CachedVolume.read(meta_path)
         else:
-            todo.append((study, lungs, spacing, hu_window, folder))
+            todo.append((study, lungs, recipe, folder))
     log.info("cache %s: %d up to date, %d to build", folder, len(result), len(todo))
     if todo and num_workers > 0:
         from concurrent.futures import ProcessPoolExecutor
@@ -261,52 +259,6 @@ def load_cache(folder: str | Path, ids: Sequence[str]) -> dict[str, CachedVolume
             raise InputError(f"{meta_path}: no cache entry for {sid} (run `volseg prepare`)")
         out[sid] = CachedVolume.read(meta_path)
     return out
-
-
-def resample_to_grid(
-    array: np.ndarray,
-    src_affine: np.ndarray,
-    dst_affine: np.ndarray,
-    dst_shape: Sequence[int],
-    mode: str = "nearest",
-) -> np.ndarray:
-    """Resample a 3D array from one voxel grid to another, using only the affines.
-
-    Used to bring a mask written in source geometry (e.g. a pseudo-mask) onto a cached
-    grid (``vol.affine``, ``vol.shape``), or a prediction on the cached grid back to the
-    source (``vol.source_affine``, ``vol.source_shape``). Outside the source: zero.
-    """
-    import torch
-    from monai.data import MetaTensor
-    from monai.transforms import SpatialResample
-
-    img = MetaTensor(
-        torch.as_tensor(np.asarray(array, dtype=np.float32))[None],
-        affine=torch.as_tensor(np.asarray(src_affine, dtype=np.float64)),
-    )
-    out = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float64)(
-        img,
-        dst_affine=torch.as_tensor(np.asarray(dst_affine, dtype=np.float64)),
-        spatial_size=tuple(int(s) for s in dst_shape),
-    )
-    return np.asarray(out[0].numpy(), dtype=np.float32)
-
-
-def mask_on_grid(path: str | Path, vol: CachedVolume) -> np.ndarray:
-    """A NIfTI mask (any geometry) resampled nearest-neighbour onto ``vol``'s grid, uint8."""
-    from volseg.io import read_nifti
-
-    data, affine = read_nifti(path, dtype=np.float32)
-    out = resample_to_grid(data, affine, vol.affine, vol.shape, mode="nearest")
-    return (out > 0.5).astype(np.uint8)
-
-
-def prob_on_grid(path: str | Path, vol: CachedVolume) -> np.ndarray:
-    """A NIfTI probability/weight map resampled bilinearly onto ``vol``'s grid, float32."""
-    from volseg.io import read_nifti
-
-    data, affine = read_nifti(path, dtype=np.float32)
-    return resample_to_grid(data, affine, vol.affine, vol.shape, mode="bilinear")
 
 
 def cache_size_bytes(folder: str | Path) -> int:

@@ -1,17 +1,12 @@
-"""MONAI dictionary transform chains, one place per purpose.
+"""MONAI dictionary transform chains for training, on the preprocessed (cached) grid.
 
-Keys: ``image`` (CT in HU), optional ``label`` (lesion mask) and ``lungs`` (lung mask).
+Keys: ``image`` (CT windowed to [0, 1]), ``label`` (lesion mask) and ``lungs`` (lung mask).
+Preprocessing itself (orientation, spacing, body crop, window) is the recipe's
+(:mod:`volseg.recipe`), shared by the cache and the predictor.
 
-* :func:`preprocess_transforms` — deterministic: load, channel first, orient to RAS, resample
-  to the configured spacing, crop to the body, window HU to [0, 1]. Every geometric step is
-  invertible (``Invertd`` / :func:`inverse_transform`), so predictions made on the
-  preprocessed grid go back to the source grid exactly.
-* :func:`train_transforms` — on preprocessed data: random patch crops biased to lesions
-  (or to the lungs when there is no label), then :func:`augment_transforms`.
-* :func:`eval_transforms` — preprocessing only.
-
-Geometry always comes from the affine (``Orientationd`` / ``Spacingd``), never from
-hand-flipped arrays.
+* :func:`train_transforms` — random patch crops biased to lesions (or to the lungs when
+  there is no label), then :func:`augment_transforms`.
+* :func:`augment_transforms` — flips, small rotations/scaling, intensity jitter.
 """
 
 from __future__ import annotations
@@ -21,34 +16,8 @@ from typing import Any
 
 import numpy as np
 
-TRANSFORM_VERSION = 1
-"""Bump when the preprocessing chain changes: it is part of the cache key."""
-
-BODY_HU = -500.0
-"""Voxels above this HU count as body for the foreground crop (air and lungs are below)."""
-CROP_MARGIN = 4
-"""Voxels kept around the body bounding box."""
-
 IMAGE_KEY = "image"
 MASK_KEYS = ("label", "lungs")
-
-
-class AboveThreshold:
-    """Picklable ``select_fn`` for ``CropForegroundd``: voxels strictly above a value.
-
-    If no voxel is above it (not a CT in HU, or an empty scan) everything is selected, so
-    the crop keeps the whole volume instead of producing an empty one.
-    """
-
-    def __init__(self, threshold: float) -> None:
-        self.threshold = float(threshold)
-
-    def __call__(self, x: Any) -> Any:
-        selected = x > self.threshold
-        return selected if bool(selected.any()) else selected | ~selected
-
-    def __repr__(self) -> str:
-        return f"AboveThreshold({self.threshold})"
 
 
 def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
@@ -59,99 +28,6 @@ def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown keys {unknown}; expected {IMAGE_KEY!r} and {MASK_KEYS}")
     return keys
-
-
-def preprocessing_settings(
-    spacing: Sequence[float],
-    hu_window: Sequence[float],
-    *,
-    body_hu: float = BODY_HU,
-    margin: int = CROP_MARGIN,
-) -> dict[str, Any]:
-    """Everything that determines the preprocessed arrays (used to key the cache)."""
-    return {
-        "spacing": [float(s) for s in spacing],
-        "hu_window": [float(h) for h in hu_window],
-        "body_hu": float(body_hu),
-        "crop_margin": int(margin),
-        "orientation": "RAS",
-        "version": TRANSFORM_VERSION,
-    }
-
-
-def preprocess_transforms(
-    spacing: Sequence[float],
-    hu_window: Sequence[float],
-    keys: Sequence[str] = ("image",),
-    *,
-    load: bool = True,
-    body_hu: float = BODY_HU,
-    margin: int = CROP_MARGIN,
-):
-    """Deterministic chain: load → RAS → ``spacing`` mm → body crop → HU window to [0, 1].
-
-    ``keys``: ``image`` plus any of ``label``/``lungs`` (resampled nearest-neighbour).
-    ``load=False`` leaves out ``LoadImaged`` for data already loaded as MetaTensors. The crop
-    uses HU (``body_hu``) before windowing, so it does not depend on the window.
-    """
-    from monai.transforms import (
-        Compose,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        EnsureTyped,
-        LoadImaged,
-        Orientationd,
-        ScaleIntensityRanged,
-        Spacingd,
-    )
-
-    keys = _check_keys(keys)
-    lo, hi = (float(v) for v in hu_window)
-    if lo >= hi:
-        raise ValueError(f"hu_window lower bound must be below upper bound, got {hu_window}")
-    modes = ["bilinear" if k == IMAGE_KEY else "nearest" for k in keys]
-    steps: list[Any] = []
-    if load:
-        steps.append(LoadImaged(keys=keys, reader="NibabelReader", image_only=False))
-    steps += [
-        EnsureChannelFirstd(keys=keys),
-        Orientationd(keys=keys, axcodes="RAS", labels=None),
-        Spacingd(keys=keys, pixdim=tuple(float(s) for s in spacing), mode=modes),
-        CropForegroundd(
-            keys=keys,
-            source_key=IMAGE_KEY,
-            select_fn=AboveThreshold(body_hu),
-            margin=int(margin),
-            allow_smaller=True,
-        ),
-        ScaleIntensityRanged(keys=IMAGE_KEY, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
-        EnsureTyped(keys=keys, dtype=np.float32, track_meta=True),
-    ]
-    return Compose(steps)
-
-
-def eval_transforms(
-    spacing: Sequence[float], hu_window: Sequence[float], keys: Sequence[str] = ("image",)
-):
-    """Evaluation / inference chain: preprocessing only (no randomness)."""
-    return preprocess_transforms(spacing, hu_window, keys)
-
-
-def inverse_transform(preprocess, keys: Sequence[str] = ("pred",), orig_key: str = IMAGE_KEY):
-    """``Invertd`` that maps ``keys`` from the preprocessed grid back to the source grid.
-
-    Nearest-neighbour for every key (binary masks); probabilities should be inverted with
-    ``Invertd(..., nearest_interp=False)`` directly.
-    """
-    from monai.transforms import Invertd
-
-    return Invertd(
-        keys=list(keys),
-        transform=preprocess,
-        orig_keys=[orig_key] * len(keys),
-        nearest_interp=True,
-        to_tensor=True,
-    )
 
 
 def augment_transforms(

@@ -1,59 +1,87 @@
-"""Per-volume prediction: native HU volume in, lesion probability and mask on the native grid.
+"""The one predictor: native HU volume in, lesion probability and mask on the native grid.
 
-Steps (all on the model's device): reorient + resample to the bundle's working spacing
-(:class:`volseg.geometry.WorkingGrid`), HU window to [0, 1], crop to the body, MONAI
-``sliding_window_inference`` with gaussian blending (autocast on GPU), optional flip TTA,
-sigmoid, probability mapped back to the native grid, threshold, restriction to the lung
-mask, removal of small components. The output grid is the input grid by construction.
+Used by ``volseg predict``, fine-tuning validation, the lesion-presence gate's calibration
+(:mod:`volseg.inference.validation`), and nothing else predicts. Steps (on the model's
+device): the :class:`volseg.recipe.Recipe` (reorient + resample to the working spacing,
+body crop, HU window), :func:`volseg.inference.sliding.sliding_window` (gaussian blending,
+autocast on GPU), optional flip TTA, sigmoid, probability mapped back to the native grid,
+threshold, restriction to the lung mask, removal of small components, the gate. The output
+grid is the input grid by construction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from volseg.bundle import Bundle
-from volseg.engine.device import autocast_for
-from volseg.geometry import WorkingGrid, window_hu
 from volseg.inference.postprocess import remove_small_components
+from volseg.inference.sliding import sliding_window
+from volseg.quantify import spacing_from_affine
+from volseg.recipe import Recipe
 
 if TYPE_CHECKING:
+    from volseg.bundle import Bundle
     from volseg.data.lungs import LungMask
-from volseg.quantify import spacing_from_affine
 
 log = logging.getLogger(__name__)
 
-BODY_THRESHOLD_HU = -500.0
-BODY_MARGIN_VOXELS = 2
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictOptions:
-    """Inference settings; defaults come from the bundle, flags override them."""
+    """The inference settings in force. No defaults here: :meth:`resolve` starts from
+    :class:`volseg.config.PredictConfig`'s and the recipe's patch size (the ROI)."""
 
-    roi_size: tuple[int, int, int] = (96, 96, 32)
-    overlap: float = 0.5
-    sw_batch_size: int = 4
-    tta: bool = False
-    threshold: float = 0.5
-    min_component_mm3: float = 10.0
-    min_involvement_pct: float = 0.0
-    restrict_to_lungs: bool = True
+    roi_size: tuple[int, int, int]
+    overlap: float
+    sw_batch_size: int
+    tta: bool
+    threshold: float
+    min_component_mm3: float
+    min_involvement_pct: float
+    restrict_to_lungs: bool
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, **overrides: object) -> PredictOptions:
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in bundle.predict_defaults.items() if k in known}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if "roi_size" in values:
-            values["roi_size"] = tuple(int(v) for v in values["roi_size"])  # type: ignore[union-attr]
-        return cls(**values)  # type: ignore[arg-type]
+    def resolve(cls, recipe: Recipe, *layers: Mapping[str, Any] | None) -> PredictOptions:
+        """``PredictConfig`` defaults, then each of ``layers`` in turn (a bundle's recorded
+        settings, a config's ``predict`` section, command-line flags); None values skip."""
+        from volseg.config import PredictConfig
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {
+            k: v for k, v in PredictConfig().model_dump().items() if k in known
+        }
+        values["roi_size"] = None
+        for layer in layers:
+            values.update({k: v for k, v in (layer or {}).items() if k in known and v is not None})
+        roi = values["roi_size"] or recipe.patch_size
+        values["roi_size"] = tuple(int(r) for r in roi)
+        values["min_involvement_pct"] = float(values["min_involvement_pct"] or 0.0)
+        return cls(**values)
+
+    def ungated(self) -> PredictOptions:
+        """The same settings without the lesion-presence gate (validation, calibration)."""
+        return dataclasses.replace(self, min_involvement_pct=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def predict_overrides(section: Any) -> dict[str, Any]:
+    """The :class:`PredictOptions` fields of a config's ``predict`` section (a
+    :meth:`PredictOptions.resolve` layer; ``restrict_to_lungs`` is passed on its own)."""
+    values = section.model_dump() if hasattr(section, "model_dump") else dict(section)
+    known = {f.name for f in dataclasses.fields(PredictOptions)} - {"restrict_to_lungs"}
+    return {k: v for k, v in values.items() if k in known}
 
 
 @dataclass
@@ -66,65 +94,48 @@ class Prediction:
     gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
 
 
-def body_bbox(volume: torch.Tensor, threshold: float, margin: int) -> tuple[slice, ...]:
-    """Bounding box (over the last three dims) of voxels above ``threshold``, with a margin."""
-    fg = (volume > threshold).reshape(volume.shape[-3:])
-    if not bool(fg.any()):
-        return tuple(slice(0, n) for n in volume.shape[-3:])
-    slices = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = torch.nonzero(fg.any(dim=other)).flatten()
-        lo = max(int(hits[0]) - margin, 0)
-        hi = min(int(hits[-1]) + 1 + margin, fg.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)
-
-
 class Predictor:
-    """Runs one bundle on native volumes; reuse it across scans."""
+    """A segmentation network, its recipe and the settings; reuse it across scans.
 
-    def __init__(
-        self, bundle: Bundle, options: PredictOptions, device: torch.device | None = None
-    ) -> None:
-        self.bundle = bundle
+    The network is not moved or switched to eval mode for good (validation runs it during
+    training); each pass runs in eval mode on the network's own device.
+    """
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, options: PredictOptions) -> None:
+        self.model = model
+        self.recipe = recipe
         self.options = options
-        self.device = device or next(bundle.model.parameters()).device
-        self.model = bundle.model.to(self.device).eval()
-        self.spacing = tuple(float(s) for s in bundle.preprocessing["spacing"])
-        self.hu_window = tuple(float(v) for v in bundle.preprocessing["hu_window"])
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, *layers: Mapping[str, Any] | None) -> Predictor:
+        """A predictor for a loaded bundle: its recipe, its recorded settings, then ``layers``."""
+        options = PredictOptions.resolve(bundle.recipe, bundle.predict_defaults, *layers)
+        return cls(bundle.model, bundle.recipe, options)
+
+    def with_options(self, options: PredictOptions) -> Predictor:
+        return Predictor(self.model, self.recipe, options)
 
     @torch.inference_mode()
     def probability(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Lesion probability on the native grid of ``image`` (float32, same shape)."""
-        from monai.inferers import sliding_window_inference
-
-        grid = WorkingGrid.plan(affine, image.shape, self.spacing)
-        native = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
-        native = native.to(self.device, non_blocking=True)[None, None]
-        hu = grid.to_working(native)
-        box = body_bbox(hu, BODY_THRESHOLD_HU, BODY_MARGIN_VOXELS)
-        x = window_hu(hu[(..., *box)], self.hu_window)
+        working, x = self.recipe.apply(image, affine, self.device)
         opts = self.options
         flips = TTA_FLIPS if opts.tta else ((),)
         prob = torch.zeros_like(x)
-        with autocast_for(self.device):
-            for dims in flips:
-                xi = x.flip(dims) if dims else x
-                logits = sliding_window_inference(
-                    xi,
-                    roi_size=opts.roi_size,
-                    sw_batch_size=opts.sw_batch_size,
-                    predictor=self.model,
-                    overlap=opts.overlap,
-                    mode="gaussian",
-                )
-                p = torch.sigmoid(logits.float())
-                prob += p.flip(dims) if dims else p
+        for dims in flips:
+            xi = x.flip(dims) if dims else x
+            logits = sliding_window(
+                self.model,
+                xi,
+                opts.roi_size,
+                overlap=opts.overlap,
+                sw_batch_size=opts.sw_batch_size,
+            )
+            p = torch.sigmoid(logits)
+            prob += p.flip(dims) if dims else p
         prob /= len(flips)
-        full = torch.zeros_like(hu)
-        full[(..., *box)] = prob
-        back = grid.to_native(full).clamp_(0.0, 1.0)
+        back = working.to_native(prob).clamp_(0.0, 1.0)
         return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
 
     def predict(

@@ -1,7 +1,7 @@
 """Residual maps: what the healthy-lung generator removes from a scan, inside the lungs.
 
 ``restore_volume`` runs the generator over a whole working-grid volume with MONAI's
-gaussian-blended sliding window. ``residual_map`` keeps the positive part of
+gaussian-blended sliding window (the one in :mod:`volseg.inference.sliding`). ``residual_map`` keeps the positive part of
 ``input - G(input)`` (brighter than healthy lung: ground glass and consolidation), inside the
 lungs, smoothed with a lung-normalised gaussian so that the lung border is not dimmed.
 ``soft_map`` turns a residual into a [0, 1] map whose 0.5 level is the threshold.
@@ -26,25 +26,15 @@ def restore_volume(
     sw_batch_size: int = 4,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """``G(image)`` for a whole ``(X, Y, Z)`` volume in [0, 1], tiled with gaussian blending."""
-    from monai.inferers import sliding_window_inference
+    """``G(image)`` for a whole ``(X, Y, Z)`` volume in [0, 1], by the one sliding window
+    (:func:`volseg.inference.sliding.sliding_window`, full precision)."""
+    from volseg.inference.sliding import sliding_window
 
-    was_training = generator.training
-    generator.eval()
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None].to(device)
-    try:
-        with torch.no_grad():
-            out = sliding_window_inference(
-                x,
-                tuple(int(r) for r in roi_size),
-                sw_batch_size,
-                generator,
-                overlap=overlap,
-                mode="gaussian",
-            )
-    finally:
-        generator.train(was_training)
-    return out[0, 0].float().cpu().numpy()
+    out = sliding_window(
+        generator, x, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, autocast=False
+    )
+    return out[0, 0].cpu().numpy()
 
 
 def residual_map(

@@ -8,7 +8,6 @@ so nothing here can hand a test scan to a training step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from volseg.config import Config
@@ -31,7 +30,7 @@ class Prepared:
 def load_prepared(cfg: Config) -> Prepared:
     """Load ``<run_dir>/prepare/datalist.json`` and open its cache (run ``prepare`` first)."""
     from volseg.data.cache import load_cache
-    from volseg.stages.prepare import datalist_path
+    from volseg.rundir import datalist_path
 
     path = datalist_path(cfg.run_dir)
     if not path.is_file():
@@ -46,10 +45,17 @@ def load_prepared(cfg: Config) -> Prepared:
 def model_kwargs(cfg: Config) -> dict[str, Any]:
     """Constructor arguments of the segmentation network named in ``cfg.model``.
 
-    ``model.recalibration`` is passed only when set, so networks without the option still
-    build with the default ``none``.
+    ``model.params.<name>`` for the chosen backbone, ``img_size`` from ``model.patch_size``
+    for networks that take one (the TransUNet's token grid), ``model.recalibration`` only
+    when set, so networks without the option still build with the default ``none``.
     """
-    kwargs: dict[str, Any] = {"in_channels": 1, "out_channels": 1, **cfg.model.params}
+    from volseg.models.registry import MODELS, constructor_params
+
+    kwargs: dict[str, Any] = {"in_channels": 1, "out_channels": 1}
+    kwargs.update(cfg.model.params.get(cfg.model.name) or {})
+    cls = MODELS.get(cfg.model.name)
+    if cls is not None and "img_size" in constructor_params(cls):
+        kwargs["img_size"] = list(cfg.model.patch_size)
     if cfg.model.recalibration != "none":
         kwargs["recalibration"] = cfg.model.recalibration
     return kwargs
@@ -71,13 +77,8 @@ def check_model(cfg: Config) -> Any:
         raise ConfigError(f"{key}: {cause_text(exc)}") from None
 
 
-def stage_dir(cfg: Config, stage: str) -> Path:
-    """``<run_dir>/<stage>``, created."""
-    path = Path(cfg.run_dir) / stage
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def recipe_of(cfg: Config) -> Any:
+    """The run's preprocessing :class:`volseg.recipe.Recipe` (cache, bundle, predictor)."""
+    from volseg.recipe import Recipe
 
-
-def preprocessing_of(cfg: Config) -> dict[str, Any]:
-    """What a model bundle records so predict reproduces training's preprocessing."""
-    return {"spacing": list(cfg.data.spacing), "hu_window": list(cfg.data.hu_window)}
+    return Recipe.from_config(cfg)

@@ -20,27 +20,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from volseg.data.layout import study_id
+from volseg import rundir
 from volseg.errors import InputError
+from volseg.evaluation.cases import evaluate_case, list_masks, pair_cases
 from volseg.io import (
     cleanup_on_error,
-    is_nifti,
-    load_nifti,
     naming_errors,
     write_json_atomic,
     write_text_atomic,
 )
 from volseg.progress import progress
 from volseg.utils import json_safe
-from volseg.utils import same_grid as _same_grid
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BINS: tuple[float, ...] = (0.0, 5.0, 25.0, 50.0, 100.0)
-AFFINE_ATOL_MM = 1e-3
-"""Affines closer than this (mm, element-wise) are the same grid."""
 
 SUMMARY_METRICS: tuple[str, ...] = (
     "dice",
@@ -61,126 +55,12 @@ SUMMARY_METRICS: tuple[str, ...] = (
 )
 STRATUM_METRICS: tuple[str, ...] = ("dice", "hd95_mm", "nsd", "lesion_f1", "abs_volume_error_ml")
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "pred_file", "ref_file", "lungs_file", "resampled")
-SKIP_SUFFIXES = ("_prob", "_lungs")
 PLOT_FILES = {
     "dice": "dice_vs_burden.png",
     "bland_altman": "bland_altman_volume.png",
     "confusion": "grade_confusion.png",
 }
 OUTPUT_FILES = ("per_case.csv", "summary.json", *PLOT_FILES.values(), "report.md")
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def list_masks(folder: str | Path, role: str) -> dict[str, Path]:
-    """Map study id -> mask file for every NIfTI in ``folder`` (not ``_prob``/``_lungs``).
-
-    Raises :class:`InputError` for a missing folder or two files with the same id.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: {role} folder not found")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not (path.is_file() and is_nifti(path)):
-            continue
-        stem = path.name.split(".nii")[0]
-        if stem.endswith(SKIP_SUFFIXES):
-            continue
-        sid = study_id(path)
-        if sid in found:
-            raise InputError(f"{role} files {found[sid]} and {path} have the same id '{sid}'")
-        found[sid] = path
-    return found
-
-
-def pair_cases(
-    preds: Mapping[str, Path], refs: Mapping[str, Path]
-) -> tuple[list[str], list[Path], list[Path]]:
-    """``(paired ids, predictions without a reference, references without a prediction)``."""
-    paired = sorted(set(preds) & set(refs))
-    pred_only = [preds[k] for k in sorted(set(preds) - set(refs))]
-    ref_only = [refs[k] for k in sorted(set(refs) - set(preds))]
-    return paired, pred_only, ref_only
-
-
-def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Mask data (any dtype) and affine; refuses probability maps (floats strictly in (0, 1))."""
-    img = load_nifti(path)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(f"{path}: could not decode image data ({exc})") from exc
-    if data.ndim == 4:
-        data = data[..., 0]
-    if np.issubdtype(data.dtype, np.floating) and np.any((data > 0) & (data < 1)):
-        raise InputError(
-            f"{path}: has values between 0 and 1; expected a binary mask, not probabilities"
-        )
-    return data, np.asarray(img.affine, dtype=np.float64)
-
-
-def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
-    """True when two volumes share shape and affine (within :data:`AFFINE_ATOL_MM`)."""
-    return _same_grid(shape_a, affine_a, shape_b, affine_b, AFFINE_ATOL_MM)
-
-
-def resample_nearest(
-    data: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray
-) -> np.ndarray:
-    """Nearest-neighbour resampling of a mask onto another grid, from the two affines."""
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
-
-    img = nib.Nifti1Image((np.asarray(data) > 0).astype(np.uint8), affine)
-    out = resample_from_to(img, (tuple(shape), target_affine), order=0, mode="constant", cval=0)
-    return np.asarray(out.dataobj) > 0
-
-
-def _on_reference_grid(
-    path: Path, ref_path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray, resample: bool
-) -> tuple[np.ndarray, bool]:
-    """Read a mask and return it on the reference grid: ``(mask, was_resampled)``."""
-    data, affine = _read_mask(path)
-    if same_grid(data.shape, affine, ref_shape, ref_affine):
-        return data > 0, False
-    if not resample:
-        raise InputError(
-            f"{path} (shape {data.shape}) and {ref_path} (shape {ref_shape}) are on different "
-            "grids (shape or affine differ); use --resample to resample onto the reference"
-        )
-    return resample_nearest(data, affine, ref_shape, ref_affine), True
-
-
-def evaluate_case(
-    sid: str,
-    pred_path: Path,
-    ref_path: Path,
-    lungs_path: Path | None,
-    resample: bool,
-    nsd_tolerance_mm: float,
-) -> dict[str, Any]:
-    """Load one case's files and return its CSV row (identifiers plus :func:`case_metrics`)."""
-    from volseg.evaluation.metrics import case_metrics
-    from volseg.quantify import spacing_from_affine
-
-    ref_data, ref_affine = _read_mask(ref_path)
-    ref = ref_data > 0
-    pred, resampled = _on_reference_grid(pred_path, ref_path, ref.shape, ref_affine, resample)
-    lungs = None
-    if lungs_path is not None:
-        lungs, _ = _on_reference_grid(lungs_path, ref_path, ref.shape, ref_affine, resample)
-    metrics = case_metrics(pred, ref, spacing_from_affine(ref_affine), lungs, nsd_tolerance_mm)
-    row: dict[str, Any] = {
-        "case_id": sid,
-        "pred_file": pred_path.name,
-        "ref_file": ref_path.name,
-        "lungs_file": lungs_path.name if lungs_path is not None else None,
-        "resampled": int(resampled),
-    }
-    row.update(metrics)
-    return row
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -401,3 +281,80 @@ def run_evaluate(
         out_dir / "report.md",
     )
     return out_dir
+
+
+# ----------------------------------------------------------------------------- in a run
+
+
+def reference_root(cfg: Any) -> Path:
+    """``data.root / data.reference``: the evaluation's reference masks."""
+    return Path(cfg.data.root) / cfg.data.reference
+
+
+def check_evaluate(cfg: Any) -> None:
+    """The reference folder must exist before any stage runs, not after training."""
+    ref_root = reference_root(cfg)
+    if not ref_root.is_dir():
+        raise InputError(f"{ref_root}: reference folder not found (data.reference)")
+
+
+def _link(target: Path, link: Path) -> None:
+    """Symlink ``link`` -> ``target`` (a copy where links are not supported)."""
+    try:
+        link.symlink_to(target.resolve())
+    except OSError:
+        shutil.copy2(target, link)
+
+
+def _evaluation_inputs(cfg: Any, studies: Sequence[Any], folder: Path) -> tuple[Path, Path]:
+    """Folders of links to the test studies' predictions and references.
+
+    The reference folder holds masks for every split, and unlabeled test studies have no
+    reference; linking just the test studies that have one keeps the report about the test
+    split. A referenced study without a prediction stays visible as unmatched.
+    """
+    from volseg.data.layout import prediction_path
+
+    check_evaluate(cfg)
+    ref_root = reference_root(cfg)
+    pred_root = rundir.stage_path(cfg.run_dir, "predict")
+    if folder.exists():
+        shutil.rmtree(folder)
+    pred_dir, ref_dir = folder / "pred", folder / "ref"
+    pred_dir.mkdir(parents=True)
+    ref_dir.mkdir(parents=True)
+    for study in studies:
+        ref = prediction_path(ref_root, study.id)  # <id>_mask.nii.gz in masks/ or truth/
+        if not ref.is_file():
+            continue
+        _link(ref, ref_dir / ref.name)
+        pred = prediction_path(pred_root, study.id)
+        if pred.is_file():
+            _link(pred, pred_dir / pred.name)
+    n_ref = sum(1 for _ in ref_dir.iterdir())
+    if n_ref == 0:
+        raise InputError(
+            f"{ref_root}: no reference mask for any of the {len(studies)} test studies"
+        )
+    log.info("evaluating %d of %d test studies (those with a reference)", n_ref, len(studies))
+    return pred_dir, ref_dir
+
+
+def run_evaluate_split(cfg: Any) -> Path:
+    """The evaluate stage of a run: ``<run_dir>/predict`` against the references, for the
+    test split, into ``<run_dir>/evaluate``."""
+    studies = rundir.test_studies(cfg)
+    out_dir = rundir.stage_path(cfg.run_dir, "evaluate")
+    pred_dir, ref_dir = _evaluation_inputs(cfg, studies, out_dir / "inputs")
+    e = cfg.evaluate
+    return run_evaluate(
+        pred_dir,
+        ref_dir,
+        out_dir,
+        lungs_dir=rundir.lungs_folder(cfg, studies),
+        resample=False,
+        bootstrap=e.bootstrap,
+        seed=cfg.seed,
+        nsd_tolerance_mm=e.nsd_tolerance_mm,
+        involvement_bins=e.involvement_bins,
+    )

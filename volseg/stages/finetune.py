@@ -12,8 +12,9 @@ under ``<run_dir>/finetune/``::
 
 Training data: labeled TRAIN scans (weight 1) and pseudo-labeled TRAIN scans (weight
 ``finetune.pseudo_weight``). Pseudo-masks of val-split scans are never trained on, so the
-validation split stays untouched by training. Validation: labeled VAL scans only
-(:mod:`volseg.stages.validation`). Loss: :class:`volseg.losses.FinetuneLoss` with a voxel
+validation split stays untouched by training. Validation: labeled VAL scans only, on their
+native grid through the one predictor (:mod:`volseg.inference.validation`), so a validation
+Dice is the Dice ``predict`` + ``evaluate`` give. Sampling policy: :mod:`volseg.data.sampling`. Loss: :class:`volseg.losses.FinetuneLoss` with a voxel
 projection head on the decoder embedding for the supervised contrastive term (trained
 jointly, not part of the bundle).
 """
@@ -21,11 +22,8 @@ jointly, not part of the bundle).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from volseg.config import Config, FinetuneConfig
+from volseg.config import Config
 from volseg.data import layout
 from volseg.data.mosmed import Study
+from volseg.data.sampling import crop_shares, select_labeled, source_phases, source_probabilities
 from volseg.errors import ConfigError, InputError
 from volseg.io import write_json_atomic
+from volseg.models.finetune_net import FinetuneNet
 from volseg.pseudo.qc import passed_ids
-from volseg.stages import validation
-from volseg.stages.common import (
-    Prepared,
-    load_prepared,
-    model_kwargs,
-    preprocessing_of,
-    stage_dir,
-)
-from volseg.stages.gan import pseudo_dir, qc_path
-from volseg.stages.pretrain import ENCODER_FILE, read_encoder
+from volseg.rundir import encoder_path, pseudo_dir, qc_path, stage_dir
+from volseg.stages.common import Prepared, load_prepared, model_kwargs, recipe_of
+from volseg.stages.pretrain import read_encoder
 from volseg.utils import json_safe
 
 log = logging.getLogger(__name__)
@@ -63,31 +56,7 @@ PROJECTION_DIM = 64
 # ----------------------------------------------------------------------------- paths
 
 
-def encoder_path(run_dir: str | Path) -> Path:
-    """Where the pretrain stage writes the Barlow Twins encoder."""
-    return Path(run_dir) / "pretrain" / ENCODER_FILE
-
-
 # ----------------------------------------------------------------------------- network
-
-
-class FinetuneNet(nn.Module):
-    """Segmentation network plus an optional voxel projection head, as one module.
-
-    ``forward(x) -> (logits, projected embeddings or None)``. One module so DDP sees the
-    embedding branch through ``forward``; the bundle keeps only ``seg``.
-    """
-
-    def __init__(self, seg: nn.Module, proj: nn.Module | None) -> None:
-        super().__init__()
-        self.seg = seg
-        self.proj = proj
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.proj is None:
-            return self.seg(x), None
-        logits, emb = self.seg.forward_with_embedding(x)
-        return logits, self.proj(emb)
 
 
 def _normalised(obj: Any) -> Any:
@@ -148,40 +117,15 @@ def _init_encoder(cfg: Config, model: nn.Module) -> str | None:
 # ----------------------------------------------------------------------------- data
 
 
-def select_labeled(studies: Sequence[Study], n: int | None, seed: int) -> list[Study]:
-    """At most ``n`` of ``studies`` (all when None), chosen deterministically from ``seed``.
-
-    Stratified by CT category: each category gets its share of ``n`` (largest remainder,
-    ties to the category name), its members drawn in a seeded random order. Sorted by id.
-    """
-    studies = sorted(studies, key=lambda s: s.id)
-    if n is None or n >= len(studies):
-        return studies
-    groups: dict[str, list[Study]] = {}
-    for s in studies:
-        groups.setdefault(s.category, []).append(s)
-    rng = np.random.default_rng(seed)
-    names = sorted(groups)
-    for name in names:
-        order = rng.permutation(len(groups[name]))
-        groups[name] = [groups[name][i] for i in order]
-    exact = {c: n * len(groups[c]) / len(studies) for c in names}
-    quota = {c: int(math.floor(exact[c])) for c in names}
-    for c in sorted(names, key=lambda c: (-(exact[c] - quota[c]), c))[: n - sum(quota.values())]:
-        quota[c] += 1
-    chosen = [s for c in names for s in groups[c][: quota[c]]]
-    return sorted(chosen, key=lambda s: s.id)
-
-
 def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
     """Patch sources of the QC-passed pseudo-masks of unlabeled TRAIN scans, on the cache grid.
 
     Empty when pseudo-masks are switched off, the GAN is disabled or its QC table is absent.
     """
-    from volseg.data.cache import mask_on_grid
     from volseg.data.patches import PatchSource
 
     ft = cfg.finetune
+    recipe = recipe_of(cfg)
     table = qc_path(cfg.run_dir)
     if not ft.use_pseudo:
         return []
@@ -206,7 +150,7 @@ def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
         mask_file = layout.pseudo_path(pseudo_dir(cfg.run_dir), sid)
         if not mask_file.is_file():
             raise InputError(f"{mask_file}: pseudo-mask listed as passed in {table} is missing")
-        mask = mask_on_grid(mask_file, vol)
+        mask = vol.mask_from_source(mask_file, recipe)
         sources.append(PatchSource.from_cached(vol, label=mask, weight=ft.pseudo_weight))
     log.info("pseudo-masks: %d QC-passed training scans", len(sources))
     return sources
@@ -235,83 +179,7 @@ def healthy_sources(cfg: Config, prepared: Prepared) -> list[Any]:
     return sources
 
 
-def source_probabilities(
-    n_labeled: int, n_pseudo: int, n_healthy: int, ft: FinetuneConfig, *, pseudo: bool = True
-) -> list[float] | None:
-    """Per-source sampling probabilities for sources ordered labeled, pseudo, healthy.
-
-    The healthy scans together get ``healthy_fraction`` and the lesion scans share the rest:
-    evenly, or, with ``pseudo_fraction`` and both kinds present, that share of it to the
-    pseudo-labeled scans and the remainder to the labeled ones. With ``pseudo=False`` the
-    pseudo-labeled scans get 0 and the labeled scans take their share. None (uniform over
-    all sources) when nothing needs weighting.
-    """
-    n_drawn = n_pseudo if pseudo else 0  # pseudo-labeled scans that are drawn at all
-    n_lesion = n_labeled + n_drawn
-    pseudo_fraction = ft.pseudo_fraction if n_labeled and n_drawn else None
-    fraction = ft.healthy_fraction if n_healthy else None
-    if n_healthy and fraction is not None and n_lesion == 0:
-        raise InputError("finetune: healthy scans alone cannot train the network")
-    if fraction is None and pseudo_fraction is None and n_drawn == n_pseudo:
-        return None  # every source drawn alike
-    if fraction is None:
-        fraction = n_healthy / (n_lesion + n_healthy)  # uniform over lesion scans + healthy
-    lesion_share = 1.0 - fraction
-    if pseudo_fraction is None:  # the lesion scans drawn alike
-        labeled_p = lesion_share / n_lesion
-        pseudo_p = labeled_p if n_drawn else 0.0
-    else:
-        labeled_p = lesion_share * (1.0 - pseudo_fraction) / n_labeled
-        pseudo_p = lesion_share * pseudo_fraction / n_drawn
-    probs = [labeled_p] * n_labeled + [pseudo_p] * n_pseudo
-    return probs + [fraction / n_healthy] * n_healthy if n_healthy else probs
-
-
-def source_phases(
-    n_labeled: int, n_pseudo: int, n_healthy: int, ft: FinetuneConfig, samples_per_step: int
-) -> list[tuple[int, list[float] | None]]:
-    """``SegPatchDataset.source_phases`` for ``finetune.pseudo_until``: from that share of
-    the steps on, no pseudo-labeled crops (none needed when there is nothing to switch)."""
-    if ft.pseudo_until >= 1.0 or n_pseudo == 0 or n_labeled == 0:
-        return []
-    switch_step = math.ceil(ft.pseudo_until * ft.epochs * ft.iters_per_epoch)
-    probs = source_probabilities(n_labeled, n_pseudo, n_healthy, ft, pseudo=False)
-    return [(switch_step * samples_per_step, probs)]
-
-
-def _crop_shares(counts: Sequence[int], probs: Sequence[float] | None) -> str:
-    """``labeled 50 %, pseudo 50 %, healthy 0 %`` for the log (uniform when ``probs`` is None)."""
-    total = sum(counts)
-    shares, start = [], 0
-    for name, n in zip(("labeled", "pseudo", "healthy"), counts, strict=True):
-        share = n / total if probs is None else sum(probs[start : start + n])
-        shares.append(f"{name} {100 * share:.0f} %")
-        start += n
-    return ", ".join(shares)
-
-
 # ----------------------------------------------------------------------------- stage
-
-
-def _config_hash(cfg: Config) -> str:
-    """Hash of every setting the stage's outputs depend on (a re-run with it is a no-op)."""
-    parts = {
-        name: cfg.section_hash(name)
-        for name in ("data", "model", "gan", "pretrain", "finetune", "predict")
-    }
-    parts["seed"] = str(cfg.seed)
-    text = json.dumps(parts, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _finished(out: Path, cfg: Config) -> bool:
-    summary = out / SUMMARY_FILE
-    if not (summary.is_file() and (out / "model.pt").is_file()):
-        return False
-    try:
-        return json.loads(summary.read_text()).get("config_hash") == _config_hash(cfg)
-    except (OSError, ValueError):
-        return False
 
 
 def _optimizer(model: FinetuneNet, cfg: Config, pretrained: bool) -> torch.optim.Optimizer:
@@ -348,12 +216,24 @@ def gate_healthy_studies(cfg: Config, datalist: Any) -> list[Study]:
     return [s for s in datalist.healthy(splits) if not s.labeled]
 
 
+def predictor_for(cfg: Config, model: Any) -> Any:
+    """The one predictor over ``model`` with the run's recipe and ``predict`` settings."""
+    from volseg.inference.predictor import PredictOptions, Predictor, predict_overrides
+
+    recipe = recipe_of(cfg)
+    options = PredictOptions.resolve(recipe, predict_overrides(cfg.predict))
+    return Predictor(model, recipe, options)
+
+
 def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, Any]:
     """``finetune.calibrate_gate``: the lesion-presence gate, chosen on labeled validation
-    scans and healthy scans the network did not train on (:func:`gate_healthy_studies`)."""
+    scans and healthy scans the network did not train on (:func:`gate_healthy_studies`),
+    each predicted on its native grid as ``predict`` does."""
+    from volseg.inference.validation import ScanCase, choose_involvement_gate, gate_cases
+
     dl = prepared.datalist
-    labeled = prepared.volumes_of(dl.labeled("val"))
-    healthy = prepared.volumes_of(gate_healthy_studies(cfg, dl))
+    labeled = [ScanCase.of(s) for s in dl.labeled("val")]
+    healthy = [ScanCase.of(s, empty_reference=True) for s in gate_healthy_studies(cfg, dl)]
     if not labeled or not healthy:
         log.warning(
             "finetune.calibrate_gate: needs labeled validation scans and healthy scans "
@@ -362,18 +242,8 @@ def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, An
             len(healthy),
         )
         return {"min_involvement_pct": 0.0, "cases": []}
-    p = cfg.predict
-    cases = validation.gate_cases(
-        model,
-        labeled,
-        healthy,
-        p.roi_size,
-        overlap=p.overlap,
-        sw_batch_size=p.sw_batch_size,
-        threshold=p.threshold,
-        device=next(model.parameters()).device,
-    )
-    gate = validation.choose_involvement_gate(cases)
+    cases = gate_cases(predictor_for(cfg, model), labeled + healthy)
+    gate = choose_involvement_gate(cases)
     log.info(
         "finetune: lesion-presence gate %.3f %% of the lungs, chosen on %d labeled validation "
         "+ %d healthy scans (predicted involvement %s)",
@@ -399,7 +269,7 @@ def _save_bundle(cfg: Config, model: Any, out: Path, extra: dict, gate: float | 
         model,
         cfg.model.name,
         model_kwargs(cfg),
-        preprocessing_of(cfg),
+        recipe_of(cfg),
         predict_defaults=defaults,
         extra=extra,
     )
@@ -447,11 +317,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     from volseg.models import build_head, build_model
 
     ft = cfg.finetune
-    out = Path(cfg.run_dir) / STAGE
     check_finetune(cfg)
-    if resume and _finished(out, cfg):
-        log.info("finetune: already finished with these settings (%s)", out / "model.pt")
-        return out / "model.pt"
     world = init_distributed()
     main = is_main_process()
     prepared = load_prepared(cfg)  # inputs first: a missing prepare leaves no folder behind
@@ -481,13 +347,15 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     healthy = healthy_sources(cfg, prepared)
     sources = [PatchSource.from_cached(prepared.volumes[s.id], weight=1.0) for s in labeled]
     sources += pseudo + healthy
-    val_volumes = prepared.volumes_of(dl.labeled("val"))
+    from volseg.inference.validation import ScanCase, validate
+
+    val_cases = [ScanCase.of(s) for s in dl.labeled("val")]
     log.info(
         "finetune: %d labeled + %d pseudo-labeled + %d healthy training scans, %d validation scans",
         len(labeled),
         len(pseudo),
         len(healthy),
-        len(val_volumes),
+        len(val_cases),
     )
 
     seed_everything(cfg.seed)  # same initial weights on every rank
@@ -531,10 +399,10 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             phases[0][0] // samples_per_step,
         )
     probs = source_probabilities(*counts, ft)
-    log.info("finetune: share of crops %s", _crop_shares(counts, probs))
+    log.info("finetune: share of crops %s", crop_shares(counts, probs))
     dataset = SegPatchDataset(
         sources,
-        ft.patch_size,
+        cfg.model.patch_size,
         seed=cfg.seed,
         augment=True,
         source_probs=probs,
@@ -560,20 +428,12 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     last_cases: dict[str, dict[str, float]] = {}
 
     def val_fn(state: TrainState) -> dict[str, float]:
-        result = validation.validate_volumes(
-            state.raw("net").seg,
-            val_volumes,
-            cfg.predict.roi_size,
-            overlap=cfg.predict.overlap,
-            sw_batch_size=cfg.predict.sw_batch_size,
-            threshold=0.5,
-            restrict_to_lungs=True,
-        )
+        result = validate(predictor_for(cfg, state.raw("net").seg), val_cases)
         last_cases.clear()
         last_cases.update(result.cases)
         return result.means("val_")
 
-    if not val_volumes:
+    if not val_cases:
         log.warning("no labeled validation scans: the bundle will hold the LAST weights")
     trainer = Trainer(
         state,
@@ -582,9 +442,9 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         ft,
         cfg.run_dir,
         STAGE,
-        val_fn if val_volumes else None,
+        val_fn if val_cases else None,
         seed=cfg.seed,
-        best_metric="val_dice" if val_volumes else None,
+        best_metric="val_dice" if val_cases else None,
         config=cfg.model_dump(mode="json"),
     )
     result = trainer.fit(resume=resume)
@@ -604,8 +464,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             "n_pseudo": len(pseudo),
             "pseudo_ids": [s.id for s in pseudo],
             "healthy_ids": [s.id for s in healthy],
-            "val_ids": [v.id for v in val_volumes],
-            "config_hash": _config_hash(cfg),
+            "val_ids": [c.id for c in val_cases],
         }
         device = next(state.raw("net").parameters()).device
         model = _model_from_checkpoint(cfg, checkpoint).to(device)

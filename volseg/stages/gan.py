@@ -16,12 +16,12 @@ so it does not depend on how many training masks fine-tuning gets (``finetune.n_
 a 0- or 2-label study arm must not borrow the other training masks through the threshold).
 Without labeled val scans it is calibrated on the labeled TRAIN scans, and without either
 it is taken from the residuals left on healthy TRAIN scans; ``gan.threshold`` overrides
-all three. Re-running a finished stage touches nothing.
+all three. Whether the stage is up to date is the run manifest's business
+(:mod:`volseg.pipeline.manifest`); when it runs, every pseudo-mask is made anew.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -35,63 +35,21 @@ from volseg.data.mosmed import Study
 from volseg.errors import InputError
 from volseg.io import write_json_atomic
 from volseg.progress import progress
-from volseg.stages.common import Prepared, load_prepared, stage_dir
+from volseg.rundir import PSEUDO_DIR, QC_FILE, stage_dir
+from volseg.stages.common import Prepared, load_prepared, recipe_of
+from volseg.utils import same_grid
 
 log = logging.getLogger(__name__)
 
-PSEUDO_DIR = "pseudo_masks"
-QC_FILE = "qc.csv"
 SUMMARY_FILE = "pseudo_summary.json"
 PSEUDO_SPLITS = ("train", "val")
 MASK_LEVEL = 0.5
 """The soft map is ``residual / (2 · threshold)``, so the mask is ``prob >= 0.5``."""
 
 
-def pseudo_dir(run_dir: str | Path) -> Path:
-    """``<run_dir>/gan/pseudo_masks``: where fine-tuning finds the pseudo-masks."""
-    return Path(run_dir) / "gan" / PSEUDO_DIR
-
-
-def qc_path(run_dir: str | Path) -> Path:
-    """``<run_dir>/gan/qc.csv``."""
-    return Path(run_dir) / "gan" / QC_FILE
-
-
 def pseudo_targets(prepared: Prepared) -> list[Study]:
     """The scans that get pseudo-masks: unlabeled COVID scans of the train and val splits."""
     return prepared.datalist.covid_unlabeled(PSEUDO_SPLITS)
-
-
-def _fingerprint(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _pseudo_key(cfg: Config, weights: Path, targets: list[Study]) -> dict[str, Any]:
-    """What the pseudo-masks depend on; equal keys mean the outputs are up to date."""
-    return {
-        "gan": cfg.section_hash("gan"),
-        "data": cfg.section_hash("data"),
-        "weights": _fingerprint(weights),
-        "targets": [s.id for s in targets],
-    }
-
-
-def _up_to_date(folder: Path, key: dict[str, Any], targets: list[Study]) -> bool:
-    summary = folder / SUMMARY_FILE
-    if not summary.is_file() or not (folder / QC_FILE).is_file():
-        return False
-    try:
-        recorded = json.loads(summary.read_text()).get("key")
-    except (OSError, ValueError):
-        return False
-    if recorded != key:
-        return False
-    out = folder / PSEUDO_DIR
-    return all(
-        layout.pseudo_path(out, s.id).is_file() and layout.pseudo_prob_path(out, s.id).is_file()
-        for s in targets
-    )
 
 
 class ResidualMaker:
@@ -178,10 +136,12 @@ def write_pseudo_mask(
 ) -> dict[str, Any]:
     """Write one study's soft map and mask in its source geometry; returns its quantification.
 
-    The working-grid soft map is resampled (bilinear, from the affines) onto the study's
-    own grid, thresholded at 0.5 there, restricted to the lungs and cleaned of specks.
+    The working-grid soft map goes back onto the study's own grid by the recipe's inverse
+    (the predictor's), is thresholded at 0.5 there, restricted to the lungs and cleaned of
+    specks.
     """
-    from volseg.data.cache import resample_to_grid
+    import torch
+
     from volseg.io import load_nifti, read_nifti, write_nifti
     from volseg.pseudo.residual import soft_map
     from volseg.pseudo.threshold import binarize
@@ -190,10 +150,11 @@ def write_pseudo_mask(
     source = load_nifti(study.image)
     affine = np.asarray(source.affine, dtype=np.float64)
     shape = tuple(int(s) for s in source.shape[:3])
-    if shape != tuple(vol.source_shape) or not np.allclose(affine, vol.source_affine, atol=1e-3):
+    if not same_grid(shape, affine, vol.source_shape, vol.source_affine):
         raise InputError(f"{study.image}: changed since 'volseg prepare' cached it; re-run prepare")
-    prob = resample_to_grid(soft_map(residual, threshold), vol.affine, affine, shape, "bilinear")
-    prob = np.clip(prob, 0.0, 1.0).astype(np.float32)
+    soft = torch.from_numpy(soft_map(residual, threshold))[None, None]
+    prob = vol.working(recipe_of(cfg)).to_native(soft)[0, 0].clamp_(0.0, 1.0).numpy()
+    prob = np.ascontiguousarray(prob, dtype=np.float32)
     lungs = None
     if study.lungs is not None:
         lungs = read_nifti(study.lungs)[0] > 0
@@ -216,10 +177,6 @@ def make_pseudo_masks(cfg: Config, prepared: Prepared, weights: Path) -> dict[st
     folder = stage_dir(cfg, "gan")
     out = folder / PSEUDO_DIR
     targets = pseudo_targets(prepared)
-    key = _pseudo_key(cfg, weights, targets)
-    if _up_to_date(folder, key, targets):
-        log.info("gan: pseudo-masks up to date (%d scans); nothing to do", len(targets))
-        return json.loads((folder / SUMMARY_FILE).read_text())
     out.mkdir(parents=True, exist_ok=True)
     keep = {
         p.name
@@ -256,7 +213,6 @@ def make_pseudo_masks(cfg: Config, prepared: Prepared, weights: Path) -> dict[st
         "n_passed": len(rows) - len(failed),
         "failed": {r.study_id: r.reason for r in failed},
         "scans": [asdict(r) for r in rows],
-        "key": key,
     }
     write_json_atomic(folder / SUMMARY_FILE, summary)
     log.info(

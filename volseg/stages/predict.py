@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from volseg import rundir
 from volseg.bundle import load_bundle
 from volseg.data.layout import lungs_path, prediction_path
 from volseg.data.lungs import LungMask
@@ -153,7 +154,8 @@ def run_predict(
     """Predict every scan in ``inputs`` with the bundle at ``model``; returns the summary CSV.
 
     ``overrides`` are :class:`PredictOptions` fields (roi_size, overlap, sw_batch_size, tta,
-    threshold, min_component_mm3); unset ones come from the bundle. A scan that fails does
+    threshold, min_component_mm3, min_involvement_pct); unset (None) ones come from the
+    bundle, then from ``PredictConfig``'s defaults and the recipe. A scan that fails does
     not stop the others; the run then ends with an :class:`InputError` naming it, after the
     summary (finished scans plus the failures) is written. See the module docstring.
     """
@@ -174,8 +176,8 @@ def run_predict(
         raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
     dev = _device(device, dist is not None)
     bundle = load_bundle(model, dev)
-    options = PredictOptions.from_bundle(bundle, **overrides)
-    predictor = Predictor(bundle, options, dev)
+    predictor = Predictor.from_bundle(bundle, overrides)
+    options = predictor.options
     log.info("predicting %d scan(s) on %s with %s", len(sources), dev, bundle.path)
     rows: list[dict[str, Any]] = []
     failed: list[tuple[ScanSource, InputError]] = []
@@ -284,7 +286,7 @@ def _write_outputs(
                 "series_uid": scan.source.series_uid,
                 **stats,
                 "model": str(model_path),
-                "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
+                "options": options.to_json(),
                 "lungs_used": result.lungs is not None,
                 "gated": result.gated,
             },
@@ -314,3 +316,26 @@ def _summary_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in SUMMARY_FIELDS})
     return buf.getvalue()
+
+
+def run_predict_split(cfg: Any) -> Path:
+    """The predict stage of a run: the test split with ``<run_dir>/finetune/model.pt`` into
+    ``<run_dir>/predict``, with the config's ``predict`` settings over the bundle's."""
+    from volseg.inference.predictor import predict_overrides
+
+    bundle = rundir.bundle_path(cfg.run_dir)
+    if not bundle.is_file():
+        raise InputError(f"{bundle}: fine-tuned model not found (run the finetune stage)")
+    studies = rundir.test_studies(cfg)
+    out_dir = rundir.stage_path(cfg.run_dir, "predict")
+    p = cfg.predict
+    run_predict(
+        bundle,
+        [Path(s.image) for s in studies],
+        out_dir,
+        lungs=rundir.lungs_folder(cfg, studies),
+        use_lungs=p.restrict_to_lungs,
+        write_prob=p.write_prob,
+        **predict_overrides(p),
+    )
+    return out_dir

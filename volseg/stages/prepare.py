@@ -28,18 +28,9 @@ from volseg.data.mosmed import SPLITS, Datalist, Study
 from volseg.errors import InputError, VolsegError
 from volseg.io import cleanup_on_error
 from volseg.progress import progress
+from volseg.rundir import CACHE_DIR, DATALIST, LUNGS_DIR, PREPARE_DIR, datalist_path  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-PREPARE_DIR = "prepare"
-DATALIST = "datalist.json"
-LUNGS_DIR = "lungs"
-CACHE_DIR = "cache"
-
-
-def datalist_path(run_dir: str | Path) -> Path:
-    """Where ``prepare`` writes the datalist of a run."""
-    return Path(run_dir) / PREPARE_DIR / DATALIST
 
 
 def compute_lungs(studies: list[Study], folder: Path) -> dict[str, Path]:
@@ -79,7 +70,7 @@ before any stage and ``prepare``'s own check read the files once."""
 def check_dataset_clean(root: str | Path, prune: tuple[Path, ...] = ()) -> None:
     """Refuse a dataset in which ``volseg check-data`` finds any problem (one line)."""
     from volseg.data.check import check_dataset
-    from volseg.stages.manifest import listing_fingerprint
+    from volseg.pipeline.manifest import listing_fingerprint
 
     root = Path(root)
     if not root.is_dir():
@@ -140,11 +131,13 @@ def run_prepare(cfg: Config) -> Path:
 
         if data.cache:
             from volseg.data.cache import build_cache, settings_hash
+            from volseg.recipe import Recipe
 
             # Test studies never enter the cache the training stages read from.
             usable = datalist.studies_in(("train", "val"))
-            build_cache(usable, data, None, cache_root, data.num_workers)
-            cache_folder = cache_root / settings_hash(data.spacing, data.hu_window)
+            recipe = Recipe.from_config(cfg)
+            build_cache(usable, recipe, None, cache_root, data.num_workers)
+            cache_folder = cache_root / settings_hash(recipe)
             datalist = dataclasses.replace(datalist, cache_dir=cache_folder)
 
         datalist.save(out_dir / DATALIST)

@@ -32,11 +32,11 @@ from torch import nn
 from volseg.config import Config
 from volseg.data.patches import UnlabeledPatchDataset
 from volseg.errors import ConfigError, InputError
+from volseg.rundir import ENCODER_FILE
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-ENCODER_FILE = "encoder.pt"
 PROBE_FILE = "probe.json"
 ENCODER_FORMAT = "volseg-encoder"
 
@@ -219,22 +219,6 @@ def read_encoder(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def _up_to_date(cfg: Config, out: Path) -> bool:
-    """Whether ``encoder.pt`` (and ``probe.json``) exist and were made with these settings."""
-    path = out / ENCODER_FILE
-    if not path.is_file() or (cfg.pretrain.probe and not (out / PROBE_FILE).is_file()):
-        return False
-    try:
-        payload = read_encoder(path)
-    except InputError:
-        return False
-    return (
-        payload.get("model") == encoder_record(cfg)
-        and payload.get("pretrain") == _plain(cfg.pretrain.model_dump(mode="json"))
-        and payload.get("seed") == cfg.seed
-    )
-
-
 # ----------------------------------------------------------------------------- probe
 
 
@@ -313,8 +297,8 @@ def check_pretrain(cfg: Config) -> None:
 def run_pretrain(cfg: Config, resume: bool = True) -> Path:
     """Barlow Twins pretraining; returns ``<run_dir>/pretrain``.
 
-    ``resume``: continue from ``checkpoint_last.pt`` (a finished run with an up-to-date
-    ``encoder.pt`` returns at once); ``False`` starts over, deleting earlier outputs.
+    ``resume``: continue from ``checkpoint_last.pt``; ``False`` starts over, deleting
+    earlier outputs. Whether it is up to date is the run manifest's business.
     """
     from volseg.engine import (
         StepContext,
@@ -328,7 +312,8 @@ def run_pretrain(cfg: Config, resume: bool = True) -> Path:
     )
     from volseg.io import write_json_atomic
     from volseg.losses import BarlowTwinsLoss
-    from volseg.stages.common import load_prepared, stage_dir
+    from volseg.rundir import stage_dir
+    from volseg.stages.common import load_prepared
 
     pcfg = cfg.pretrain
     out = Path(cfg.run_dir) / STAGE
@@ -337,9 +322,6 @@ def run_pretrain(cfg: Config, resume: bool = True) -> Path:
         return out
     check_pretrain(cfg)
     dist = init_distributed()
-    if resume and _up_to_date(cfg, out):
-        log.info("pretrain: %s is up to date; nothing to do", out / ENCODER_FILE)
-        return out
     prepared = load_prepared(cfg)  # inputs first: a missing prepare leaves no folder behind
     volumes = prepared.volumes_of(prepared.datalist.train_studies())
     if not volumes:
@@ -349,7 +331,7 @@ def run_pretrain(cfg: Config, resume: bool = True) -> Path:
         for name in (ENCODER_FILE, PROBE_FILE):
             (out / name).unlink(missing_ok=True)
     log.info("pretrain: Barlow Twins on %d train-split scans (labels unused)", len(volumes))
-    dataset = BarlowViewDataset(volumes, pcfg.patch_size, seed=cfg.seed)
+    dataset = BarlowViewDataset(volumes, cfg.model.patch_size, seed=cfg.seed)
 
     device = select_device()
     net, _ = build_barlow_net(cfg)

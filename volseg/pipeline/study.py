@@ -24,7 +24,7 @@ Layout of the study directory (``cfg.run_dir``)::
     study.csv, study.md, study.png  the results
 
 Every folder is an ordinary run directory driven by the orchestrator
-(:func:`volseg.stages.run.run_pipeline`), so its manifests make the study resumable: a
+(:func:`volseg.pipeline.run.run_pipeline`), so its manifests make the study resumable: a
 re-run skips every stage that finished with the same settings.
 """
 
@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from volseg.config import Config
 from volseg.errors import ConfigError, InputError, NotBuiltError, VolsegError
 from volseg.io import atomic_path, write_text_atomic
-from volseg.stages import manifest as mf
+from volseg.pipeline import manifest as mf
 from volseg.utils import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -240,17 +240,9 @@ def _derive(cfg: Config, changes: Mapping[str, Any]) -> Config:
 
 
 def _model_changes(cfg: Config, backbone: str, recalibration: str) -> dict[str, Any]:
-    """The network of a variant; ``model.params`` belong to ``model.name`` only.
-
-    Another backbone builds with its own defaults, since parameter names (and meanings)
-    differ between networks.
-    """
-    params = dict(cfg.model.params) if backbone == cfg.model.name else {}
-    return {
-        "model.name": backbone,
-        "model.recalibration": recalibration,
-        "model.params": params,
-    }
+    """The network of a variant: ``model.params`` are keyed by backbone, so each variant
+    builds with its own entry (or the backbone's defaults when the config has none)."""
+    return {"model.name": backbone, "model.recalibration": recalibration}
 
 
 def shared_config(cfg: Config, study_dir: Path) -> Config:
@@ -310,7 +302,7 @@ def _link(link: Path, target: Path) -> None:
 
 
 def _stage_spec(name: str) -> Any:
-    from volseg.stages import run as orch
+    from volseg.pipeline import plan as orch
 
     for spec in orch.STAGES:
         if spec.name == name:
@@ -346,7 +338,7 @@ def _link_stages(cfg: Config, targets: Mapping[str, Path]) -> None:
 
 def _run_stages(cfg: Config, stages: Sequence[str]) -> dict[str, str]:
     """Run (or skip, when up to date) each stage alone, in order, in ``cfg.run_dir``."""
-    from volseg.stages.run import run_pipeline
+    from volseg.pipeline.run import run_pipeline
 
     actions: dict[str, str] = {}
     for name in stages:

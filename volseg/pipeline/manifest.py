@@ -3,7 +3,7 @@
 A manifest says what a stage last did in a run directory: its status, a hash of the config
 sections its result depends on, fingerprints of its inputs (upstream stages' manifests, or
 the dataset's file listing), software versions, timing and its output folder. The
-orchestrator (:mod:`volseg.stages.run`) compares these with the current config to decide
+orchestrator (:mod:`volseg.pipeline.run`) compares these with the current config to decide
 whether a stage is up to date. Manifests are written atomically, so a crash leaves either
 the previous record or the new one, never half of either.
 """

@@ -1,0 +1,68 @@
+"""Validation measures what predict + evaluate measure: the same Dice on the same scans."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from volseg.bundle import load_bundle, save_bundle
+from volseg.data.mosmed import discover
+from volseg.inference.predictor import Predictor
+from volseg.inference.validation import ScanCase, gate_cases, validate
+from volseg.models import registry
+from volseg.recipe import Recipe
+
+
+class BrightNet(nn.Module):
+    """Logits +10 where the windowed intensity is above ``level``, −10 elsewhere."""
+
+    def __init__(self, level: float = 0.55) -> None:
+        super().__init__()
+        self.level = level
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > self.level, 10.0, -10.0) + 0 * self.dummy
+
+
+def test_validation_dice_equals_predict_plus_evaluate_dice(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from volseg.stages.evaluate import run_evaluate
+    from volseg.stages.predict import run_predict
+
+    monkeypatch.setitem(registry.MODELS, "bright", BrightNet)
+    recipe = Recipe((5.5, 5.5, 12.0), (-1000, 400), (32, 32, 16))
+    path = save_bundle(
+        tmp_path / "model.pt", BrightNet(), "bright", {"level": 0.55}, recipe, {"overlap": 0.25}
+    )
+    bundle = load_bundle(path)
+    studies = [s for s in discover(tiny_dataset) if s.mask is not None and s.lungs is not None]
+    assert len(studies) >= 2
+    cases = [ScanCase.of(s) for s in studies]
+    val = validate(Predictor.from_bundle(bundle), cases)
+
+    refs = tmp_path / "ref"
+    refs.mkdir()
+    for s in studies:
+        shutil.copy(s.mask, refs / f"{s.id}_mask.nii.gz")
+    lungs = Path(studies[0].lungs).parent
+    out = tmp_path / "pred"
+    run_predict(path, [s.image for s in studies], out, lungs=lungs, min_involvement_pct=0)
+    report = run_evaluate(out, refs, tmp_path / "eval", lungs_dir=lungs, bootstrap=0)
+    with open(report / "per_case.csv", newline="") as fh:
+        evaluated = {row["case_id"]: float(row["dice"]) for row in csv.DictReader(fh)}
+    assert set(evaluated) == set(val.cases)
+    assert any(d > 0 for d in evaluated.values())
+    for sid, dice in evaluated.items():
+        assert val.cases[sid]["dice"] == pytest.approx(dice, abs=1e-6)
+
+    # the gate's cases are the same ungated predictions
+    gates = gate_cases(Predictor.from_bundle(bundle), cases)
+    for g in gates:
+        assert g.dice == pytest.approx(evaluated[g.id], abs=1e-6)

@@ -1,0 +1,1 @@
+"""Orchestration: plan, manifests, the resumable run of every stage, the study."""
