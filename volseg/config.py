@@ -213,6 +213,10 @@ class PredictConfig(Section):
     its lungs is called lesion-free (empty mask, CT-0). None: the model bundle's value (set
     by ``finetune.calibrate_gate``, else 0 = no gate). Needs the lung mask."""
     restrict_to_lungs: bool = True
+    lung_margin_mm: float = Field(10.0, ge=0, le=50)
+    """Predicted lesion is kept within this distance (mm) of the lung mask, in components
+    that touch it: consolidation at the chest wall and mediastinum is as dense as soft tissue
+    and lies just outside an automatic lung mask. 0: strictly inside the mask."""
     write_prob: bool = False
 
 

@@ -250,7 +250,8 @@ def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -
     true_right = truth[:half].sum() * voxel_ml  # x index < half: patient's right (LPS)
     true_left = truth[half:].sum() * voxel_ml
 
-    run_predict(oracle_bundle.parents[1], src, tmp_path / "out")
+    # margin 0: the oracle's "lesions" (all tissue above -160 HU) stay out of the lungs
+    run_predict(oracle_bundle.parents[1], src, tmp_path / "out", lung_margin_mm=0)
     info = json.loads((tmp_path / "out" / "scan_a.json").read_text())
     assert abs(info["right_lung_ml"] - true_right) < 0.1 * true_right
     assert abs(info["left_lung_ml"] - true_left) < 0.1 * true_left
@@ -261,7 +262,9 @@ def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -
     assert float(row["right_lung_ml"]) == pytest.approx(info["right_lung_ml"])
 
     nib.save(nib.Nifti1Image(truth.astype(np.uint8), aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
-    run_predict(oracle_bundle.parents[1], src, tmp_path / "given", lungs=tmp_path / "in")
+    run_predict(
+        oracle_bundle.parents[1], src, tmp_path / "given", lungs=tmp_path / "in", lung_margin_mm=0
+    )
     info = json.loads((tmp_path / "given" / "scan_a.json").read_text())
     assert info["right_lung_ml"] == pytest.approx(true_right, abs=0.05)
     assert info["left_lung_ml"] == pytest.approx(true_left, abs=0.05)
@@ -284,7 +287,53 @@ def test_predict_warns_when_one_lung_is_missing(
     one = truth.copy()
     one[truth.shape[0] // 2 :] = False  # only the right lung (array x < middle in LPS)
     nib.save(nib.Nifti1Image(one.astype(np.uint8), aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
-    run_predict(oracle_bundle.parents[1], src, tmp_path / "out", lungs=tmp_path / "in")
+    run_predict(
+        oracle_bundle.parents[1], src, tmp_path / "out", lungs=tmp_path / "in", lung_margin_mm=0
+    )
     info = json.loads((tmp_path / "out" / "scan_a.json").read_text())
     assert any("lung not found" in w or "below" in w for w in info["lung_warnings"])
     assert any("scan_a" in r.message and "lung" in r.message for r in caplog.records)
+
+
+def test_lesion_at_the_pleura_is_kept_within_the_lung_margin(
+    oracle_bundle: Path, tmp_path: Path
+) -> None:
+    """Consolidation just outside the given lung mask (as at the chest wall) is kept up to
+    ``lung_margin_mm`` from the mask and counted as lung; a blob not touching the lungs is
+    dropped; involvement = lesion / (lung mask + lesion), hand-computed."""
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    shape = (60, 40, 10)
+    spacing = (1.5, 1.5, 5.0)
+    aff = np.diag([*spacing, 1.0])
+    hu = np.full(shape, -850, dtype=np.int16)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    lungs[10:30, 5:35, :] = 1  # 20 x 30 x 10 = 6000 voxels
+    hu[30:40, 10:20, 2:8] = 40  # touches the lungs at x = 29 | 30, reaches 15 mm out
+    hu[50:56, 10:20, 2:8] = 40  # 31 mm from the lungs, never touching them
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+
+    def run(margin: float) -> tuple[np.ndarray, dict]:
+        out = tmp_path / f"out{margin:g}"
+        run_predict(
+            oracle_bundle.parents[1], src, out, lungs=tmp_path / "in", lung_margin_mm=margin
+        )
+        mask = np.asarray(nib.load(out / "scan_a_mask.nii.gz").dataobj)
+        return mask, json.loads((out / "scan_a.json").read_text())
+
+    mask, info = run(0)
+    assert mask.sum() == 0 and info["lung_volume_ml"] == pytest.approx(6000 * 11.25e-3)
+    mask, info = run(10)  # within 10 mm of x = 29: x = 30..35 (6 voxels of 1.5 mm)
+    assert mask[30:36, 10:20, 2:8].all() and mask.sum() == 6 * 10 * 6
+    assert info["involvement_pct"] == pytest.approx(100 * 360 / 6360)
+    assert info["lung_volume_ml"] == pytest.approx(6360 * 11.25e-3)
+    assert info["right_lung_ml"] + info["left_lung_ml"] == pytest.approx(
+        info["lung_volume_ml"], abs=0.1
+    )
+    mask, _ = run(40)  # the whole touching blob; the far one still dropped
+    assert mask[30:40, 10:20, 2:8].all() and mask.sum() == 600

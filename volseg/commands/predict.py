@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="call a scan lesion-free below this predicted lung involvement (%%; 0: off)",
     )
+    parser.add_argument(
+        "--lung-margin",
+        type=float,
+        help="keep lesions within this distance of the lung mask (mm; 0: strictly inside)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
     parser.add_argument("--num-parts", type=int, default=1, help="split inputs into K parts")
     parser.add_argument("--part-id", type=int, default=0, help="which part to run (0-based)")
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--sw-batch-size must be at least 1")
     if args.min_component is not None and args.min_component < 0:
         raise InputError("--min-component must be >= 0 (mm³)")
+    if args.lung_margin is not None and not 0 <= args.lung_margin <= 50:
+        raise InputError("--lung-margin must be in [0, 50] (mm)")
     try:
         roi = parse_roi(args.roi)
     except ValueError as exc:
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         min_component_mm3=args.min_component,
         min_involvement_pct=args.min_involvement,
+        lung_margin_mm=args.lung_margin,
     )
     logging.getLogger("volseg.predict").info("wrote %s", summary)
     return 0

@@ -23,3 +23,42 @@ def remove_small_components(
     keep = sizes >= min_volume_mm3
     keep[0] = False
     return keep[labels]
+
+
+def lesion_region(lungs: np.ndarray, spacing_mm: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Where a lesion may lie: the lung mask grown by ``margin_mm`` (Euclidean, in mm).
+
+    An automatic lung mask stops where the lung stops holding air, so consolidation against
+    the chest wall or the mediastinum (soft-tissue HU) falls just outside it; the margin lets
+    the network's prediction reach it. The distance is computed on the lungs' bounding box
+    grown by the margin, so a whole-chest scan costs a fraction of the full volume.
+    """
+    lungs = np.asarray(lungs) > 0
+    if margin_mm <= 0 or not lungs.any():
+        return lungs
+    spacing = [float(s) for s in spacing_mm]
+    box = []
+    for axis, step in enumerate(spacing):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(lungs.any(axis=other))
+        reach = int(np.ceil(margin_mm / step))
+        box.append(slice(max(hits[0] - reach, 0), min(hits[-1] + 1 + reach, lungs.shape[axis])))
+    crop = tuple(box)
+    distance = ndi.distance_transform_edt(~lungs[crop], sampling=spacing)
+    region = np.zeros_like(lungs)
+    region[crop] = distance <= margin_mm
+    return region
+
+
+def keep_touching(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` 26-connected to ``anchor`` (inside it or through other voxels
+    of the mask that reach it)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask
+    anchor = np.asarray(anchor) > 0
+    labels, count = ndi.label(mask | anchor, structure=_CONNECTIVITY_26)
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[anchor])] = True
+    keep[0] = False
+    return mask & keep[labels]

@@ -4,7 +4,11 @@ Steps (all on the model's device): reorient + resample to the bundle's working s
 (:class:`volseg.geometry.WorkingGrid`), HU window to [0, 1], crop to the body, MONAI
 ``sliding_window_inference`` with gaussian blending (autocast on GPU), optional flip TTA,
 sigmoid, probability mapped back to the native grid, threshold, restriction to the lung
-mask, removal of small components. The output grid is the input grid by construction.
+mask grown by ``lung_margin_mm`` (consolidation at the pleura is soft-tissue dense and lies
+just outside an automatic lung mask), removal of small components and of components that
+do not touch the lungs. The reported lungs are the lung mask plus the lesion: involvement
+divides by lung that holds air and lung that lost it. The output grid is the input grid by
+construction.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from volseg.bundle import Bundle
 from volseg.engine.device import autocast_for
 from volseg.geometry import WorkingGrid, window_hu
-from volseg.inference.postprocess import remove_small_components
+from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
 
 if TYPE_CHECKING:
     from volseg.data.lungs import LungMask
@@ -45,6 +49,7 @@ class PredictOptions:
     min_component_mm3: float = 10.0
     min_involvement_pct: float = 0.0
     restrict_to_lungs: bool = True
+    lung_margin_mm: float = 10.0
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, **overrides: object) -> PredictOptions:
@@ -136,16 +141,13 @@ class Predictor:
     ) -> Prediction:
         """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given."""
         prob = self.probability(image, affine)
-        mask = prob >= self.options.threshold
-        if lungs is not None and self.options.restrict_to_lungs:
-            mask &= np.asarray(lungs) > 0
-        mask = remove_small_components(
-            mask, spacing_from_affine(affine), self.options.min_component_mm3
+        mask, lungs = restrict_to_lungs(
+            prob >= self.options.threshold, lungs, spacing_from_affine(affine), self.options
         )
         gated = self._below_gate(mask, lungs)
         if gated:
             mask[:] = False
-        return Prediction(mask.astype(np.uint8), prob, None if lungs is None else lungs, gated)
+        return Prediction(mask.astype(np.uint8), prob, lungs, gated)
 
     def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> bool:
         """True when lesions were found but fill less than ``min_involvement_pct`` of the lungs."""
@@ -157,6 +159,31 @@ class Predictor:
             return False
         n_lungs = int(np.count_nonzero(lungs))
         return n_lungs > 0 and 100.0 * float(np.count_nonzero(mask)) / n_lungs < gate
+
+
+def restrict_to_lungs(
+    mask: np.ndarray,
+    lungs: np.ndarray | None,
+    spacing: Sequence[float],
+    options: PredictOptions,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Thresholded ``mask`` cleaned and kept near the lungs, and the lungs it is measured in.
+
+    Inside the lungs grown by ``lung_margin_mm``, components of at least
+    ``min_component_mm3`` that touch the lungs; the lungs returned are ``lungs`` plus that
+    lesion (uint8), or None without a lung mask (or with ``restrict_to_lungs`` off, the
+    lung mask as given).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    use = lungs is not None and options.restrict_to_lungs
+    if use:
+        mask = mask & lesion_region(lungs, spacing, options.lung_margin_mm)
+    mask = remove_small_components(mask, spacing, options.min_component_mm3)
+    if not use:
+        return mask, None if lungs is None else np.asarray(lungs, dtype=np.uint8)
+    inside = np.asarray(lungs) > 0
+    mask = keep_touching(mask, inside)
+    return mask, (inside | mask).astype(np.uint8)
 
 
 def lung_mask_for(image: np.ndarray, affine: np.ndarray) -> LungMask:

@@ -381,6 +381,7 @@ def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, An
         overlap=p.overlap,
         sw_batch_size=p.sw_batch_size,
         threshold=p.threshold,
+        lung_margin_mm=p.lung_margin_mm,
         device=next(model.parameters()).device,
     )
     gate = validation.choose_involvement_gate(cases)
@@ -578,6 +579,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             sw_batch_size=cfg.predict.sw_batch_size,
             threshold=0.5,
             restrict_to_lungs=True,
+            lung_margin_mm=cfg.predict.lung_margin_mm,
         )
         last_cases.clear()
         last_cases.update(result.cases)

@@ -134,6 +134,14 @@ def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | No
     return result
 
 
+def _with_lesion(lung: LungMask | None, used: np.ndarray | None, scan: Scan) -> LungMask | None:
+    """The lung QC of the lungs involvement was measured in: the lung mask plus predicted
+    lesion just outside it (consolidation the mask left out), when there is any."""
+    if lung is None or used is None or np.count_nonzero(used) == np.count_nonzero(lung.mask):
+        return lung
+    return LungMask.of_mask(used, scan.array, scan.affine)
+
+
 def run_predict(
     model: str | Path,
     inputs: str | Path | Sequence[str | Path],
@@ -189,6 +197,7 @@ def run_predict(
                 result = predictor.predict(
                     scan.array, scan.affine, None if lung is None else lung.mask
                 )
+                lung = _with_lesion(lung, result.lungs, scan)
                 row = _write_outputs(
                     scan, result, lung, out_dir, bundle.path, options, write_prob, overlays
                 )

@@ -590,6 +590,7 @@ def _predict_test_split(cfg: Config) -> Path:
         threshold=p.threshold,
         min_component_mm3=p.min_component_mm3,
         min_involvement_pct=p.min_involvement_pct,
+        lung_margin_mm=p.lung_margin_mm,
     )
     return out_dir
 

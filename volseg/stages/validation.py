@@ -2,8 +2,9 @@
 
 Each volume is segmented whole with MONAI's ``sliding_window_inference`` (gaussian
 blending), exactly as ``volseg predict`` tiles a scan, on the cached working grid. The
-probability is thresholded, restricted to the lung mask when the volume has one (as
-``predict`` does with ``restrict_to_lungs``), and compared with the cached reference mask.
+probability is thresholded, restricted to the lungs when the volume has a lung mask (as
+``predict`` does: grown by ``lung_margin_mm``, components touching the lungs), and compared
+with the cached reference mask.
 Dice is computed over the WHOLE volume from voxel counts
 (:func:`volseg.evaluation.metrics.overlap_metrics`), never per patch or per slice; the mean
 over scans is ``val_dice``.
@@ -24,6 +25,7 @@ from torch import nn
 from volseg.data.cache import CachedVolume
 from volseg.engine.device import autocast_for
 from volseg.evaluation.metrics import overlap_metrics
+from volseg.inference.postprocess import keep_touching, lesion_region
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +97,17 @@ def _segment(
     threshold: float,
     lungs: np.ndarray | None,
     device: torch.device | None,
+    lung_margin_mm: float = 0.0,
 ) -> np.ndarray:
-    """Thresholded whole-volume prediction of a cached volume, inside ``lungs`` if given."""
+    """Thresholded whole-volume prediction of a cached volume; with ``lungs``, inside the
+    lungs grown by ``lung_margin_mm`` and touching them (as ``predict`` restricts it)."""
     prob = volume_probability(
         model, vol.image(), roi_size, overlap=overlap, sw_batch_size=sw_batch_size, device=device
     )
     pred = prob >= threshold
     if lungs is not None:
-        pred &= np.asarray(lungs) > 0
+        inside = np.asarray(lungs) > 0
+        pred = keep_touching(pred & lesion_region(inside, vol.spacing, lung_margin_mm), inside)
     return pred
 
 
@@ -115,6 +120,7 @@ def validate_volumes(
     sw_batch_size: int = 4,
     threshold: float = 0.5,
     restrict_to_lungs: bool = True,
+    lung_margin_mm: float = 0.0,
     device: torch.device | None = None,
 ) -> ValidationResult:
     """Whole-volume Dice, sensitivity and precision of ``model`` on labeled cached volumes.
@@ -129,7 +135,10 @@ def validate_volumes(
             if ref is None:
                 raise ValueError(f"{vol.id}: no reference mask to validate against")
             lungs = vol.lungs() if restrict_to_lungs else None
-            pred = _segment(model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device)
+            pred = _segment(
+                model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device,
+                lung_margin_mm,
+            )
             m = overlap_metrics(pred, np.asarray(ref) > 0)
             result.cases[vol.id] = {k: m[k] for k in ("dice", "sensitivity", "precision")}
             log.debug("val %s: dice %.4f", vol.id, m["dice"])
@@ -167,6 +176,7 @@ def gate_cases(
     overlap: float = 0.25,
     sw_batch_size: int = 4,
     threshold: float = 0.5,
+    lung_margin_mm: float = 0.0,
     device: torch.device | None = None,
 ) -> list[GateCase]:
     """Predicted involvement and Dice of labeled and healthy (empty-reference) scans.
@@ -182,8 +192,11 @@ def gate_cases(
             if lungs is None or ref is None:
                 raise ValueError(f"{vol.id}: the gate needs a lung mask and a reference mask")
             lungs = np.asarray(lungs) > 0
-            pred = _segment(model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device)
-            involvement = 100.0 * float(pred.sum()) / max(int(lungs.sum()), 1)
+            pred = _segment(
+                model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device,
+                lung_margin_mm,
+            )
+            involvement = 100.0 * float(pred.sum()) / max(int((lungs | pred).sum()), 1)
             dice = overlap_metrics(pred, np.asarray(ref) > 0)["dice"]
             cases.append(GateCase(vol.id, involvement, float(dice), empty))
     return cases
