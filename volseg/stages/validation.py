@@ -136,7 +136,14 @@ def validate_volumes(
                 raise ValueError(f"{vol.id}: no reference mask to validate against")
             lungs = vol.lungs() if restrict_to_lungs else None
             pred = _segment(
-                model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device,
+                model,
+                vol,
+                roi_size,
+                overlap,
+                sw_batch_size,
+                threshold,
+                lungs,
+                device,
                 lung_margin_mm,
             )
             m = overlap_metrics(pred, np.asarray(ref) > 0)
@@ -193,7 +200,14 @@ def gate_cases(
                 raise ValueError(f"{vol.id}: the gate needs a lung mask and a reference mask")
             lungs = np.asarray(lungs) > 0
             pred = _segment(
-                model, vol, roi_size, overlap, sw_batch_size, threshold, lungs, device,
+                model,
+                vol,
+                roi_size,
+                overlap,
+                sw_batch_size,
+                threshold,
+                lungs,
+                device,
                 lung_margin_mm,
             )
             involvement = 100.0 * float(pred.sum()) / max(int((lungs | pred).sum()), 1)
