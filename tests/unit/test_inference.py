@@ -337,3 +337,54 @@ def test_lesion_at_the_pleura_is_kept_within_the_lung_margin(
     )
     mask, _ = run(40)  # the whole touching blob; the far one still dropped
     assert mask[30:40, 10:20, 2:8].all() and mask.sum() == 600
+
+
+def test_predict_splits_ground_glass_and_consolidation_per_lung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ground-glass blob (-500 HU) in the right lung and a consolidation (+30 HU) in the
+    left: the JSON, summary.csv and the type map report each in its lung, by hand."""
+    import csv
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    monkeypatch.setitem(registry.MODELS, "oracle", OracleNet)
+    bundle = save_bundle(
+        tmp_path / "run" / "finetune" / "model.pt",
+        OracleNet(0.2),  # windowed 0.2 = -720 HU: both blobs, not the lung
+        "oracle",
+        {"level": 0.2},
+        {"spacing": [1.5, 1.5, 5.0], "hu_window": [-1000, 400]},
+        {"roi_size": [16, 16, 8], "overlap": 0.25, "min_component_mm3": 0},
+    )
+    shape = (60, 40, 12)
+    aff = np.diag([1.5, 1.5, 5.0, 1.0])  # RAS+: world x, and array x, run to the right
+    hu = np.full(shape, 40, dtype=np.int16)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    lungs[35:55, 5:35, 1:11] = 1  # right lung, 6000 voxels
+    lungs[5:25, 5:35, 1:11] = 1  # left lung, 6000 voxels
+    hu[lungs > 0] = -850
+    hu[40:45, 10:15, 4:8] = -500  # 100 voxels of ground glass, right
+    hu[10:15, 10:15, 4:8] = 30  # 100 voxels of consolidation, left
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+    out = tmp_path / "out"
+    run_predict(
+        bundle.parents[1], src, out, lungs=tmp_path / "in", lung_margin_mm=0, write_types=True
+    )
+    info = json.loads((out / "scan_a.json").read_text())
+    ml = 100 * 1.5 * 1.5 * 5.0 / 1000.0
+    assert info["ggo_ml"] == pytest.approx(ml) and info["consolidation_ml"] == pytest.approx(ml)
+    assert info["ggo_pct"] == pytest.approx(100 * 100 / 12000)
+    right, left = info["by_side"]["right"], info["by_side"]["left"]
+    assert right["ggo_ml"] == pytest.approx(ml, abs=0.01) and right["consolidation_ml"] == 0
+    assert left["consolidation_ml"] == pytest.approx(ml, abs=0.01) and left["ggo_ml"] == 0
+    assert left["consolidation_pct"] == pytest.approx(100 * 100 / 6000, abs=1e-3)
+    types = np.asarray(nib.load(out / "scan_a_types.nii.gz").dataobj)
+    assert (types == 1).sum() == 100 and (types == 2).sum() == 100
+    assert (types[10:15, 10:15, 4:8] == 2).all()
+    row = next(csv.DictReader((out / "summary.csv").open()))
+    assert float(row["consolidation_ml"]) == pytest.approx(ml)

@@ -21,6 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lungs", help="lung mask file or folder (<id>_lungs.nii.gz)")
     parser.add_argument("--no-lungs", action="store_true", help="do not restrict to the lungs")
     parser.add_argument("--prob", action="store_true", help="also write <id>_prob.nii.gz")
+    parser.add_argument(
+        "--types",
+        action="store_true",
+        help="also write <id>_types.nii.gz (1 ground glass, 2 consolidation)",
+    )
+    parser.add_argument(
+        "--consolidation-hu",
+        type=float,
+        help="lesion voxels at or above this HU are consolidation (default -300)",
+    )
     parser.add_argument("--overlays", action="store_true", help="write PNG axial overlays")
     parser.add_argument("--roi", type=int, nargs="+", help="sliding-window ROI (1 or 3 sizes)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
@@ -77,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         lungs=args.lungs,
         use_lungs=not args.no_lungs,
         write_prob=args.prob,
+        write_types=args.types,
         overlays=args.overlays,
         series=args.series,
         num_parts=args.num_parts,
@@ -90,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         min_component_mm3=args.min_component,
         min_involvement_pct=args.min_involvement,
         lung_margin_mm=args.lung_margin,
+        consolidation_min_hu=args.consolidation_hu,
     )
     logging.getLogger("volseg.predict").info("wrote %s", summary)
     return 0

@@ -50,6 +50,7 @@ class PredictOptions:
     min_involvement_pct: float = 0.0
     restrict_to_lungs: bool = True
     lung_margin_mm: float = 10.0
+    consolidation_min_hu: float = -300.0
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, **overrides: object) -> PredictOptions:

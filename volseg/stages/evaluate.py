@@ -59,7 +59,7 @@ SUMMARY_METRICS: tuple[str, ...] = (
 )
 STRATUM_METRICS: tuple[str, ...] = ("dice", "hd95_mm", "nsd", "lesion_f1", "abs_volume_error_ml")
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "pred_file", "ref_file", "lungs_file", "resampled")
-SKIP_SUFFIXES = ("_prob", "_lungs")
+SKIP_SUFFIXES = ("_prob", "_lungs", "_types")
 PLOT_FILES = {
     "dice": "dice_vs_burden.png",
     "bland_altman": "bland_altman_volume.png",
@@ -72,7 +72,7 @@ OUTPUT_FILES = ("per_case.csv", "summary.json", *PLOT_FILES.values(), "report.md
 
 
 def list_masks(folder: str | Path, role: str) -> dict[str, Path]:
-    """Map study id -> mask file for every NIfTI in ``folder`` (not ``_prob``/``_lungs``).
+    """Map study id -> mask file for every NIfTI in ``folder`` (not ``_prob``/``_lungs``/``_types``).
 
     Raises :class:`InputError` for a missing folder or two files with the same id.
     """

@@ -7,8 +7,9 @@ background thread while the previous one is on the device; a scan whose content 
 in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
 
 Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
-shape/affine/header), optional ``<id>_prob.nii.gz``, ``<id>.json`` (volumes, involvement,
-CT grade) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
+shape/affine/header), optional ``<id>_prob.nii.gz`` and ``<id>_types.nii.gz`` (1 ground
+glass, 2 consolidation), ``<id>.json`` (volumes, involvement, CT grade, ground-glass and
+consolidation burden, per lung too) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
 sharded). When a scan fails, the others are still predicted: each finished scan's outputs
 are complete, ``summary.csv`` lists every scan with the failures' ``error``, and the run
 ends with an error naming the failed file (exit code 2). When no scan finishes, nothing is
@@ -44,7 +45,15 @@ from volseg.io import (
     write_text_atomic,
 )
 from volseg.progress import progress
-from volseg.quantify import quantify, spacing_from_affine
+from volseg.quantify import (
+    CONSOLIDATION,
+    GGO,
+    lesion_types,
+    quantify,
+    spacing_from_affine,
+    type_burden,
+    voxel_volume_ml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,10 @@ SUMMARY_FIELDS = (
     "left_lung_ml",
     "involvement_pct",
     "ct_grade",
+    "ggo_ml",
+    "consolidation_ml",
+    "ggo_pct",
+    "consolidation_pct",
     "lung_warnings",
     "seconds",
     "error",
@@ -150,6 +163,7 @@ def run_predict(
     lungs: str | Path | None = None,
     use_lungs: bool = True,
     write_prob: bool = False,
+    write_types: bool = False,
     overlays: bool = False,
     series: str | None = None,
     num_parts: int = 1,
@@ -199,7 +213,15 @@ def run_predict(
                 )
                 lung = _with_lesion(lung, result.lungs, scan)
                 row = _write_outputs(
-                    scan, result, lung, out_dir, bundle.path, options, write_prob, overlays
+                    scan,
+                    result,
+                    lung,
+                    out_dir,
+                    bundle.path,
+                    options,
+                    write_prob,
+                    overlays,
+                    write_types,
                 )
             except InputError as exc:
                 if len(sources) > 1:
@@ -264,10 +286,16 @@ def _write_outputs(
     options: PredictOptions,
     write_prob: bool,
     overlays: bool,
+    write_types: bool = False,
 ) -> dict[str, Any]:
     sid = scan.id
-    stats = quantify(result.mask, result.lungs, spacing_from_affine(scan.affine))
+    spacing = spacing_from_affine(scan.affine)
+    stats = quantify(result.mask, result.lungs, spacing)
+    types = lesion_types(result.mask, scan.array, options.consolidation_min_hu)
+    n_lungs = None if result.lungs is None else int(np.count_nonzero(result.lungs))
+    stats |= type_burden(types, n_lungs, spacing)
     stats |= {} if lung is None else lung.qc()
+    by_side = None if lung is None else _burden_by_side(lung, types, spacing)
     with atomic_group() as stage:  # a scan's files appear together, or none of them
         write_nifti(
             stage(prediction_path(out_dir, sid)),
@@ -284,6 +312,14 @@ def _write_outputs(
                 dtype=np.float32,
                 like=scan.nifti,
             )
+        if write_types:
+            write_nifti(
+                stage(out_dir / f"{sid}_types.nii.gz"),
+                types,
+                scan.affine,
+                dtype=np.uint8,
+                like=scan.nifti,
+            )
         write_json_atomic(
             stage(out_dir / f"{sid}.json"),
             {
@@ -291,6 +327,7 @@ def _write_outputs(
                 "input": str(scan.source.path),
                 "series_uid": scan.source.series_uid,
                 **stats,
+                "by_side": by_side,
                 "model": str(model_path),
                 "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
                 "lungs_used": result.lungs is not None,
@@ -304,6 +341,20 @@ def _write_outputs(
             out_dir / "overlays" / sid, scan.array, result.mask, scan.affine, result.lungs
         )
     return {"id": sid, "input": str(scan.source.path), **stats}
+
+
+def _burden_by_side(lung: LungMask, types: np.ndarray, spacing: Any) -> dict[str, Any]:
+    """Per lung: its volume (mL), ground-glass and consolidation volume (mL) and share (%)."""
+    voxel_ml = voxel_volume_ml(spacing)
+    lungs = {"right": lung.right_ml, "left": lung.left_ml}
+    out: dict[str, Any] = {side: {"lung_ml": round(ml, 1)} for side, ml in lungs.items()}
+    for name, code in (("ggo", GGO), ("consolidation", CONSOLIDATION)):
+        right, left = lung.side_shares(types == code)
+        for side, count in (("right", right), ("left", left)):
+            ml = count * voxel_ml
+            out[side][f"{name}_ml"] = round(ml, 2)
+            out[side][f"{name}_pct"] = round(100.0 * ml / lungs[side], 3) if lungs[side] else None
+    return out
 
 
 def _csv_value(value: Any) -> Any:

@@ -583,6 +583,7 @@ def _predict_test_split(cfg: Config) -> Path:
         lungs=_lungs_folder(cfg, studies),
         use_lungs=p.restrict_to_lungs,
         write_prob=p.write_prob,
+        write_types=p.write_types,
         roi_size=tuple(p.roi_size),
         overlap=p.overlap,
         sw_batch_size=p.sw_batch_size,
@@ -591,6 +592,7 @@ def _predict_test_split(cfg: Config) -> Path:
         min_component_mm3=p.min_component_mm3,
         min_involvement_pct=p.min_involvement_pct,
         lung_margin_mm=p.lung_margin_mm,
+        consolidation_min_hu=p.consolidation_min_hu,
     )
     return out_dir
 
