@@ -57,6 +57,13 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "involvement_error_pct",
     "abs_involvement_error_pct",
 )
+TYPE_METRICS: tuple[str, ...] = (
+    "ggo_dice",
+    "consolidation_dice",
+    "ggo_volume_diff_ml",
+    "consolidation_volume_diff_ml",
+)
+"""Summarised when the run was given lesion types (``types_dir``)."""
 STRATUM_METRICS: tuple[str, ...] = ("dice", "hd95_mm", "nsd", "lesion_f1", "abs_volume_error_ml")
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "pred_file", "ref_file", "lungs_file", "resampled")
 SKIP_SUFFIXES = ("_prob", "_lungs", "_types")
@@ -127,30 +134,42 @@ def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
 
 
 def resample_nearest(
-    data: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray
+    data: np.ndarray,
+    affine: np.ndarray,
+    shape: Sequence[int],
+    target_affine: np.ndarray,
+    labels: bool = False,
 ) -> np.ndarray:
-    """Nearest-neighbour resampling of a mask onto another grid, from the two affines."""
+    """Nearest-neighbour resampling of a mask (boolean) or, with ``labels``, of a label map
+    (uint8 values kept) onto another grid, from the two affines."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    img = nib.Nifti1Image((np.asarray(data) > 0).astype(np.uint8), affine)
+    values = np.asarray(data).astype(np.uint8) if labels else np.asarray(data) > 0
+    img = nib.Nifti1Image(values.astype(np.uint8), affine)
     out = resample_from_to(img, (tuple(shape), target_affine), order=0, mode="constant", cval=0)
-    return np.asarray(out.dataobj) > 0
+    return np.asarray(out.dataobj) if labels else np.asarray(out.dataobj) > 0
 
 
 def _on_reference_grid(
-    path: Path, ref_path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray, resample: bool
+    path: Path,
+    ref_path: Path,
+    ref_shape: tuple[int, ...],
+    ref_affine: np.ndarray,
+    resample: bool,
+    labels: bool = False,
 ) -> tuple[np.ndarray, bool]:
-    """Read a mask and return it on the reference grid: ``(mask, was_resampled)``."""
+    """Read a mask (or, with ``labels``, a label map) and return it on the reference grid:
+    ``(mask, was_resampled)``."""
     data, affine = _read_mask(path)
     if same_grid(data.shape, affine, ref_shape, ref_affine):
-        return data > 0, False
+        return (np.asarray(data).astype(np.uint8) if labels else data > 0), False
     if not resample:
         raise InputError(
             f"{path} (shape {data.shape}) and {ref_path} (shape {ref_shape}) are on different "
             "grids (shape or affine differ); use --resample to resample onto the reference"
         )
-    return resample_nearest(data, affine, ref_shape, ref_affine), True
+    return resample_nearest(data, affine, ref_shape, ref_affine, labels), True
 
 
 def evaluate_case(
@@ -160,9 +179,11 @@ def evaluate_case(
     lungs_path: Path | None,
     resample: bool,
     nsd_tolerance_mm: float,
+    types_paths: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """Load one case's files and return its CSV row (identifiers plus :func:`case_metrics`)."""
-    from volseg.evaluation.metrics import case_metrics
+    """Load one case's files and return its CSV row (identifiers plus :func:`case_metrics`,
+    and :func:`type_metrics` when ``types_paths`` gives predicted and reference type maps)."""
+    from volseg.evaluation.metrics import case_metrics, type_metrics
     from volseg.quantify import spacing_from_affine
 
     ref_data, ref_affine = _read_mask(ref_path)
@@ -180,6 +201,14 @@ def evaluate_case(
         "resampled": int(resampled),
     }
     row.update(metrics)
+    if types_paths is not None:
+        pred_types, _ = _on_reference_grid(
+            types_paths[0], ref_path, ref.shape, ref_affine, resample, labels=True
+        )
+        ref_types, _ = _on_reference_grid(
+            types_paths[1], ref_path, ref.shape, ref_affine, False, labels=True
+        )
+        row.update(type_metrics(pred_types, ref_types, spacing_from_affine(ref_affine)))
     return row
 
 
@@ -233,7 +262,12 @@ def build_summary(
             "pred_without_ref": len(pred_only),
             "ref_without_pred": len(ref_only),
         },
-        "metrics": summarize(rows, SUMMARY_METRICS, bootstrap, seed),
+        "metrics": summarize(
+            rows,
+            SUMMARY_METRICS + tuple(m for m in TYPE_METRICS if any(m in r for r in rows)),
+            bootstrap,
+            seed,
+        ),
         "stratified_by": "ref_involvement_pct",
         "stratified": (
             stratify(
@@ -323,8 +357,12 @@ def run_evaluate(
     seed: int = 0,
     nsd_tolerance_mm: float = 2.0,
     involvement_bins: Sequence[float] = DEFAULT_BINS,
+    types_dir: str | Path | None = None,
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; returns ``out_dir``.
+
+    With ``types_dir`` (reference ``<id>_types.nii.gz``: 1 ground glass, 2 consolidation),
+    cases whose prediction folder holds ``<id>_types.nii.gz`` too are also scored per type.
 
     Writes ``per_case.csv``, ``summary.json``, PNG plots and ``report.md`` into ``out_dir``.
     Raises :class:`InputError` when no prediction has a reference, on unreadable files, or
@@ -344,6 +382,8 @@ def run_evaluate(
     refs = list_masks(ref_dir, "reference")
     if lungs_dir is not None and not Path(lungs_dir).is_dir():
         raise InputError(f"{lungs_dir}: lung-mask folder not found")
+    if types_dir is not None and not Path(types_dir).is_dir():
+        raise InputError(f"{types_dir}: lesion-type folder not found")
     paired, pred_only, ref_only = pair_cases(preds, refs)
     if not paired:
         raise InputError(
@@ -362,8 +402,12 @@ def run_evaluate(
             if not lung_file.is_file():
                 missing_lungs.append(sid)
                 lung_file = None
+        types = None
+        if types_dir is not None:
+            pair = (pred_dir / f"{sid}_types.nii.gz", Path(types_dir) / f"{sid}_types.nii.gz")
+            types = pair if pair[0].is_file() and pair[1].is_file() else None
         rows.append(
-            evaluate_case(sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm)
+            evaluate_case(sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm, types)
         )
     if missing_lungs:
         log.warning("%d case(s) have no lung mask in %s", len(missing_lungs), lungs_dir)
@@ -377,6 +421,7 @@ def run_evaluate(
         "seed": int(seed),
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
         "involvement_bins": [float(b) for b in involvement_bins],
+        "types_dir": str(Path(types_dir).resolve()) if types_dir is not None else None,
     }
     summary = build_summary(
         rows,

@@ -642,6 +642,9 @@ def _evaluation_inputs(cfg: Config, studies: Sequence[Any], folder: Path) -> tup
         pred = prediction_path(pred_root, study.id)
         if pred.is_file():
             _link(pred, pred_dir / pred.name)
+        types = pred_root / f"{study.id}_types.nii.gz"  # predict.write_types
+        if types.is_file():
+            _link(types, pred_dir / types.name)
     n_ref = sum(1 for _ in ref_dir.iterdir())
     if n_ref == 0:
         raise InputError(
@@ -669,7 +672,16 @@ def _evaluate(cfg: Config) -> Path:
         seed=cfg.seed,
         nsd_tolerance_mm=e.nsd_tolerance_mm,
         involvement_bins=e.involvement_bins,
+        types_dir=_types_root(cfg),
     )
+
+
+def _types_root(cfg: Config) -> Path | None:
+    """``data.root/lesion_types`` (synthetic truth per lesion type), when there is one."""
+    from volseg.data.layout import TYPES_DIR
+
+    folder = Path(cfg.data.root) / TYPES_DIR
+    return folder if folder.is_dir() else None
 
 
 # ----------------------------------------------------------------------------- summary
