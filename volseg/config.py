@@ -220,6 +220,12 @@ class PredictConfig(Section):
     consolidation_min_hu: float = Field(-300.0, ge=-900, le=200)
     """Lesion voxels at or above this density are consolidation, the rest ground glass
     (``ggo_ml`` / ``consolidation_ml`` in predict's JSON; ``volseg.quantify``)."""
+    uncertainty: bool = False
+    """Predict under all eight flips: ``<id>_uncertainty.nii.gz`` (max - min probability per
+    voxel), ``uncertainty_score`` (how much the flips disagree on the lesion) and
+    ``needs_review`` in the JSON. Eight times the network time."""
+    review_disagreement: float = Field(0.5, ge=0, le=1)
+    """``needs_review`` when the flips disagree on at least this share of the lesion."""
     write_prob: bool = False
     write_types: bool = False
     """Also write ``<id>_types.nii.gz`` (1 ground glass, 2 consolidation)."""

@@ -388,3 +388,48 @@ def test_predict_splits_ground_glass_and_consolidation_per_lung(
     assert (types[10:15, 10:15, 4:8] == 2).all()
     row = next(csv.DictReader((out / "summary.csv").open()))
     assert float(row["consolidation_ml"]) == pytest.approx(ml)
+
+
+def test_flip_disagreement_by_hand() -> None:
+    """1 - |every flip| / |some flip|: 4 voxels certain, 4 more seen by some flips -> 0.5."""
+    from volseg.inference.predictor import FlipProbabilities, PredictOptions, flip_disagreement
+
+    low = np.zeros((10, 10, 4), np.float32)
+    high = np.zeros_like(low)
+    low[2:4, 2:4, 1] = 0.9  # every flip: 4 voxels
+    high[2:4, 2:6, 1] = 0.9  # some flip: 8 voxels
+    opts = PredictOptions(min_component_mm3=0)
+    flips = FlipProbabilities((low + high) / 2, low, high)
+    assert flip_disagreement(flips, None, (1.0, 1.0, 1.0), opts) == pytest.approx(0.5)
+    empty = FlipProbabilities(low * 0, low * 0, low * 0)
+    assert flip_disagreement(empty, None, (1.0, 1.0, 1.0), opts) == 0.0
+
+
+def test_predict_uncertainty_outputs(oracle_bundle: Path, tmp_path: Path) -> None:
+    """--uncertainty writes the spread map and the score; the oracle is flip-symmetric, so
+    its flips agree (score 0, no review) unless the review threshold is 0."""
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    shape = (40, 40, 10)
+    hu = np.full(shape, -850, dtype=np.int16)
+    hu[10:16, 10:16, 3:7] = 200
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 5.0, 1.0])), src)
+    for name, threshold in (("agree", 0.5), ("always", 0.0)):
+        out = tmp_path / name
+        run_predict(
+            oracle_bundle.parents[1],
+            src,
+            out,
+            use_lungs=False,
+            uncertainty=True,
+            review_disagreement=threshold,
+        )
+        info = json.loads((out / "scan_a.json").read_text())
+        spread = np.asarray(nib.load(out / "scan_a_uncertainty.nii.gz").dataobj)
+        assert spread.shape == shape and float(spread.max()) < 1e-4
+        assert info["uncertainty_score"] == 0.0
+        assert info["needs_review"] is (threshold == 0.0)

@@ -46,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="call a scan lesion-free below this predicted lung involvement (%%; 0: off)",
     )
     parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        default=None,
+        help="eight flips: <id>_uncertainty.nii.gz, uncertainty_score and needs_review",
+    )
+    parser.add_argument(
+        "--review-threshold",
+        type=float,
+        help="needs_review at this flip disagreement or above (0..1, default 0.5)",
+    )
+    parser.add_argument(
         "--lung-margin",
         type=float,
         help="keep lesions within this distance of the lung mask (mm; 0: strictly inside)",
@@ -72,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--sw-batch-size must be at least 1")
     if args.min_component is not None and args.min_component < 0:
         raise InputError("--min-component must be >= 0 (mm³)")
+    if args.review_threshold is not None and not 0 <= args.review_threshold <= 1:
+        raise InputError("--review-threshold must be in [0, 1]")
     if args.lung_margin is not None and not 0 <= args.lung_margin <= 50:
         raise InputError("--lung-margin must be in [0, 50] (mm)")
     try:
@@ -102,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         min_involvement_pct=args.min_involvement,
         lung_margin_mm=args.lung_margin,
         consolidation_min_hu=args.consolidation_hu,
+        uncertainty=args.uncertainty,
+        review_disagreement=args.review_threshold,
     )
     logging.getLogger("volseg.predict").info("wrote %s", summary)
     return 0

@@ -51,6 +51,8 @@ class PredictOptions:
     restrict_to_lungs: bool = True
     lung_margin_mm: float = 10.0
     consolidation_min_hu: float = -300.0
+    uncertainty: bool = False
+    review_disagreement: float = 0.5
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, **overrides: object) -> PredictOptions:
@@ -70,6 +72,17 @@ class Prediction:
     probability: np.ndarray  # float32 in [0, 1]
     lungs: np.ndarray | None  # uint8 0/1, or None when not used
     gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
+    uncertainty: np.ndarray | None = None  # float32: max - min probability over the flips
+    disagreement: float | None = None  # 1 - |flips agreeing| / |any flip| on the lesion
+
+
+@dataclass
+class FlipProbabilities:
+    """Native-grid probability over the flips (their mean) and its spread (min and max)."""
+
+    mean: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
 
 def default_device() -> torch.device:
@@ -104,9 +117,14 @@ class Predictor:
         self.spacing = tuple(float(s) for s in bundle.preprocessing["spacing"])
         self.hu_window = tuple(float(v) for v in bundle.preprocessing["hu_window"])
 
-    @torch.inference_mode()
     def probability(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Lesion probability on the native grid of ``image`` (float32, same shape)."""
+        return self.flip_probabilities(image, affine).mean
+
+    @torch.inference_mode()
+    def flip_probabilities(self, image: np.ndarray, affine: np.ndarray) -> FlipProbabilities:
+        """Probability on the native grid, the mean over the flips (``tta``; all eight with
+        ``uncertainty``, which also keeps the per-voxel minimum and maximum over them)."""
         from monai.inferers import sliding_window_inference
 
         grid = WorkingGrid.plan(affine, image.shape, self.spacing)
@@ -116,8 +134,10 @@ class Predictor:
         box = body_bbox(hu, BODY_THRESHOLD_HU, BODY_MARGIN_VOXELS)
         x = window_hu(hu[(..., *box)], self.hu_window)
         opts = self.options
-        flips = TTA_FLIPS if opts.tta else ((),)
+        flips = TTA_FLIPS if opts.tta or opts.uncertainty else ((),)
         prob = torch.zeros_like(x)
+        low = torch.ones_like(x) if opts.uncertainty else None
+        high = torch.zeros_like(x) if opts.uncertainty else None
         with autocast_for(self.device):
             for dims in flips:
                 xi = x.flip(dims) if dims else x
@@ -130,25 +150,39 @@ class Predictor:
                     mode="gaussian",
                 )
                 p = torch.sigmoid(logits.float())
-                prob += p.flip(dims) if dims else p
+                p = p.flip(dims) if dims else p
+                prob += p
+                if low is not None and high is not None:
+                    torch.minimum(low, p, out=low)
+                    torch.maximum(high, p, out=high)
         prob /= len(flips)
-        full = torch.zeros_like(hu)
-        full[(..., *box)] = prob
-        back = grid.to_native(full).clamp_(0.0, 1.0)
-        return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+        def native(values: torch.Tensor, fill: float) -> np.ndarray:
+            full = torch.full_like(hu, fill)
+            full[(..., *box)] = values
+            back = grid.to_native(full).clamp_(0.0, 1.0)
+            return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+        if low is None or high is None:
+            return FlipProbabilities(native(prob, 0.0))
+        return FlipProbabilities(native(prob, 0.0), native(low, 0.0), native(high, 0.0))
 
     def predict(
         self, image: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None = None
     ) -> Prediction:
         """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given."""
-        prob = self.probability(image, affine)
-        mask, lungs = restrict_to_lungs(
-            prob >= self.options.threshold, lungs, spacing_from_affine(affine), self.options
-        )
-        gated = self._below_gate(mask, lungs)
+        flips = self.flip_probabilities(image, affine)
+        prob, opts = flips.mean, self.options
+        spacing = spacing_from_affine(affine)
+        mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts)
+        gated = self._below_gate(mask, used)
         if gated:
             mask[:] = False
-        return Prediction(mask.astype(np.uint8), prob, lungs, gated)
+        result = Prediction(mask.astype(np.uint8), prob, used, gated)
+        if flips.low is not None and flips.high is not None:
+            result.uncertainty = flips.high - flips.low
+            result.disagreement = flip_disagreement(flips, lungs, spacing, opts)
+        return result
 
     def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> bool:
         """True when lesions were found but fill less than ``min_involvement_pct`` of the lungs."""
@@ -185,6 +219,23 @@ def restrict_to_lungs(
     inside = np.asarray(lungs) > 0
     mask = keep_touching(mask, inside)
     return mask, (inside | mask).astype(np.uint8)
+
+
+def flip_disagreement(
+    flips: FlipProbabilities,
+    lungs: np.ndarray | None,
+    spacing: Sequence[float],
+    options: PredictOptions,
+) -> float:
+    """How much the flipped predictions disagree on the lesion: 1 - |voxels every flip
+    calls lesion| / |voxels some flip calls lesion|, each cleaned as the mask is (0 when no
+    flip finds a lesion). High on a scan whose lesions the model is unsure of."""
+    if flips.low is None or flips.high is None:
+        raise ValueError("flip_disagreement needs the minimum and maximum over the flips")
+    every, _ = restrict_to_lungs(flips.low >= options.threshold, lungs, spacing, options)
+    some, _ = restrict_to_lungs(flips.high >= options.threshold, lungs, spacing, options)
+    n_some = int(np.count_nonzero(some))
+    return 0.0 if n_some == 0 else 1.0 - float(np.count_nonzero(every & some)) / n_some
 
 
 def lung_mask_for(image: np.ndarray, affine: np.ndarray) -> LungMask:

@@ -8,7 +8,8 @@ in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is dec
 
 Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
 shape/affine/header), optional ``<id>_prob.nii.gz`` and ``<id>_types.nii.gz`` (1 ground
-glass, 2 consolidation), ``<id>.json`` (volumes, involvement, CT grade, ground-glass and
+glass, 2 consolidation) and, with ``uncertainty``, ``<id>_uncertainty.nii.gz`` (the spread
+of the eight flipped predictions per voxel), ``<id>.json`` (volumes, involvement, CT grade, ground-glass and
 consolidation burden, per lung too) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
 sharded). When a scan fails, the others are still predicted: each finished scan's outputs
 are complete, ``summary.csv`` lists every scan with the failures' ``error``, and the run
@@ -70,6 +71,8 @@ SUMMARY_FIELDS = (
     "consolidation_ml",
     "ggo_pct",
     "consolidation_pct",
+    "uncertainty_score",
+    "needs_review",
     "lung_warnings",
     "seconds",
     "error",
@@ -296,6 +299,9 @@ def _write_outputs(
     stats |= type_burden(types, n_lungs, spacing)
     stats |= {} if lung is None else lung.qc()
     by_side = None if lung is None else _burden_by_side(lung, types, spacing)
+    if result.disagreement is not None:
+        stats["uncertainty_score"] = round(result.disagreement, 4)
+        stats["needs_review"] = result.disagreement >= options.review_disagreement
     with atomic_group() as stage:  # a scan's files appear together, or none of them
         write_nifti(
             stage(prediction_path(out_dir, sid)),
@@ -308,6 +314,14 @@ def _write_outputs(
             write_nifti(
                 stage(out_dir / f"{sid}_prob.nii.gz"),
                 result.probability,
+                scan.affine,
+                dtype=np.float32,
+                like=scan.nifti,
+            )
+        if result.uncertainty is not None:
+            write_nifti(
+                stage(out_dir / f"{sid}_uncertainty.nii.gz"),
+                result.uncertainty,
                 scan.affine,
                 dtype=np.float32,
                 like=scan.nifti,

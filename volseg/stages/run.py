@@ -593,6 +593,8 @@ def _predict_test_split(cfg: Config) -> Path:
         min_involvement_pct=p.min_involvement_pct,
         lung_margin_mm=p.lung_margin_mm,
         consolidation_min_hu=p.consolidation_min_hu,
+        uncertainty=p.uncertainty,
+        review_disagreement=p.review_disagreement,
     )
     return out_dir
 
