@@ -433,3 +433,96 @@ def test_predict_uncertainty_outputs(oracle_bundle: Path, tmp_path: Path) -> Non
         assert spread.shape == shape and float(spread.max()) < 1e-4
         assert info["uncertainty_score"] == 0.0
         assert info["needs_review"] is (threshold == 0.0)
+
+
+def test_predict_writes_a_dicom_seg_in_the_series_geometry(
+    oracle_bundle: Path, tmp_path: Path, capfd
+) -> None:
+    """--output-type both on a DICOM series: the SEG references every source slice and its
+    frames hold the lesion exactly where the source pixels are bright; with --types, two
+    segments (ground glass, consolidation); a NIfTI input is refused in one line."""
+    import highdicom as hd
+
+    from tests.dicom_series import write_ct_series
+    from volseg.cli import main
+    from volseg.stages.predict import run_predict
+
+    hu = np.full((6, 20, 24), -850, dtype=np.int16)  # (z, y, x)
+    hu[3, 8:12, 10:14] = 300
+    hu[1, 2:5, 15:20] = 250
+    write_ct_series(tmp_path / "dcm", hu)
+    out = tmp_path / "out"
+    run_predict(
+        oracle_bundle.parents[1], tmp_path / "dcm", out, use_lungs=False, output_type="both"
+    )
+    seg = hd.seg.segread(str(out / "dcm_seg.dcm"))
+    assert (out / "dcm_mask.nii.gz").is_file()
+    mask = np.asarray(nib.load(out / "dcm_mask.nii.gz").dataobj)  # (x, y, z) of the series
+    assert mask[:, :, 3].any() and mask[:, :, 1].any()
+    sources = {str(ds.SOPInstanceUID): ds for ds in _read_dir(tmp_path / "dcm")}
+    assert {str(r.ReferencedSOPInstanceUID) for r in _referenced(seg)} == set(sources)
+    for uid, ds in sources.items():
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[uid], segment_numbers=[1]
+        )[0, :, :, 0]
+        k = int(ds.InstanceNumber) - 1  # slice k at z = 30 + 5 k mm
+        assert np.array_equal(frame > 0, mask[:, :, k].T > 0), k  # rows y, columns x
+    assert seg.SegmentSequence[0].SegmentLabel == "COVID-19 lesion"
+    _assert_valid_dicom(out / "dcm_seg.dcm")
+
+    run_predict(
+        oracle_bundle.parents[1],
+        tmp_path / "dcm",
+        tmp_path / "typed",
+        use_lungs=False,
+        output_type="dicom-seg",
+        write_types=True,
+    )
+    typed = hd.seg.segread(str(tmp_path / "typed" / "dcm_seg.dcm"))
+    labels = [s.SegmentLabel for s in typed.SegmentSequence]
+    assert labels == ["Ground-glass opacity", "Consolidation"]
+    assert not (tmp_path / "typed" / "dcm_mask.nii.gz").exists()
+
+    nifti = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(hu.T.copy(), np.eye(4)), nifti)
+    code = main(
+        [
+            "predict",
+            "-m",
+            str(oracle_bundle),
+            "-i",
+            str(nifti),
+            "-o",
+            str(tmp_path / "n"),
+            "--output-type",
+            "dicom-seg",
+        ]
+    )
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and "needs a DICOM series" in err[-1] and not (tmp_path / "n").exists()
+
+
+def _assert_valid_dicom(path: Path) -> None:
+    """dciodvfy (Debian's dicom3tools) finds no error, where it is installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        return
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if "Error" in line]
+    assert errors == [], errors
+
+
+def _read_dir(folder: Path) -> list:
+    import pydicom
+
+    return [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+
+
+def _referenced(seg) -> list:
+    return [
+        item
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    ]

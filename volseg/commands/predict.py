@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-lungs", action="store_true", help="do not restrict to the lungs")
     parser.add_argument("--prob", action="store_true", help="also write <id>_prob.nii.gz")
     parser.add_argument(
+        "--output-type",
+        choices=("nifti", "dicom-seg", "both"),
+        default="nifti",
+        help="mask as NIfTI, as a DICOM SEG referencing the input series (DICOM inputs), or both",
+    )
+    parser.add_argument(
         "--types",
         action="store_true",
         help="also write <id>_types.nii.gz (1 ground glass, 2 consolidation)",
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         use_lungs=not args.no_lungs,
         write_prob=args.prob,
         write_types=args.types,
+        output_type=args.output_type,
         overlays=args.overlays,
         series=args.series,
         num_parts=args.num_parts,

@@ -105,6 +105,22 @@ def _check_inputs(sources: Sequence[ScanSource]) -> None:
         check_source(src)
 
 
+OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
+
+
+def _check_output_type(output_type: str, sources: Sequence[ScanSource]) -> None:
+    """A DICOM SEG references its source series: only DICOM inputs can have one."""
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"--output-type {output_type}: choose one of {', '.join(OUTPUT_TYPES)}")
+    if output_type != "nifti":
+        for src in sources:
+            if src.series_uid is None:
+                raise InputError(
+                    f"{src.path}: --output-type {output_type} needs a DICOM series as input "
+                    "(a DICOM SEG references the series it segments)"
+                )
+
+
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
@@ -167,6 +183,7 @@ def run_predict(
     use_lungs: bool = True,
     write_prob: bool = False,
     write_types: bool = False,
+    output_type: str = "nifti",
     overlays: bool = False,
     series: str | None = None,
     num_parts: int = 1,
@@ -193,6 +210,7 @@ def run_predict(
     sharded = num_parts > 1
     sources = shard(sources, num_parts, part_id)
     _check_inputs(sources)
+    _check_output_type(output_type, sources)
     lungs_arg = Path(lungs) if lungs is not None else None
     if use_lungs and lungs_arg is not None and not lungs_arg.exists():
         raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
@@ -225,6 +243,7 @@ def run_predict(
                     write_prob,
                     overlays,
                     write_types,
+                    output_type,
                 )
             except InputError as exc:
                 if len(sources) > 1:
@@ -290,6 +309,7 @@ def _write_outputs(
     write_prob: bool,
     overlays: bool,
     write_types: bool = False,
+    output_type: str = "nifti",
 ) -> dict[str, Any]:
     sid = scan.id
     spacing = spacing_from_affine(scan.affine)
@@ -303,13 +323,16 @@ def _write_outputs(
         stats["uncertainty_score"] = round(result.disagreement, 4)
         stats["needs_review"] = result.disagreement >= options.review_disagreement
     with atomic_group() as stage:  # a scan's files appear together, or none of them
-        write_nifti(
-            stage(prediction_path(out_dir, sid)),
-            result.mask,
-            scan.affine,
-            dtype=np.uint8,
-            like=scan.nifti,
-        )
+        if output_type in ("nifti", "both"):
+            write_nifti(
+                stage(prediction_path(out_dir, sid)),
+                result.mask,
+                scan.affine,
+                dtype=np.uint8,
+                like=scan.nifti,
+            )
+        if output_type in ("dicom-seg", "both"):
+            _write_seg(stage(out_dir / f"{sid}_seg.dcm"), scan, result.mask, types, write_types)
         if write_prob:
             write_nifti(
                 stage(out_dir / f"{sid}_prob.nii.gz"),
@@ -355,6 +378,19 @@ def _write_outputs(
             out_dir / "overlays" / sid, scan.array, result.mask, scan.affine, result.lungs
         )
     return {"id": sid, "input": str(scan.source.path), **stats}
+
+
+def _write_seg(path: Path, scan: Scan, mask: np.ndarray, types: np.ndarray, split: bool) -> None:
+    """The scan's DICOM SEG: one lesion segment, or ground glass and consolidation."""
+    from volseg import __version__
+    from volseg.inference import dicom_seg
+    from volseg.inference.scans import series_files
+
+    segments = (dicom_seg.GROUND_GLASS, dicom_seg.CONSOLIDATION) if split else (dicom_seg.LESION,)
+    labels = types if split else mask
+    dicom_seg.write_dicom_seg(
+        path, labels, scan.affine, series_files(scan.source), segments, __version__
+    )
 
 
 def _burden_by_side(lung: LungMask, types: np.ndarray, spacing: Any) -> dict[str, Any]:
