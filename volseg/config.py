@@ -217,7 +217,7 @@ class PredictConfig(Section):
     """Predicted lesion is kept within this distance (mm) of the lung mask, in components
     that touch it: consolidation at the chest wall and mediastinum is as dense as soft tissue
     and lies just outside an automatic lung mask. 0: strictly inside the mask."""
-    consolidation_min_hu: float = Field(-300.0, ge=-900, le=200)
+    consolidation_min_hu: float = Field(-200.0, ge=-900, le=200)
     """Lesion voxels at or above this density are consolidation, the rest ground glass
     (``ggo_ml`` / ``consolidation_ml`` in predict's JSON; ``volseg.quantify``)."""
     uncertainty: bool = False

@@ -5,9 +5,11 @@ The CT-0…CT-4 grade follows MosMedData's rule on the share of lung involved:
 CT-0 no involvement, CT-1 < 25 %, CT-2 25–50 %, CT-3 50–75 %, CT-4 > 75 %.
 
 Ground glass vs consolidation is a density rule on the lesion voxels: a voxel at or above
-``CONSOLIDATION_MIN_HU`` (−300 HU) is consolidation. Ground glass lies at about −700…−450
-HU and consolidation at soft-tissue density (−100…+50 HU); −300 HU is where a voxel is
-more than half solid, the rule the synthetic truth (``lesion_types``) is drawn with.
+``CONSOLIDATION_MIN_HU`` (−200 HU) is consolidation. Ground glass lies at about −700…−450
+HU and consolidation at soft-tissue density (−100…+50 HU); published cut-offs run from
+−300 to −100 HU. Against the synthetic truth (``bench/lesion_types_bench.py``, true lesion
+masks of 12 demo studies) −200 HU scores ground-glass / consolidation Dice 0.976 / 0.813
+(−300 HU: 0.944 / 0.691, consolidation volume over-called by 112 %; −100 HU: 0.980 / 0.800).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 GRADE_UPPER_BOUNDS = (25.0, 50.0, 75.0)
-CONSOLIDATION_MIN_HU = -300.0
+CONSOLIDATION_MIN_HU = -200.0
 GGO, CONSOLIDATION = 1, 2
 
 

@@ -9,7 +9,7 @@ from volseg.quantify import CONSOLIDATION, GGO, lesion_types, type_burden
 
 
 def test_lesion_types_split_at_the_consolidation_density() -> None:
-    hu = np.array([[[-850, -650, -301, -300, 40, 40]]], dtype=np.int16)
+    hu = np.array([[[-850, -650, -201, -200, 40, 40]]], dtype=np.int16)
     lesion = np.array([[[0, 1, 1, 1, 1, 0]]], dtype=np.uint8)
     types = lesion_types(lesion, hu)
     assert types.tolist() == [[[0, GGO, GGO, CONSOLIDATION, CONSOLIDATION, 0]]]

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consolidation-hu",
         type=float,
-        help="lesion voxels at or above this HU are consolidation (default -300)",
+        help="lesion voxels at or above this HU are consolidation (default -200)",
     )
     parser.add_argument("--overlays", action="store_true", help="write PNG axial overlays")
     parser.add_argument("--roi", type=int, nargs="+", help="sliding-window ROI (1 or 3 sizes)")

@@ -50,7 +50,7 @@ class PredictOptions:
     min_involvement_pct: float = 0.0
     restrict_to_lungs: bool = True
     lung_margin_mm: float = 10.0
-    consolidation_min_hu: float = -300.0
+    consolidation_min_hu: float = -200.0
     uncertainty: bool = False
     review_disagreement: float = 0.5
 
