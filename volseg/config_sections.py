@@ -225,7 +225,22 @@ class PredictConfig(Section):
     its lungs is called lesion-free (empty mask, CT-0). None: the model bundle's value (set
     by ``finetune.calibrate_gate``, else 0 = no gate). Needs the lung mask."""
     restrict_to_lungs: bool = True
+    lung_margin_mm: float = Field(10.0, ge=0, le=50)
+    """Predicted lesion is kept within this distance (mm) of the lung mask, in components
+    that touch it: consolidation at the chest wall and mediastinum is as dense as soft tissue
+    and lies just outside an automatic lung mask. 0: strictly inside the mask."""
+    consolidation_min_hu: float = Field(-200.0, ge=-900, le=200)
+    """Lesion voxels at or above this density are consolidation, the rest ground glass
+    (``ggo_ml`` / ``consolidation_ml`` in predict's JSON; ``volseg.quantify``)."""
+    uncertainty: bool = False
+    """Predict under all eight flips: ``<id>_uncertainty.nii.gz`` (max - min probability per
+    voxel), ``uncertainty_score`` (how much the flips disagree on the lesion) and
+    ``needs_review`` in the JSON. Eight times the network time."""
+    review_disagreement: float = Field(0.5, ge=0, le=1)
+    """``needs_review`` when the flips disagree on at least this share of the lesion."""
     write_prob: bool = False
+    write_types: bool = False
+    """Also write ``<id>_types.nii.gz`` (1 ground glass, 2 consolidation)."""
 
 
 class EvaluateConfig(Section):

@@ -1,7 +1,15 @@
-"""Lesion burden from a mask: lesion and lung volume in mL, % lung involvement, CT grade.
+"""Lesion burden from a mask: lesion and lung volume in mL, % lung involvement, CT grade,
+and the burden split into ground glass and consolidation.
 
 The CT-0…CT-4 grade follows MosMedData's rule on the share of lung involved:
 CT-0 no involvement, CT-1 < 25 %, CT-2 25–50 %, CT-3 50–75 %, CT-4 > 75 %.
+
+Ground glass vs consolidation is a density rule on the lesion voxels: a voxel at or above
+``CONSOLIDATION_MIN_HU`` (−200 HU) is consolidation. Ground glass lies at about −700…−450
+HU and consolidation at soft-tissue density (−100…+50 HU); published cut-offs run from
+−300 to −100 HU. Against the synthetic truth (``bench/lesion_types_bench.py``, true lesion
+masks of 12 demo studies) −200 HU scores ground-glass / consolidation Dice 0.976 / 0.813
+(−300 HU: 0.944 / 0.691, consolidation volume over-called by 112 %; −100 HU: 0.980 / 0.800).
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 GRADE_UPPER_BOUNDS = (25.0, 50.0, 75.0)
+CONSOLIDATION_MIN_HU = -200.0
+GGO, CONSOLIDATION = 1, 2
 
 
 def voxel_volume_ml(spacing_mm: Sequence[float]) -> float:
@@ -52,6 +62,32 @@ def quantify(
             result["involvement_pct"] = involvement
             result["ct_grade"] = grade_from_involvement(involvement)
     return result
+
+
+def lesion_types(
+    lesion: np.ndarray, hu: np.ndarray, consolidation_min_hu: float = CONSOLIDATION_MIN_HU
+) -> np.ndarray:
+    """Label map (uint8): 0 outside the lesion, ``GGO`` (1), ``CONSOLIDATION`` (2) at or
+    above ``consolidation_min_hu``."""
+    lesion = np.asarray(lesion) > 0
+    if np.shape(hu) != lesion.shape:
+        raise ValueError(f"lesion {lesion.shape} and image {np.shape(hu)} differ")
+    types = lesion.astype(np.uint8)
+    types[lesion & (np.asarray(hu) >= consolidation_min_hu)] = CONSOLIDATION
+    return types
+
+
+def type_burden(
+    types: np.ndarray, lung_voxels: int | None, spacing_mm: Sequence[float]
+) -> dict[str, float | None]:
+    """Ground-glass and consolidation volume (mL) and share of the lungs (%) of a type map."""
+    voxel_ml = voxel_volume_ml(spacing_mm)
+    counts = np.bincount(np.asarray(types, dtype=np.uint8).ravel(), minlength=3)
+    out: dict[str, float | None] = {}
+    for name, code in (("ggo", GGO), ("consolidation", CONSOLIDATION)):
+        out[f"{name}_ml"] = float(counts[code]) * voxel_ml
+        out[f"{name}_pct"] = 100.0 * float(counts[code]) / lung_voxels if lung_voxels else None
+    return out
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:

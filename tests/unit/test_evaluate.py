@@ -209,3 +209,40 @@ def test_help_defaults_match_config() -> None:
     assert HELP_DEFAULTS["nsd_tolerance_mm"] == cfg.nsd_tolerance_mm
     assert tuple(HELP_DEFAULTS["involvement_bins"]) == tuple(cfg.involvement_bins)
     assert tuple(DEFAULT_BINS) == tuple(cfg.involvement_bins)
+
+
+def test_lesion_types_scored_per_type_by_hand(tmp_path: Path) -> None:
+    """Ground glass and consolidation Dice and volume differences, hand-computed; a type the
+    reference lacks has no Dice (NaN) but its false positives show in the volume."""
+    pred_dir, ref_dir, types_dir = tmp_path / "pred", tmp_path / "ref", tmp_path / "types"
+    ref_t = np.zeros(SHAPE, np.uint8)
+    ref_t[2:6, 2:4, 2] = 1  # 8 ground-glass voxels
+    ref_t[8:10, 2:4, 2] = 2  # 4 consolidation voxels
+    pred_t = np.zeros(SHAPE, np.uint8)
+    pred_t[2:4, 2:4, 2] = 1  # 4 of the ground glass ...
+    pred_t[4:6, 2:4, 2] = 2  # ... the other 4 called consolidation
+    pred_t[8:10, 2:4, 2] = 2  # the 4 consolidation voxels
+    only_ggo = np.where(ref_t == 1, 1, 0).astype(np.uint8)
+    for sid, p, r in (("study_0000", pred_t, ref_t), ("study_0001", pred_t, only_ggo)):
+        write_nifti(pred_dir / f"{sid}_mask.nii.gz", (p > 0).astype(np.uint8), _affine())
+        write_nifti(pred_dir / f"{sid}_types.nii.gz", p, _affine())
+        write_nifti(ref_dir / f"{sid}_mask.nii.gz", (r > 0).astype(np.uint8), _affine())
+        write_nifti(types_dir / f"{sid}_types.nii.gz", r, _affine())
+    out = run_evaluate(pred_dir, ref_dir, tmp_path / "eval", bootstrap=0, types_dir=types_dir)
+    rows = {r["case_id"]: r for r in _read_csv(out / "per_case.csv")}
+    voxel_ml = 1.5 * 1.5 * 3.0 / 1000.0
+    first, second = rows["study_0000"], rows["study_0001"]
+    assert float(first["ggo_dice"]) == pytest.approx(2 * 4 / (4 + 8))
+    assert float(first["consolidation_dice"]) == pytest.approx(2 * 4 / (8 + 4))
+    assert float(first["ggo_volume_diff_ml"]) == pytest.approx(-4 * voxel_ml)
+    assert float(first["consolidation_volume_diff_ml"]) == pytest.approx(4 * voxel_ml)
+    assert second["consolidation_dice"] in ("", "nan")  # the reference holds none
+    assert float(second["consolidation_volume_diff_ml"]) == pytest.approx(8 * voxel_ml)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["consolidation_dice"]["n"] == 1
+    assert summary["metrics"]["ggo_dice"]["mean"] == pytest.approx(2 / 3)
+    assert (
+        "ggo_dice" in (out / "report.md").read_text() or "ground" in (out / "report.md").read_text()
+    )
+    with pytest.raises(InputError, match="lesion-type folder"):
+        run_evaluate(pred_dir, ref_dir, tmp_path / "e2", types_dir=tmp_path / "missing")

@@ -251,7 +251,8 @@ def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -
     true_right = truth[:half].sum() * voxel_ml  # x index < half: patient's right (LPS)
     true_left = truth[half:].sum() * voxel_ml
 
-    run_predict(oracle_bundle.parents[1], src, tmp_path / "out")
+    # margin 0: the oracle's "lesions" (all tissue above -160 HU) stay out of the lungs
+    run_predict(oracle_bundle.parents[1], src, tmp_path / "out", lung_margin_mm=0)
     info = json.loads((tmp_path / "out" / "scan_a.json").read_text())
     assert abs(info["right_lung_ml"] - true_right) < 0.1 * true_right
     assert abs(info["left_lung_ml"] - true_left) < 0.1 * true_left
@@ -262,7 +263,9 @@ def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -
     assert float(row["right_lung_ml"]) == pytest.approx(info["right_lung_ml"])
 
     nib.save(nib.Nifti1Image(truth.astype(np.uint8), aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
-    run_predict(oracle_bundle.parents[1], src, tmp_path / "given", lungs=tmp_path / "in")
+    run_predict(
+        oracle_bundle.parents[1], src, tmp_path / "given", lungs=tmp_path / "in", lung_margin_mm=0
+    )
     info = json.loads((tmp_path / "given" / "scan_a.json").read_text())
     assert info["right_lung_ml"] == pytest.approx(true_right, abs=0.05)
     assert info["left_lung_ml"] == pytest.approx(true_left, abs=0.05)
@@ -285,7 +288,243 @@ def test_predict_warns_when_one_lung_is_missing(
     one = truth.copy()
     one[truth.shape[0] // 2 :] = False  # only the right lung (array x < middle in LPS)
     nib.save(nib.Nifti1Image(one.astype(np.uint8), aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
-    run_predict(oracle_bundle.parents[1], src, tmp_path / "out", lungs=tmp_path / "in")
+    run_predict(
+        oracle_bundle.parents[1], src, tmp_path / "out", lungs=tmp_path / "in", lung_margin_mm=0
+    )
     info = json.loads((tmp_path / "out" / "scan_a.json").read_text())
     assert any("lung not found" in w or "below" in w for w in info["lung_warnings"])
     assert any("scan_a" in r.message and "lung" in r.message for r in caplog.records)
+
+
+def test_lesion_at_the_pleura_is_kept_within_the_lung_margin(
+    oracle_bundle: Path, tmp_path: Path
+) -> None:
+    """Consolidation just outside the given lung mask (as at the chest wall) is kept up to
+    ``lung_margin_mm`` from the mask and counted as lung; a blob not touching the lungs is
+    dropped; involvement = lesion / (lung mask + lesion), hand-computed."""
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    shape = (60, 40, 10)
+    spacing = (1.5, 1.5, 5.0)
+    aff = np.diag([*spacing, 1.0])
+    hu = np.full(shape, -850, dtype=np.int16)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    lungs[10:30, 5:35, :] = 1  # 20 x 30 x 10 = 6000 voxels
+    hu[30:40, 10:20, 2:8] = 40  # touches the lungs at x = 29 | 30, reaches 15 mm out
+    hu[50:56, 10:20, 2:8] = 40  # 31 mm from the lungs, never touching them
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+
+    def run(margin: float) -> tuple[np.ndarray, dict]:
+        out = tmp_path / f"out{margin:g}"
+        run_predict(
+            oracle_bundle.parents[1], src, out, lungs=tmp_path / "in", lung_margin_mm=margin
+        )
+        mask = np.asarray(nib.load(out / "scan_a_mask.nii.gz").dataobj)
+        return mask, json.loads((out / "scan_a.json").read_text())
+
+    mask, info = run(0)
+    assert mask.sum() == 0 and info["lung_volume_ml"] == pytest.approx(6000 * 11.25e-3)
+    mask, info = run(10)  # within 10 mm of x = 29: x = 30..35 (6 voxels of 1.5 mm)
+    assert mask[30:36, 10:20, 2:8].all() and mask.sum() == 6 * 10 * 6
+    assert info["involvement_pct"] == pytest.approx(100 * 360 / 6360)
+    assert info["lung_volume_ml"] == pytest.approx(6360 * 11.25e-3)
+    assert info["right_lung_ml"] + info["left_lung_ml"] == pytest.approx(
+        info["lung_volume_ml"], abs=0.1
+    )
+    mask, _ = run(40)  # the whole touching blob; the far one still dropped
+    assert mask[30:40, 10:20, 2:8].all() and mask.sum() == 600
+
+
+def test_predict_splits_ground_glass_and_consolidation_per_lung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ground-glass blob (-500 HU) in the right lung and a consolidation (+30 HU) in the
+    left: the JSON, summary.csv and the type map report each in its lung, by hand."""
+    import csv
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    monkeypatch.setitem(registry.MODELS, "oracle", OracleNet)
+    bundle = save_bundle(
+        tmp_path / "run" / "finetune" / "model.pt",
+        OracleNet(0.2),  # windowed 0.2 = -720 HU: both blobs, not the lung
+        "oracle",
+        {"level": 0.2},
+        Recipe((1.5, 1.5, 5.0), (-1000, 400), (16, 16, 8)),
+        {"overlap": 0.25, "min_component_mm3": 0},
+    )
+    shape = (60, 40, 12)
+    aff = np.diag([1.5, 1.5, 5.0, 1.0])  # RAS+: world x, and array x, run to the right
+    hu = np.full(shape, 40, dtype=np.int16)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    lungs[35:55, 5:35, 1:11] = 1  # right lung, 6000 voxels
+    lungs[5:25, 5:35, 1:11] = 1  # left lung, 6000 voxels
+    hu[lungs > 0] = -850
+    hu[40:45, 10:15, 4:8] = -500  # 100 voxels of ground glass, right
+    hu[10:15, 10:15, 4:8] = 30  # 100 voxels of consolidation, left
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+    out = tmp_path / "out"
+    run_predict(
+        bundle.parents[1], src, out, lungs=tmp_path / "in", lung_margin_mm=0, write_types=True
+    )
+    info = json.loads((out / "scan_a.json").read_text())
+    ml = 100 * 1.5 * 1.5 * 5.0 / 1000.0
+    assert info["ggo_ml"] == pytest.approx(ml) and info["consolidation_ml"] == pytest.approx(ml)
+    assert info["ggo_pct"] == pytest.approx(100 * 100 / 12000)
+    right, left = info["by_side"]["right"], info["by_side"]["left"]
+    assert right["ggo_ml"] == pytest.approx(ml, abs=0.01) and right["consolidation_ml"] == 0
+    assert left["consolidation_ml"] == pytest.approx(ml, abs=0.01) and left["ggo_ml"] == 0
+    assert left["consolidation_pct"] == pytest.approx(100 * 100 / 6000, abs=1e-3)
+    types = np.asarray(nib.load(out / "scan_a_types.nii.gz").dataobj)
+    assert (types == 1).sum() == 100 and (types == 2).sum() == 100
+    assert (types[10:15, 10:15, 4:8] == 2).all()
+    row = next(csv.DictReader((out / "summary.csv").open()))
+    assert float(row["consolidation_ml"]) == pytest.approx(ml)
+
+
+def test_flip_disagreement_by_hand() -> None:
+    """1 - |every flip| / |some flip|: 4 voxels certain, 4 more seen by some flips -> 0.5."""
+    from volseg.inference.predictor import FlipProbabilities, PredictOptions, flip_disagreement
+    from volseg.recipe import Recipe as R
+
+    low = np.zeros((10, 10, 4), np.float32)
+    high = np.zeros_like(low)
+    low[2:4, 2:4, 1] = 0.9  # every flip: 4 voxels
+    high[2:4, 2:6, 1] = 0.9  # some flip: 8 voxels
+    opts = PredictOptions.resolve(R((1, 1, 1), (-1000, 400), (8, 8, 8)), {"min_component_mm3": 0})
+    flips = FlipProbabilities((low + high) / 2, low, high)
+    assert flip_disagreement(flips, None, (1.0, 1.0, 1.0), opts) == pytest.approx(0.5)
+    empty = FlipProbabilities(low * 0, low * 0, low * 0)
+    assert flip_disagreement(empty, None, (1.0, 1.0, 1.0), opts) == 0.0
+
+
+def test_predict_uncertainty_outputs(oracle_bundle: Path, tmp_path: Path) -> None:
+    """--uncertainty writes the spread map and the score; the oracle is flip-symmetric, so
+    its flips agree (score 0, no review) unless the review threshold is 0."""
+    import json
+
+    from volseg.stages.predict import run_predict
+
+    shape = (40, 40, 10)
+    hu = np.full(shape, -850, dtype=np.int16)
+    hu[10:16, 10:16, 3:7] = 200
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 5.0, 1.0])), src)
+    for name, threshold in (("agree", 0.5), ("always", 0.0)):
+        out = tmp_path / name
+        run_predict(
+            oracle_bundle.parents[1],
+            src,
+            out,
+            use_lungs=False,
+            uncertainty=True,
+            review_disagreement=threshold,
+        )
+        info = json.loads((out / "scan_a.json").read_text())
+        spread = np.asarray(nib.load(out / "scan_a_uncertainty.nii.gz").dataobj)
+        assert spread.shape == shape and float(spread.max()) < 1e-4
+        assert info["uncertainty_score"] == 0.0
+        assert info["needs_review"] is (threshold == 0.0)
+
+
+def test_predict_writes_a_dicom_seg_in_the_series_geometry(
+    oracle_bundle: Path, tmp_path: Path, capfd
+) -> None:
+    """--output-type both on a DICOM series: the SEG references every source slice and its
+    frames hold the lesion exactly where the source pixels are bright; with --types, two
+    segments (ground glass, consolidation); a NIfTI input is refused in one line."""
+    import highdicom as hd
+
+    from tests.dicom_series import write_ct_series
+    from volseg.cli import main
+    from volseg.stages.predict import run_predict
+
+    hu = np.full((6, 20, 24), -850, dtype=np.int16)  # (z, y, x)
+    hu[3, 8:12, 10:14] = 300
+    hu[1, 2:5, 15:20] = 250
+    write_ct_series(tmp_path / "dcm", hu)
+    out = tmp_path / "out"
+    run_predict(
+        oracle_bundle.parents[1], tmp_path / "dcm", out, use_lungs=False, output_type="both"
+    )
+    seg = hd.seg.segread(str(out / "dcm_seg.dcm"))
+    assert (out / "dcm_mask.nii.gz").is_file()
+    mask = np.asarray(nib.load(out / "dcm_mask.nii.gz").dataobj)  # (x, y, z) of the series
+    assert mask[:, :, 3].any() and mask[:, :, 1].any()
+    sources = {str(ds.SOPInstanceUID): ds for ds in _read_dir(tmp_path / "dcm")}
+    assert {str(r.ReferencedSOPInstanceUID) for r in _referenced(seg)} == set(sources)
+    for uid, ds in sources.items():
+        frame = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[uid], segment_numbers=[1]
+        )[0, :, :, 0]
+        k = int(ds.InstanceNumber) - 1  # slice k at z = 30 + 5 k mm
+        assert np.array_equal(frame > 0, mask[:, :, k].T > 0), k  # rows y, columns x
+    assert seg.SegmentSequence[0].SegmentLabel == "COVID-19 lesion"
+    _assert_valid_dicom(out / "dcm_seg.dcm")
+
+    run_predict(
+        oracle_bundle.parents[1],
+        tmp_path / "dcm",
+        tmp_path / "typed",
+        use_lungs=False,
+        output_type="dicom-seg",
+        write_types=True,
+    )
+    typed = hd.seg.segread(str(tmp_path / "typed" / "dcm_seg.dcm"))
+    labels = [s.SegmentLabel for s in typed.SegmentSequence]
+    assert labels == ["Ground-glass opacity", "Consolidation"]
+    assert not (tmp_path / "typed" / "dcm_mask.nii.gz").exists()
+
+    nifti = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(hu.T.copy(), np.eye(4)), nifti)
+    code = main(
+        [
+            "predict",
+            "-m",
+            str(oracle_bundle),
+            "-i",
+            str(nifti),
+            "-o",
+            str(tmp_path / "n"),
+            "--output-type",
+            "dicom-seg",
+        ]
+    )
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and "needs a DICOM series" in err[-1] and not (tmp_path / "n").exists()
+
+
+def _assert_valid_dicom(path: Path) -> None:
+    """dciodvfy (Debian's dicom3tools) finds no error, where it is installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        return
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if "Error" in line]
+    assert errors == [], errors
+
+
+def _read_dir(folder: Path) -> list:
+    import pydicom
+
+    return [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+
+
+def _referenced(seg) -> list:
+    return [
+        item
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    ]

@@ -160,14 +160,18 @@ def test_whole_chest_volumes_are_plausible_without_warnings(tmp_path: Path) -> N
 
 
 # Synthetic CT-0..CT-4 of every preset, mean over seeds 0-2 (mosmed: seed 0, it is large).
+# Synthetic world generation 2 paints consolidation at unenhanced soft-tissue HU (-10..+45),
+# which the mask cannot tell from the chest wall where the two touch; predict keeps lesions
+# within predict.lung_margin_mm of the mask for that reason (docs/lungs.md).
 SYNTH_SHORT = {
-    ("tiny", "CT-2"): "0.909 measured (5.5 mm in-plane, 18 mm slices)",
-    ("tiny", "CT-3"): "0.838 measured: consolidation in 18 mm slices",
-    ("tiny", "CT-4"): "0.832 measured: consolidation in 18 mm slices",
-    ("demo", "CT-2"): "0.941 measured",
-    ("demo", "CT-3"): "0.947 measured",
-    ("demo", "CT-4"): "0.941 measured",
-    ("mosmed", "CT-4"): "0.947 measured",
+    ("tiny", "CT-2"): "0.846 measured (5.5 mm in-plane, 18 mm slices)",
+    ("tiny", "CT-3"): "0.820 measured: consolidation in 18 mm slices",
+    ("tiny", "CT-4"): "0.783 measured: consolidation in 18 mm slices",
+    ("demo", "CT-2"): "0.929 measured",
+    ("demo", "CT-3"): "0.906 measured",
+    ("demo", "CT-4"): "0.889 measured",
+    ("mosmed", "CT-3"): "0.912 measured",
+    ("mosmed", "CT-4"): "0.935 measured",
 }
 SYNTH = [
     (preset, category)

@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lungs", metavar="DIR", help="lung masks <id>_lungs.nii.gz (involvement %%, CT grade)"
     )
     parser.add_argument(
+        "--types",
+        metavar="DIR",
+        help="reference lesion types <id>_types.nii.gz (1 ground glass, 2 consolidation): "
+        "scores predictions written with predict --types per type",
+    )
+    parser.add_argument(
         "--resample",
         action="store_true",
         help="resample predictions onto the reference grid (nearest) instead of failing",
@@ -76,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
             defaults.nsd_tolerance_mm if args.nsd_tolerance is None else args.nsd_tolerance
         ),
         involvement_bins=defaults.involvement_bins if args.bins is None else args.bins,
+        types_dir=args.types,
     )
     return 0

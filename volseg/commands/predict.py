@@ -21,6 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lungs", help="lung mask file or folder (<id>_lungs.nii.gz)")
     parser.add_argument("--no-lungs", action="store_true", help="do not restrict to the lungs")
     parser.add_argument("--prob", action="store_true", help="also write <id>_prob.nii.gz")
+    parser.add_argument(
+        "--output-type",
+        choices=("nifti", "dicom-seg", "both"),
+        default="nifti",
+        help="mask as NIfTI, as a DICOM SEG referencing the input series (DICOM inputs), or both",
+    )
+    parser.add_argument(
+        "--types",
+        action="store_true",
+        help="also write <id>_types.nii.gz (1 ground glass, 2 consolidation)",
+    )
+    parser.add_argument(
+        "--consolidation-hu",
+        type=float,
+        help="lesion voxels at or above this HU are consolidation (default -200)",
+    )
     parser.add_argument("--overlays", action="store_true", help="write PNG axial overlays")
     parser.add_argument("--roi", type=int, nargs="+", help="sliding-window ROI (1 or 3 sizes)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
@@ -34,6 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-involvement",
         type=float,
         help="call a scan lesion-free below this predicted lung involvement (%%; 0: off)",
+    )
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        default=None,
+        help="eight flips: <id>_uncertainty.nii.gz, uncertainty_score and needs_review",
+    )
+    parser.add_argument(
+        "--review-threshold",
+        type=float,
+        help="needs_review at this flip disagreement or above (0..1, default 0.5)",
+    )
+    parser.add_argument(
+        "--lung-margin",
+        type=float,
+        help="keep lesions within this distance of the lung mask (mm; 0: strictly inside)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
     parser.add_argument("--num-parts", type=int, default=1, help="split inputs into K parts")
@@ -57,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--sw-batch-size must be at least 1")
     if args.min_component is not None and args.min_component < 0:
         raise InputError("--min-component must be >= 0 (mm³)")
+    if args.review_threshold is not None and not 0 <= args.review_threshold <= 1:
+        raise InputError("--review-threshold must be in [0, 1]")
+    if args.lung_margin is not None and not 0 <= args.lung_margin <= 50:
+        raise InputError("--lung-margin must be in [0, 50] (mm)")
     try:
         roi = parse_roi(args.roi)
     except ValueError as exc:
@@ -70,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         lungs=args.lungs,
         use_lungs=not args.no_lungs,
         write_prob=args.prob,
+        write_types=args.types,
+        output_type=args.output_type,
         overlays=args.overlays,
         series=args.series,
         num_parts=args.num_parts,
@@ -82,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         min_component_mm3=args.min_component,
         min_involvement_pct=args.min_involvement,
+        lung_margin_mm=args.lung_margin,
+        consolidation_min_hu=args.consolidation_hu,
+        uncertainty=args.uncertainty,
+        review_disagreement=args.review_threshold,
     )
     logging.getLogger("volseg.predict").info("wrote %s", summary)
     return 0

@@ -174,6 +174,7 @@ class LungMask:
     left_ml: float
     cut_by_fov: list[str] = field(default_factory=list)  # "top", "bottom", "side"
     warnings: list[str] = field(default_factory=list)
+    sides: np.ndarray | None = None  # uint8 0 / RIGHT / LEFT per voxel (0: edge, unassigned)
 
     @property
     def total_ml(self) -> float:
@@ -192,6 +193,18 @@ class LungMask:
             np.ascontiguousarray(lungs), view.spacing, _midline_x(view.hu, view.spacing, p)
         )
         return view.with_qc(mask, sides, p)
+
+    def side_shares(self, voxels: np.ndarray) -> tuple[float, float]:
+        """How many of ``voxels`` (a boolean mask) lie in the right and the left lung; voxels
+        with no side (edge voxels, lesion outside the mask) are shared pro rata."""
+        voxels = np.asarray(voxels) > 0
+        if self.sides is None:
+            raise ValueError("this lung mask carries no side map")
+        counts = np.bincount(self.sides[voxels], minlength=3).astype(np.float64)
+        total = float(voxels.sum())
+        known = counts[RIGHT] + counts[LEFT]
+        share = counts[RIGHT] / known if known else self.right_ml / max(self.total_ml, 1e-9)
+        return total * share, total * (1.0 - share)
 
     def qc(self) -> dict[str, object]:
         """JSON-ready QC record (volumes rounded to 0.1 mL)."""
@@ -246,6 +259,7 @@ class _CoarseView:
             right_ml=total * share,
             left_ml=total * (1.0 - share) if counts[LEFT] > 0 else 0.0,
             cut_by_fov=_cut_faces(sides > 0),
+            sides=np.where(mask, native_sides, 0).astype(np.uint8),
         )
         result.warnings = _qc_warnings(result, p)
         return result

@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 AFFINE_ATOL_MM = 1e-3
 """Affines closer than this (mm, element-wise) are the same grid."""
-SKIP_SUFFIXES = ("_prob", "_lungs")
+SKIP_SUFFIXES = ("_prob", "_lungs", "_types")
 
 
 def list_masks(folder: str | Path, role: str) -> dict[str, Path]:
-    """Map study id -> mask file for every NIfTI in ``folder`` (not ``_prob``/``_lungs``).
+    """Map study id -> mask file for every NIfTI in ``folder`` (not ``_prob``/``_lungs``/``_types``).
 
     Raises :class:`InputError` for a missing folder or two files with the same id.
     """
@@ -80,30 +80,42 @@ def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
 
 
 def resample_nearest(
-    data: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray
+    data: np.ndarray,
+    affine: np.ndarray,
+    shape: Sequence[int],
+    target_affine: np.ndarray,
+    labels: bool = False,
 ) -> np.ndarray:
-    """Nearest-neighbour resampling of a mask onto another grid, from the two affines."""
+    """Nearest-neighbour resampling of a mask (boolean) or, with ``labels``, of a label map
+    (uint8 values kept) onto another grid, from the two affines."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    img = nib.Nifti1Image((np.asarray(data) > 0).astype(np.uint8), affine)
+    values = np.asarray(data).astype(np.uint8) if labels else np.asarray(data) > 0
+    img = nib.Nifti1Image(values.astype(np.uint8), affine)
     out = resample_from_to(img, (tuple(shape), target_affine), order=0, mode="constant", cval=0)
-    return np.asarray(out.dataobj) > 0
+    return np.asarray(out.dataobj) if labels else np.asarray(out.dataobj) > 0
 
 
 def _on_reference_grid(
-    path: Path, ref_path: Path, ref_shape: tuple[int, ...], ref_affine: np.ndarray, resample: bool
+    path: Path,
+    ref_path: Path,
+    ref_shape: tuple[int, ...],
+    ref_affine: np.ndarray,
+    resample: bool,
+    labels: bool = False,
 ) -> tuple[np.ndarray, bool]:
-    """Read a mask and return it on the reference grid: ``(mask, was_resampled)``."""
+    """Read a mask (or, with ``labels``, a label map) and return it on the reference grid:
+    ``(mask, was_resampled)``."""
     data, affine = _read_mask(path)
     if same_grid(data.shape, affine, ref_shape, ref_affine):
-        return data > 0, False
+        return (np.asarray(data).astype(np.uint8) if labels else data > 0), False
     if not resample:
         raise InputError(
             f"{path} (shape {data.shape}) and {ref_path} (shape {ref_shape}) are on different "
             "grids (shape or affine differ); use --resample to resample onto the reference"
         )
-    return resample_nearest(data, affine, ref_shape, ref_affine), True
+    return resample_nearest(data, affine, ref_shape, ref_affine, labels), True
 
 
 def evaluate_case(
@@ -113,9 +125,11 @@ def evaluate_case(
     lungs_path: Path | None,
     resample: bool,
     nsd_tolerance_mm: float,
+    types_paths: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """Load one case's files and return its CSV row (identifiers plus :func:`case_metrics`)."""
-    from volseg.evaluation.metrics import case_metrics
+    """Load one case's files and return its CSV row (identifiers plus :func:`case_metrics`,
+    and :func:`type_metrics` when ``types_paths`` gives predicted and reference type maps)."""
+    from volseg.evaluation.metrics import case_metrics, type_metrics
     from volseg.quantify import spacing_from_affine
 
     ref_data, ref_affine = _read_mask(ref_path)
@@ -133,4 +147,12 @@ def evaluate_case(
         "resampled": int(resampled),
     }
     row.update(metrics)
+    if types_paths is not None:
+        pred_types, _ = _on_reference_grid(
+            types_paths[0], ref_path, ref.shape, ref_affine, resample, labels=True
+        )
+        ref_types, _ = _on_reference_grid(
+            types_paths[1], ref_path, ref.shape, ref_affine, False, labels=True
+        )
+        row.update(type_metrics(pred_types, ref_types, spacing_from_affine(ref_affine)))
     return row

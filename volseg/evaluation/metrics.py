@@ -221,3 +221,23 @@ def case_metrics(
 def _check_same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
     if pred.shape != ref.shape:
         raise ValueError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
+
+
+def type_metrics(
+    pred_types: np.ndarray, ref_types: np.ndarray, spacing_mm: Sequence[float]
+) -> dict[str, float]:
+    """Per lesion type (1 ground glass, 2 consolidation): Dice and predicted minus reference
+    volume (mL). Dice is NaN where the reference holds none of that type (a class absent
+    from the reference says nothing about how well it is delineated; its false positives
+    show in the volume difference)."""
+    from volseg.quantify import CONSOLIDATION, GGO, voxel_volume_ml
+
+    voxel_ml = voxel_volume_ml(spacing_mm)
+    out: dict[str, float] = {}
+    for name, code in (("ggo", GGO), ("consolidation", CONSOLIDATION)):
+        pred, ref = np.asarray(pred_types) == code, np.asarray(ref_types) == code
+        n_pred, n_ref = int(pred.sum()), int(ref.sum())
+        overlap = int(np.logical_and(pred, ref).sum())
+        out[f"{name}_dice"] = 2.0 * overlap / (n_pred + n_ref) if n_ref else float("nan")
+        out[f"{name}_volume_diff_ml"] = (n_pred - n_ref) * voxel_ml
+    return out

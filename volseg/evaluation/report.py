@@ -28,6 +28,10 @@ LABELS: dict[str, str] = {
     "rel_volume_error_pct": "Rel. volume error (%)",
     "involvement_error_pct": "Involvement error (pp)",
     "abs_involvement_error_pct": "Abs. involvement error (pp)",
+    "ggo_dice": "Ground-glass Dice (cases with ground glass)",
+    "consolidation_dice": "Consolidation Dice (cases with consolidation)",
+    "ggo_volume_diff_ml": "Ground-glass volume difference (mL)",
+    "consolidation_volume_diff_ml": "Consolidation volume difference (mL)",
 }
 
 

@@ -4,9 +4,12 @@ Used by ``volseg predict``, fine-tuning validation, the lesion-presence gate's c
 (:mod:`volseg.inference.validation`), and nothing else predicts. Steps (on the model's
 device): the :class:`volseg.recipe.Recipe` (reorient + resample to the working spacing,
 body crop, HU window), :func:`volseg.inference.sliding.sliding_window` (gaussian blending,
-autocast on GPU), optional flip TTA, sigmoid, probability mapped back to the native grid,
-threshold, restriction to the lung mask, removal of small components, the gate. The output
-grid is the input grid by construction.
+autocast on GPU), optional flip TTA (all eight flips with ``uncertainty``), sigmoid,
+probability mapped back to the native grid, threshold, restriction to the lung mask grown by
+``lung_margin_mm`` (consolidation at the pleura is soft-tissue dense and lies just outside an
+automatic lung mask), removal of small components and of components that do not touch the
+lungs, the gate. The reported lungs are the lung mask plus the lesion: involvement divides by
+lung that holds air and lung that lost it. The output grid is the input grid by construction.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from volseg.inference.postprocess import remove_small_components
+from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
 from volseg.inference.sliding import sliding_window
 from volseg.quantify import spacing_from_affine
 from volseg.recipe import Recipe
@@ -47,6 +50,10 @@ class PredictOptions:
     min_component_mm3: float
     min_involvement_pct: float
     restrict_to_lungs: bool
+    lung_margin_mm: float
+    consolidation_min_hu: float
+    uncertainty: bool
+    review_disagreement: float
 
     @classmethod
     def resolve(cls, recipe: Recipe, *layers: Mapping[str, Any] | None) -> PredictOptions:
@@ -67,8 +74,9 @@ class PredictOptions:
         return cls(**values)
 
     def ungated(self) -> PredictOptions:
-        """The same settings without the lesion-presence gate (validation, calibration)."""
-        return dataclasses.replace(self, min_involvement_pct=0.0)
+        """The same settings without the lesion-presence gate and the uncertainty maps
+        (validation, calibration): the mask ``predict`` makes before its gate."""
+        return dataclasses.replace(self, min_involvement_pct=0.0, uncertainty=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +100,17 @@ class Prediction:
     probability: np.ndarray  # float32 in [0, 1]
     lungs: np.ndarray | None  # uint8 0/1, or None when not used
     gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
+    uncertainty: np.ndarray | None = None  # float32: max - min probability over the flips
+    disagreement: float | None = None  # 1 - |flips agreeing| / |any flip| on the lesion
+
+
+@dataclass
+class FlipProbabilities:
+    """Native-grid probability over the flips (their mean) and its spread (min and max)."""
+
+    mean: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
 
 class Predictor:
@@ -116,13 +135,20 @@ class Predictor:
     def with_options(self, options: PredictOptions) -> Predictor:
         return Predictor(self.model, self.recipe, options)
 
-    @torch.inference_mode()
     def probability(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Lesion probability on the native grid of ``image`` (float32, same shape)."""
+        return self.flip_probabilities(image, affine).mean
+
+    @torch.inference_mode()
+    def flip_probabilities(self, image: np.ndarray, affine: np.ndarray) -> FlipProbabilities:
+        """Probability on the native grid, the mean over the flips (``tta``; all eight with
+        ``uncertainty``, which also keeps the per-voxel minimum and maximum over them)."""
         working, x = self.recipe.apply(image, affine, self.device)
         opts = self.options
-        flips = TTA_FLIPS if opts.tta else ((),)
+        flips = TTA_FLIPS if opts.tta or opts.uncertainty else ((),)
         prob = torch.zeros_like(x)
+        low = torch.ones_like(x) if opts.uncertainty else None
+        high = torch.zeros_like(x) if opts.uncertainty else None
         for dims in flips:
             xi = x.flip(dims) if dims else x
             logits = sliding_window(
@@ -133,26 +159,37 @@ class Predictor:
                 sw_batch_size=opts.sw_batch_size,
             )
             p = torch.sigmoid(logits)
-            prob += p.flip(dims) if dims else p
+            p = p.flip(dims) if dims else p
+            prob += p
+            if low is not None and high is not None:
+                torch.minimum(low, p, out=low)
+                torch.maximum(high, p, out=high)
         prob /= len(flips)
-        back = working.to_native(prob).clamp_(0.0, 1.0)
-        return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+        def native(values: torch.Tensor) -> np.ndarray:
+            back = working.to_native(values).clamp_(0.0, 1.0)
+            return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+        if low is None or high is None:
+            return FlipProbabilities(native(prob))
+        return FlipProbabilities(native(prob), native(low), native(high))
 
     def predict(
         self, image: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None = None
     ) -> Prediction:
         """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given."""
-        prob = self.probability(image, affine)
-        mask = prob >= self.options.threshold
-        if lungs is not None and self.options.restrict_to_lungs:
-            mask &= np.asarray(lungs) > 0
-        mask = remove_small_components(
-            mask, spacing_from_affine(affine), self.options.min_component_mm3
-        )
-        gated = self._below_gate(mask, lungs)
+        flips = self.flip_probabilities(image, affine)
+        prob, opts = flips.mean, self.options
+        spacing = spacing_from_affine(affine)
+        mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts)
+        gated = self._below_gate(mask, used)
         if gated:
             mask[:] = False
-        return Prediction(mask.astype(np.uint8), prob, None if lungs is None else lungs, gated)
+        result = Prediction(mask.astype(np.uint8), prob, used, gated)
+        if flips.low is not None and flips.high is not None:
+            result.uncertainty = flips.high - flips.low
+            result.disagreement = flip_disagreement(flips, lungs, spacing, opts)
+        return result
 
     def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> bool:
         """True when lesions were found but fill less than ``min_involvement_pct`` of the lungs."""
@@ -164,6 +201,48 @@ class Predictor:
             return False
         n_lungs = int(np.count_nonzero(lungs))
         return n_lungs > 0 and 100.0 * float(np.count_nonzero(mask)) / n_lungs < gate
+
+
+def restrict_to_lungs(
+    mask: np.ndarray,
+    lungs: np.ndarray | None,
+    spacing: Sequence[float],
+    options: PredictOptions,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Thresholded ``mask`` cleaned and kept near the lungs, and the lungs it is measured in.
+
+    Inside the lungs grown by ``lung_margin_mm``, components of at least
+    ``min_component_mm3`` that touch the lungs; the lungs returned are ``lungs`` plus that
+    lesion (uint8), or None without a lung mask (or with ``restrict_to_lungs`` off, the
+    lung mask as given).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    use = lungs is not None and options.restrict_to_lungs
+    if use:
+        mask = mask & lesion_region(lungs, spacing, options.lung_margin_mm)
+    mask = remove_small_components(mask, spacing, options.min_component_mm3)
+    if not use:
+        return mask, None if lungs is None else np.asarray(lungs, dtype=np.uint8)
+    inside = np.asarray(lungs) > 0
+    mask = keep_touching(mask, inside)
+    return mask, (inside | mask).astype(np.uint8)
+
+
+def flip_disagreement(
+    flips: FlipProbabilities,
+    lungs: np.ndarray | None,
+    spacing: Sequence[float],
+    options: PredictOptions,
+) -> float:
+    """How much the flipped predictions disagree on the lesion: 1 - |voxels every flip
+    calls lesion| / |voxels some flip calls lesion|, each cleaned as the mask is (0 when no
+    flip finds a lesion). High on a scan whose lesions the model is unsure of."""
+    if flips.low is None or flips.high is None:
+        raise ValueError("flip_disagreement needs the minimum and maximum over the flips")
+    every, _ = restrict_to_lungs(flips.low >= options.threshold, lungs, spacing, options)
+    some, _ = restrict_to_lungs(flips.high >= options.threshold, lungs, spacing, options)
+    n_some = int(np.count_nonzero(some))
+    return 0.0 if n_some == 0 else 1.0 - float(np.count_nonzero(every & some)) / n_some
 
 
 def lung_mask_for(image: np.ndarray, affine: np.ndarray) -> LungMask:

@@ -84,6 +84,13 @@ def _series_files(folder: Path, series_uid: str) -> list[str]:
         return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
 
 
+def series_files(source: ScanSource) -> list[str]:
+    """The files of a DICOM source's series, in the order the series is read."""
+    if source.series_uid is None:
+        raise ValueError(f"{source.path} is not a DICOM series")
+    return _series_files(source.path, source.series_uid)
+
+
 def _has_dicom_preamble(path: Path) -> bool:
     """True for a file with the DICOM part-10 marker ("DICM" after the 128-byte preamble)."""
     try:

@@ -95,12 +95,13 @@ class ValidationResult:
 def _segmented(
     predictor: Predictor, cases: Iterable[ScanCase]
 ) -> Iterator[tuple[ScanCase, np.ndarray, np.ndarray | None, np.ndarray]]:
-    """``(case, ungated predicted mask, lungs, reference)`` for each case, one at a time."""
+    """``(case, ungated predicted mask, lungs it is measured in, reference)`` for each case,
+    one at a time; the lungs are the lung mask plus the lesion, as ``predict`` reports them."""
     ungated = predictor.with_options(predictor.options.ungated())
     for case in cases:
         image, affine, lungs, ref = case.read()
-        pred = ungated.predict(image, affine, lungs).mask > 0
-        yield case, pred, lungs, ref
+        result = ungated.predict(image, affine, lungs)
+        yield case, result.mask > 0, result.lungs, ref
 
 
 def validate(predictor: Predictor, cases: Sequence[ScanCase]) -> ValidationResult:
@@ -142,7 +143,7 @@ def gate_cases(predictor: Predictor, cases: Sequence[ScanCase]) -> list[GateCase
     for case, pred, lungs, ref in _segmented(predictor, cases):
         if lungs is None:
             raise InputError(f"{case.id}: the gate needs a lung mask")
-        involvement = 100.0 * float(pred.sum()) / max(int(lungs.sum()), 1)
+        involvement = 100.0 * float(pred.sum()) / max(int(np.count_nonzero(lungs)), 1)
         dice = overlap_metrics(pred, ref)["dice"]
         out.append(GateCase(case.id, involvement, float(dice), case.empty_reference))
     return out

@@ -53,6 +53,13 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "involvement_error_pct",
     "abs_involvement_error_pct",
 )
+TYPE_METRICS: tuple[str, ...] = (
+    "ggo_dice",
+    "consolidation_dice",
+    "ggo_volume_diff_ml",
+    "consolidation_volume_diff_ml",
+)
+"""Summarised when the run was given lesion types (``types_dir``)."""
 STRATUM_METRICS: tuple[str, ...] = ("dice", "hd95_mm", "nsd", "lesion_f1", "abs_volume_error_ml")
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "pred_file", "ref_file", "lungs_file", "resampled")
 PLOT_FILES = {
@@ -102,7 +109,12 @@ def build_summary(
             "pred_without_ref": len(pred_only),
             "ref_without_pred": len(ref_only),
         },
-        "metrics": summarize(rows, SUMMARY_METRICS, bootstrap, seed),
+        "metrics": summarize(
+            rows,
+            SUMMARY_METRICS + tuple(m for m in TYPE_METRICS if any(m in r for r in rows)),
+            bootstrap,
+            seed,
+        ),
         "stratified_by": "ref_involvement_pct",
         "stratified": (
             stratify(
@@ -192,8 +204,12 @@ def run_evaluate(
     seed: int = 0,
     nsd_tolerance_mm: float = 2.0,
     involvement_bins: Sequence[float] = DEFAULT_BINS,
+    types_dir: str | Path | None = None,
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; returns ``out_dir``.
+
+    With ``types_dir`` (reference ``<id>_types.nii.gz``: 1 ground glass, 2 consolidation),
+    cases whose prediction folder holds ``<id>_types.nii.gz`` too are also scored per type.
 
     Writes ``per_case.csv``, ``summary.json``, PNG plots and ``report.md`` into ``out_dir``.
     Raises :class:`InputError` when no prediction has a reference, on unreadable files, or
@@ -213,6 +229,8 @@ def run_evaluate(
     refs = list_masks(ref_dir, "reference")
     if lungs_dir is not None and not Path(lungs_dir).is_dir():
         raise InputError(f"{lungs_dir}: lung-mask folder not found")
+    if types_dir is not None and not Path(types_dir).is_dir():
+        raise InputError(f"{types_dir}: lesion-type folder not found")
     paired, pred_only, ref_only = pair_cases(preds, refs)
     if not paired:
         raise InputError(
@@ -231,8 +249,12 @@ def run_evaluate(
             if not lung_file.is_file():
                 missing_lungs.append(sid)
                 lung_file = None
+        types = None
+        if types_dir is not None:
+            pair = (pred_dir / f"{sid}_types.nii.gz", Path(types_dir) / f"{sid}_types.nii.gz")
+            types = pair if pair[0].is_file() and pair[1].is_file() else None
         rows.append(
-            evaluate_case(sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm)
+            evaluate_case(sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm, types)
         )
     if missing_lungs:
         log.warning("%d case(s) have no lung mask in %s", len(missing_lungs), lungs_dir)
@@ -246,6 +268,7 @@ def run_evaluate(
         "seed": int(seed),
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
         "involvement_bins": [float(b) for b in involvement_bins],
+        "types_dir": str(Path(types_dir).resolve()) if types_dir is not None else None,
     }
     summary = build_summary(
         rows,
@@ -331,6 +354,9 @@ def _evaluation_inputs(cfg: Any, studies: Sequence[Any], folder: Path) -> tuple[
         pred = prediction_path(pred_root, study.id)
         if pred.is_file():
             _link(pred, pred_dir / pred.name)
+        types = pred_root / f"{study.id}_types.nii.gz"  # predict.write_types
+        if types.is_file():
+            _link(types, pred_dir / types.name)
     n_ref = sum(1 for _ in ref_dir.iterdir())
     if n_ref == 0:
         raise InputError(
@@ -357,4 +383,13 @@ def run_evaluate_split(cfg: Any) -> Path:
         seed=cfg.seed,
         nsd_tolerance_mm=e.nsd_tolerance_mm,
         involvement_bins=e.involvement_bins,
+        types_dir=_types_root(cfg),
     )
+
+
+def _types_root(cfg: Any) -> Path | None:
+    """``data.root/lesion_types`` (synthetic truth per lesion type), when there is one."""
+    from volseg.data.layout import TYPES_DIR
+
+    folder = Path(cfg.data.root) / TYPES_DIR
+    return folder if folder.is_dir() else None

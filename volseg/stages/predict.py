@@ -7,8 +7,10 @@ background thread while the previous one is on the device; a scan whose content 
 in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
 
 Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
-shape/affine/header), optional ``<id>_prob.nii.gz``, ``<id>.json`` (volumes, involvement,
-CT grade) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
+shape/affine/header), optional ``<id>_prob.nii.gz`` and ``<id>_types.nii.gz`` (1 ground
+glass, 2 consolidation) and, with ``uncertainty``, ``<id>_uncertainty.nii.gz`` (the spread
+of the eight flipped predictions per voxel), ``<id>.json`` (volumes, involvement, CT grade, ground-glass and
+consolidation burden, per lung too) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
 sharded). When a scan fails, the others are still predicted: each finished scan's outputs
 are complete, ``summary.csv`` lists every scan with the failures' ``error``, and the run
 ends with an error naming the failed file (exit code 2). When no scan finishes, nothing is
@@ -45,7 +47,15 @@ from volseg.io import (
     write_text_atomic,
 )
 from volseg.progress import progress
-from volseg.quantify import quantify, spacing_from_affine
+from volseg.quantify import (
+    CONSOLIDATION,
+    GGO,
+    lesion_types,
+    quantify,
+    spacing_from_affine,
+    type_burden,
+    voxel_volume_ml,
+)
 from volseg.utils import default_device, same_grid
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,12 @@ SUMMARY_FIELDS = (
     "left_lung_ml",
     "involvement_pct",
     "ct_grade",
+    "ggo_ml",
+    "consolidation_ml",
+    "ggo_pct",
+    "consolidation_pct",
+    "uncertainty_score",
+    "needs_review",
     "lung_warnings",
     "seconds",
     "error",
@@ -89,6 +105,22 @@ def _check_inputs(sources: Sequence[ScanSource]) -> None:
             )
     for src in sources:
         check_source(src)
+
+
+OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
+
+
+def _check_output_type(output_type: str, sources: Sequence[ScanSource]) -> None:
+    """A DICOM SEG references its source series: only DICOM inputs can have one."""
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"--output-type {output_type}: choose one of {', '.join(OUTPUT_TYPES)}")
+    if output_type != "nifti":
+        for src in sources:
+            if src.series_uid is None:
+                raise InputError(
+                    f"{src.path}: --output-type {output_type} needs a DICOM series as input "
+                    "(a DICOM SEG references the series it segments)"
+                )
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -136,6 +168,14 @@ def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | No
     return result
 
 
+def _with_lesion(lung: LungMask | None, used: np.ndarray | None, scan: Scan) -> LungMask | None:
+    """The lung QC of the lungs involvement was measured in: the lung mask plus predicted
+    lesion just outside it (consolidation the mask left out), when there is any."""
+    if lung is None or used is None or np.count_nonzero(used) == np.count_nonzero(lung.mask):
+        return lung
+    return LungMask.of_mask(used, scan.array, scan.affine)
+
+
 def run_predict(
     model: str | Path,
     inputs: str | Path | Sequence[str | Path],
@@ -144,6 +184,8 @@ def run_predict(
     lungs: str | Path | None = None,
     use_lungs: bool = True,
     write_prob: bool = False,
+    write_types: bool = False,
+    output_type: str = "nifti",
     overlays: bool = False,
     series: str | None = None,
     num_parts: int = 1,
@@ -171,6 +213,7 @@ def run_predict(
     sharded = num_parts > 1
     sources = shard(sources, num_parts, part_id)
     _check_inputs(sources)
+    _check_output_type(output_type, sources)
     lungs_arg = Path(lungs) if lungs is not None else None
     if use_lungs and lungs_arg is not None and not lungs_arg.exists():
         raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
@@ -192,8 +235,18 @@ def run_predict(
                 result = predictor.predict(
                     scan.array, scan.affine, None if lung is None else lung.mask
                 )
+                lung = _with_lesion(lung, result.lungs, scan)
                 row = _write_outputs(
-                    scan, result, lung, out_dir, bundle.path, options, write_prob, overlays
+                    scan,
+                    result,
+                    lung,
+                    out_dir,
+                    bundle.path,
+                    options,
+                    write_prob,
+                    overlays,
+                    write_types,
+                    output_type,
                 )
             except InputError as exc:
                 if len(sources) > 1:
@@ -258,24 +311,53 @@ def _write_outputs(
     options: PredictOptions,
     write_prob: bool,
     overlays: bool,
+    write_types: bool = False,
+    output_type: str = "nifti",
 ) -> dict[str, Any]:
     sid = scan.id
-    stats = quantify(result.mask, result.lungs, spacing_from_affine(scan.affine))
+    spacing = spacing_from_affine(scan.affine)
+    stats = quantify(result.mask, result.lungs, spacing)
+    types = lesion_types(result.mask, scan.array, options.consolidation_min_hu)
+    n_lungs = None if result.lungs is None else int(np.count_nonzero(result.lungs))
+    stats |= type_burden(types, n_lungs, spacing)
     stats |= {} if lung is None else lung.qc()
+    by_side = None if lung is None else _burden_by_side(lung, types, spacing)
+    if result.disagreement is not None:
+        stats["uncertainty_score"] = round(result.disagreement, 4)
+        stats["needs_review"] = result.disagreement >= options.review_disagreement
     with atomic_group() as stage:  # a scan's files appear together, or none of them
-        write_nifti(
-            stage(prediction_path(out_dir, sid)),
-            result.mask,
-            scan.affine,
-            dtype=np.uint8,
-            like=scan.nifti,
-        )
+        if output_type in ("nifti", "both"):
+            write_nifti(
+                stage(prediction_path(out_dir, sid)),
+                result.mask,
+                scan.affine,
+                dtype=np.uint8,
+                like=scan.nifti,
+            )
+        if output_type in ("dicom-seg", "both"):
+            _write_seg(stage(out_dir / f"{sid}_seg.dcm"), scan, result.mask, types, write_types)
         if write_prob:
             write_nifti(
                 stage(out_dir / f"{sid}_prob.nii.gz"),
                 result.probability,
                 scan.affine,
                 dtype=np.float32,
+                like=scan.nifti,
+            )
+        if result.uncertainty is not None:
+            write_nifti(
+                stage(out_dir / f"{sid}_uncertainty.nii.gz"),
+                result.uncertainty,
+                scan.affine,
+                dtype=np.float32,
+                like=scan.nifti,
+            )
+        if write_types:
+            write_nifti(
+                stage(out_dir / f"{sid}_types.nii.gz"),
+                types,
+                scan.affine,
+                dtype=np.uint8,
                 like=scan.nifti,
             )
         write_json_atomic(
@@ -285,6 +367,7 @@ def _write_outputs(
                 "input": str(scan.source.path),
                 "series_uid": scan.source.series_uid,
                 **stats,
+                "by_side": by_side,
                 "model": str(model_path),
                 "options": options.to_json(),
                 "lungs_used": result.lungs is not None,
@@ -298,6 +381,33 @@ def _write_outputs(
             out_dir / "overlays" / sid, scan.array, result.mask, scan.affine, result.lungs
         )
     return {"id": sid, "input": str(scan.source.path), **stats}
+
+
+def _write_seg(path: Path, scan: Scan, mask: np.ndarray, types: np.ndarray, split: bool) -> None:
+    """The scan's DICOM SEG: one lesion segment, or ground glass and consolidation."""
+    from volseg import __version__
+    from volseg.inference import dicom_seg
+    from volseg.inference.scans import series_files
+
+    segments = (dicom_seg.GROUND_GLASS, dicom_seg.CONSOLIDATION) if split else (dicom_seg.LESION,)
+    labels = types if split else mask
+    dicom_seg.write_dicom_seg(
+        path, labels, scan.affine, series_files(scan.source), segments, __version__
+    )
+
+
+def _burden_by_side(lung: LungMask, types: np.ndarray, spacing: Any) -> dict[str, Any]:
+    """Per lung: its volume (mL), ground-glass and consolidation volume (mL) and share (%)."""
+    voxel_ml = voxel_volume_ml(spacing)
+    lungs = {"right": lung.right_ml, "left": lung.left_ml}
+    out: dict[str, Any] = {side: {"lung_ml": round(ml, 1)} for side, ml in lungs.items()}
+    for name, code in (("ggo", GGO), ("consolidation", CONSOLIDATION)):
+        right, left = lung.side_shares(types == code)
+        for side, count in (("right", right), ("left", left)):
+            ml = count * voxel_ml
+            out[side][f"{name}_ml"] = round(ml, 2)
+            out[side][f"{name}_pct"] = round(100.0 * ml / lungs[side], 3) if lungs[side] else None
+    return out
 
 
 def _csv_value(value: Any) -> Any:
@@ -336,6 +446,7 @@ def run_predict_split(cfg: Any) -> Path:
         lungs=rundir.lungs_folder(cfg, studies),
         use_lungs=p.restrict_to_lungs,
         write_prob=p.write_prob,
+        write_types=p.write_types,
         **predict_overrides(p),
     )
     return out_dir
