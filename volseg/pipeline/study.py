@@ -43,7 +43,21 @@ from pydantic import ValidationError
 
 from volseg.config import Config
 from volseg.errors import ConfigError, InputError, NotBuiltError, VolsegError
-from volseg.io import atomic_path, write_text_atomic
+from volseg.evaluation.study_report import (  # noqa: F401  (the study's names)
+    ARMS,
+    COMPARE_MAX_LABELS,
+    CSV_COLUMNS,
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_MISSING,
+    STATUS_NA,
+    Arm,
+    comparison_choice,
+    number,
+    plot_study,
+    render_markdown,
+    write_results,
+)
 from volseg.pipeline import manifest as mf
 from volseg.utils import did_you_mean
 
@@ -53,57 +67,10 @@ SHARED_DIR = "shared"
 BASE_DIR = "base"
 CACHE_DIR = "cache"
 ARM_STAGES = ("finetune", "predict", "evaluate")
-COMPARE_MAX_LABELS = 5
-"""The comparison table across backbones uses the largest label count up to this."""
-
-STATUS_DONE = "done"
-STATUS_NA = "n/a"
-STATUS_FAILED = "failed"
-STATUS_MISSING = "missing"
-
-CSV_COLUMNS = (
-    "backbone",
-    "recalibration",
-    "arm",
-    "n_labeled",
-    "status",
-    "n_labeled_used",
-    "n_labeled_available",
-    "n_test",
-    "dice_mean",
-    "dice_sd",
-    "dice_ci95_low",
-    "dice_ci95_high",
-    "sensitivity_mean",
-    "abs_involvement_error_pct_mean",
-    "run_dir",
-    "error",
-)
 
 
 class StudyIncomplete(VolsegError):
     """Some runs of the study failed; the others' results were still written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One arm of the study: which of the two few-label aids it uses."""
-
-    name: str
-    pretrain: bool
-    pseudo: bool
-    description: str
-
-
-ARMS: dict[str, Arm] = {
-    arm.name: arm
-    for arm in (
-        Arm("scratch", False, False, "random init, true masks only"),
-        Arm("pretrain", True, False, "Barlow Twins encoder, true masks only"),
-        Arm("pseudo", False, True, "random init, true masks + GAN pseudo-masks"),
-        Arm("full", True, True, "Barlow Twins encoder, true masks + GAN pseudo-masks"),
-    )
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,12 +421,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def cell_result(study_dir: Path, cell: Cell, error: str | None = None) -> dict[str, Any]:
     """One CSV row: the cell's test-split figures from its ``evaluate/summary.json``."""
     run_dir = study_dir / cell.variant / cell.name
@@ -485,12 +446,12 @@ def cell_result(study_dir: Path, cell: Cell, error: str | None = None) -> dict[s
     row.update(
         status=STATUS_DONE,
         n_test=(summary.get("counts") or {}).get("pairs"),
-        dice_mean=_number(dice.get("mean")),
-        dice_sd=_number(dice.get("sd")),
-        dice_ci95_low=_number(ci[0]),
-        dice_ci95_high=_number(ci[1]),
-        sensitivity_mean=_number((metrics.get("sensitivity") or {}).get("mean")),
-        abs_involvement_error_pct_mean=_number(
+        dice_mean=number(dice.get("mean")),
+        dice_sd=number(dice.get("sd")),
+        dice_ci95_low=number(ci[0]),
+        dice_ci95_high=number(ci[1]),
+        sensitivity_mean=number((metrics.get("sensitivity") or {}).get("mean")),
+        abs_involvement_error_pct_mean=number(
             (metrics.get("abs_involvement_error_pct") or {}).get("mean")
         ),
     )
@@ -515,162 +476,3 @@ def collect_results(
     """The CSV rows of every cell, in plan order."""
     errors = errors or {}
     return [cell_result(study_dir, c, errors.get(c)) for c in cells]
-
-
-def _dice_cell(row: Mapping[str, Any]) -> str:
-    """``0.812 ± 0.050``; ``n/a``, ``failed`` or ``missing`` when there is no figure."""
-    if row.get("status") != STATUS_DONE or row.get("dice_mean") is None:
-        return str(row.get("status") or STATUS_MISSING)
-    text = f"{row['dice_mean']:.3f}"
-    if row.get("dice_sd") is not None:
-        text += f" ± {row['dice_sd']:.3f}"
-    return text
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "–" if _number(value) is None else f"{value:.{digits}f}"
-
-
-def _variants(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    return list(dict.fromkeys((r["backbone"], r["recalibration"]) for r in rows))
-
-
-def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
-    present = set(values)
-    return [v for v in order if v in present]
-
-
-def _label_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return sorted(
-        dict.fromkeys(r["n_labeled"] for r in rows),
-        key=lambda t: math.inf if t == "all" else int(t),
-    )
-
-
-def comparison_choice(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    """``(arm, label)`` of the cross-network table: ``full`` (or the richest arm run) at
-    the largest label count up to :data:`COMPARE_MAX_LABELS` (else the smallest)."""
-    arms = _ordered((r["arm"] for r in rows), list(ARMS))
-    labels = _label_columns(rows)
-    small = [t for t in labels if t != "all" and int(t) <= COMPARE_MAX_LABELS]
-    return arms[-1], (small[-1] if small else labels[0])
-
-
-def render_markdown(rows: Sequence[Mapping[str, Any]], study_dir: Path | None = None) -> str:
-    """``study.md``: a Dice table per network (arms × label counts) and a comparison."""
-    labels = _label_columns(rows)
-    arms = _ordered((r["arm"] for r in rows), list(ARMS))
-    by_key = {(r["backbone"], r["recalibration"], r["arm"], r["n_labeled"]): r for r in rows}
-    lines = ["# Label-budget study", ""]
-    if study_dir is not None:
-        lines += [f"Study directory: `{study_dir}`", ""]
-    lines += [
-        "Test-split Dice, mean ± sd over test cases, by arm (rows) and number of labeled "
-        "training scans (columns); `n/a`: 0 labels without pseudo-masks has nothing to "
-        "train on. Arms: "
-        + "; ".join(f"**{a}**: {ARMS[a].description}" for a in arms)
-        + ". Every run uses the same patient-level split.",
-        "",
-    ]
-    for backbone, recal in _variants(rows):
-        lines += [f"## {backbone}, recalibration {recal}", ""]
-        lines += ["| arm | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-        for arm in arms:
-            cells = [_dice_cell(by_key.get((backbone, recal, arm, t), {})) for t in labels]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        n_test = {r.get("n_test") for r in rows if r["backbone"] == backbone and r.get("n_test")}
-        if n_test:
-            lines += ["", f"Test cases: {', '.join(str(n) for n in sorted(n_test))}."]
-        lines.append("")
-    arm, label = comparison_choice(rows)
-    lines += [
-        f"## Networks compared ({arm} arm, {label} labeled scans)",
-        "",
-        "| backbone | recalibration | Dice | 95 % CI | sensitivity | "
-        "abs. involvement error (pp) | test cases |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for backbone, recal in _variants(rows):
-        r = by_key.get((backbone, recal, arm, label), {})
-        ci = (
-            f"{r['dice_ci95_low']:.3f}–{r['dice_ci95_high']:.3f}"
-            if r.get("dice_ci95_low") is not None and r.get("dice_ci95_high") is not None
-            else "–"
-        )
-        lines.append(
-            f"| {backbone} | {recal} | {_dice_cell(r)} | {ci} | "
-            f"{_fmt(r.get('sensitivity_mean'))} | "
-            f"{_fmt(r.get('abs_involvement_error_pct_mean'), 1)} | {r.get('n_test') or '–'} |"
-        )
-    failed = [r for r in rows if r.get("status") == STATUS_FAILED]
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- `{r['run_dir']}`: {r.get('error')}" for r in failed]
-    return "\n".join(lines) + "\n"
-
-
-def plot_study(rows: Sequence[Mapping[str, Any]], dest: Path) -> Path:
-    """``study.png``: test Dice vs labeled scans, a line per arm, a panel per network.
-
-    Label counts are evenly spaced categories (``all`` last); error bars are the 95 %
-    bootstrap CI where evaluate gave one.
-    """
-    from matplotlib.figure import Figure
-
-    labels = _label_columns(rows)
-    arms = _ordered((r["arm"] for r in rows), list(ARMS))
-    variants = _variants(rows)
-    ncols = min(3, len(variants))
-    nrows = math.ceil(len(variants) / ncols)
-    fig = Figure(figsize=(4.5 * ncols, 3.6 * nrows))
-    by_key = {(r["backbone"], r["recalibration"], r["arm"], r["n_labeled"]): r for r in rows}
-    xs = list(range(len(labels)))
-    for i, (backbone, recal) in enumerate(variants):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        for arm in arms:
-            ys, lo, hi = [], [], []
-            for t in labels:
-                r = by_key.get((backbone, recal, arm, t), {})
-                y = r.get("dice_mean") if r.get("status") == STATUS_DONE else None
-                ys.append(math.nan if y is None else y)
-                low, high = r.get("dice_ci95_low"), r.get("dice_ci95_high")
-                ok = y is not None and low is not None and high is not None
-                lo.append(y - low if ok else 0.0)
-                hi.append(high - y if ok else 0.0)
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
-        ax.set_xticks(xs, [_tick(t, rows, backbone, recal) for t in labels])
-        ax.set_xlabel("labeled training scans")
-        ax.set_ylabel("test Dice")
-        ax.set_ylim(0.0, 1.0)
-        ax.set_title(f"{backbone}, recalibration {recal}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return Path(dest)
-
-
-def _tick(label: str, rows: Sequence[Mapping[str, Any]], backbone: str, recal: str) -> str:
-    """``all`` becomes ``all (k)`` when the runs recorded how many labeled scans exist."""
-    if label != "all":
-        return label
-    counts = {
-        r.get("n_labeled_available")
-        for r in rows
-        if r["backbone"] == backbone and r["recalibration"] == recal and r["n_labeled"] == "all"
-    } - {None}
-    return f"all ({counts.pop()})" if len(counts) == 1 else label
-
-
-def write_results(study_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-    """Write ``study.csv``, ``study.md`` and ``study.png`` atomically; returns their paths."""
-    from volseg.evaluation.report import per_case_csv
-
-    paths = {
-        "csv": write_text_atomic(study_dir / "study.csv", per_case_csv(rows, CSV_COLUMNS)),
-        "png": plot_study(rows, study_dir / "study.png"),
-        "md": write_text_atomic(study_dir / "study.md", render_markdown(rows, study_dir)),
-    }
-    log.info("study: results in %s", ", ".join(str(p) for p in paths.values()))
-    return paths
