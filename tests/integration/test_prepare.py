@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_mosmed import make_mosmed
+from tests.unit.data.test_mosmed import make_mosmed
 from volseg.cli import main
 from volseg.data.cache import load_cache
 from volseg.data.mosmed import SPLITS, Datalist

@@ -26,9 +26,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.unit.test_inference import OracleNet
-from tests.unit.test_mosmed import make_mosmed, phantom
-from tests.unit.test_run_orchestrator import FakePipeline
+from tests.unit.data.test_mosmed import make_mosmed, phantom
+from tests.unit.inference.test_predictor import OracleNet
+from tests.unit.pipeline.test_run import FakePipeline
 from volseg import rundir
 from volseg.cli import build_parser, main
 from volseg.errors import cause_text
@@ -298,7 +298,7 @@ def _config(tmp_path: Path, text: str = "seed: 0\n") -> Path:
 
 @pytest.fixture()
 def pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
-    """Fake stages (tests/unit/test_run_orchestrator.py) with the real checks of gan,
+    """Fake stages (tests/unit/pipeline/test_run.py) with the real checks of gan,
     pretrain, finetune and evaluate (prepare's would read the fake dataset's files)."""
     pipe = FakePipeline(tmp_path, monkeypatch)
     (pipe.data / "masks").mkdir()

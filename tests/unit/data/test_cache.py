@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_mosmed import make_mosmed
+from tests.unit.data.test_mosmed import make_mosmed
 from volseg.data import cache as cache_mod
 from volseg.data.cache import build_cache, load_cache
 from volseg.data.mosmed import discover

@@ -163,7 +163,7 @@ def test_crop_helpers() -> None:
 
 
 def test_cached_volumes_feed_the_datasets(tmp_path: Path) -> None:
-    from tests.unit.test_mosmed import make_mosmed
+    from tests.unit.data.test_mosmed import make_mosmed
     from volseg.data.cache import build_cache
     from volseg.data.mosmed import discover
     from volseg.recipe import Recipe
