@@ -20,12 +20,13 @@ from volseg.errors import InputError
 from volseg.inference import validation
 from volseg.io import read_nifti, write_nifti
 from volseg.models import build_model
+from volseg.models.finetune_net import load_pretrained_encoder
 from volseg.pseudo.qc import QcRow, write_qc
 from volseg.recipe import Recipe
 from volseg.rundir import datalist_path, encoder_path, pseudo_dir, qc_path
-from volseg.stages import finetune as ft_stage
+from volseg.stages import finetune_sources
 from volseg.stages.common import model_kwargs
-from volseg.stages.finetune import load_pretrained_encoder, run_finetune
+from volseg.stages.finetune import run_finetune
 
 TINY_MODEL = (
     "model:\n"
@@ -230,7 +231,7 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
     run = _run_copy(prepared_run, tmp_path / "run")
     cfg = _config(run, tiny_dataset, "finetune.use_healthy=true")
     prepared = load_prepared(cfg)
-    sources = ft_stage.healthy_sources(cfg, prepared)
+    sources = finetune_sources.healthy_sources(cfg, prepared)
     dl = prepared.datalist
     assert sorted(s.id for s in sources) == sorted(s.id for s in dl.healthy("train"))
     for src in sources:
@@ -240,7 +241,7 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
     # only CT-0 scans of the TRAIN split: never a val/test scan, never a labeled one
     assert sources and all(dl.split_of(s.id) == "train" for s in sources)
     assert not {s.id for s in sources} & {s.id for s in dl.labeled("train")}
-    assert ft_stage.healthy_sources(_config(run, tiny_dataset), prepared) == []  # default off
+    assert finetune_sources.healthy_sources(_config(run, tiny_dataset), prepared) == []  # default off
 
     # a fine-tune with them records which scans were used
     run_finetune(_config(run, tiny_dataset, "finetune.use_healthy=true", "finetune.epochs=1"))
@@ -262,7 +263,7 @@ def test_calibrated_gate_is_chosen_on_validation_and_stored_in_the_bundle(
     expected = {s.id: False for s in dl.labeled("val")} | {s.id: True for s in healthy}
     assert {c["id"]: c["empty_reference"] for c in gate["cases"]} == expected
     trained_on_healthy = _config(run, tiny_dataset, "finetune.use_healthy=true")
-    assert ft_stage.gate_healthy_studies(trained_on_healthy, dl) == dl.healthy("val")
+    assert finetune_sources.gate_healthy_studies(trained_on_healthy, dl) == dl.healthy("val")
     cases = [validation.GateCase(**c) for c in gate["cases"]]
     assert gate["min_involvement_pct"] == validation.choose_involvement_gate(cases)
     loaded = load_bundle(bundle, "cpu")

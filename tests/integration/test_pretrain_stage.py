@@ -16,7 +16,7 @@ from volseg.data.patches import PatchSource
 from volseg.engine import read_metrics
 from volseg.losses import BarlowTwinsLoss
 from volseg.models import ProjectorHead, build_model
-from volseg.pipeline.run import run_stage_command
+from volseg.pipeline.stage_command import run_stage_command
 from volseg.stages.common import model_kwargs
 from volseg.stages.pretrain import (
     ENCODER_FILE,

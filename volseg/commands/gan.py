@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     from volseg.commands._common import load_config_from_args
     from volseg.engine.distributed import cleanup_distributed
-    from volseg.pipeline.run import run_stage_command
+    from volseg.pipeline.stage_command import run_stage_command
 
     cfg = load_config_from_args(args)
     folder = run_stage_command(cfg, "gan", resume=args.resume)

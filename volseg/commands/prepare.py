@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from volseg.commands._common import load_config_from_args
-    from volseg.pipeline.run import run_stage_command
+    from volseg.pipeline.stage_command import run_stage_command
 
     run_stage_command(load_config_from_args(args), "prepare")
     return 0

@@ -1,6 +1,7 @@
 """Fine-tuning's sampling policy: which labeled scans, and each patch source's share of crops.
 
-Sources are ordered labeled, pseudo-labeled, healthy. ``finetune.pseudo_fraction``,
+Sources are ordered labeled, pseudo-labeled, healthy (built by
+:mod:`volseg.stages.finetune_sources`). ``finetune.pseudo_fraction``,
 ``healthy_fraction`` and ``pseudo_until`` set the shares and the phase switch (see
 :class:`volseg.config.FinetuneConfig`); :class:`volseg.data.patches.SegPatchDataset` draws
 from them.
@@ -8,6 +9,7 @@ from them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -16,6 +18,8 @@ import numpy as np
 
 from volseg.data.mosmed import Study
 from volseg.errors import InputError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from volseg.config import FinetuneConfig

@@ -22,26 +22,26 @@ jointly, not part of the bundle).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from volseg.config import Config
-from volseg.data import layout
-from volseg.data.mosmed import Study
-from volseg.data.sampling import crop_shares, select_labeled, source_phases, source_probabilities
+from volseg.data.sampling import (
+    crop_shares,
+    select_labeled,
+    source_phases,
+    source_probabilities,
+)
 from volseg.errors import ConfigError, InputError
 from volseg.io import write_json_atomic
-from volseg.models.finetune_net import FinetuneNet
-from volseg.pseudo.qc import passed_ids
-from volseg.rundir import encoder_path, pseudo_dir, qc_path, stage_dir
+from volseg.models.finetune_net import FinetuneNet, load_pretrained_encoder
+from volseg.rundir import encoder_path, stage_dir
 from volseg.stages.common import Prepared, load_prepared, model_kwargs, recipe_of
-from volseg.stages.pretrain import read_encoder
+from volseg.stages.finetune_sources import gate_healthy_studies, healthy_sources, pseudo_sources
 from volseg.utils import json_safe
 
 log = logging.getLogger(__name__)
@@ -57,45 +57,6 @@ PROJECTION_DIM = 64
 
 
 # ----------------------------------------------------------------------------- network
-
-
-def _normalised(obj: Any) -> Any:
-    """JSON round trip, so tuples and lists (and int/float spellings) compare equal."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def load_pretrained_encoder(
-    model: nn.Module, path: str | Path, name: str, params: dict[str, Any]
-) -> None:
-    """Load ``path`` (pretrain's ``encoder.pt``) strictly into ``model.encoder``.
-
-    ``name``/``params`` describe ``model``; an encoder pretrained for another network or
-    other constructor arguments is an :class:`InputError` naming the differing keys.
-    """
-    path = Path(path)
-    payload = read_encoder(path)
-    info = payload.get("model") or {}
-    if info.get("name") != name:
-        raise InputError(
-            f"{path}: encoder was pretrained for model '{info.get('name')}', but model.name "
-            f"is '{name}'; re-run pretrain or set finetune.init: scratch"
-        )
-    theirs, mine = _normalised(info.get("params") or {}), _normalised(params)
-    if theirs != mine:
-        keys = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-        diffs = ", ".join(f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in keys)
-        raise InputError(
-            f"{path}: encoder was pretrained with other model.params ({diffs}; pretrained vs "
-            f"now); re-run pretrain or set finetune.init: scratch"
-        )
-    encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise InputError(f"model '{name}' has no encoder to initialise from {path}")
-    try:
-        encoder.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0][:300]
-        raise InputError(f"{path}: encoder weights do not fit model '{name}' ({first})") from exc
 
 
 def _init_encoder(cfg: Config, model: nn.Module) -> str | None:
@@ -115,71 +76,6 @@ def _init_encoder(cfg: Config, model: nn.Module) -> str | None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def pseudo_sources(cfg: Config, prepared: Prepared) -> list[Any]:
-    """Patch sources of the QC-passed pseudo-masks of unlabeled TRAIN scans, on the cache grid.
-
-    Empty when pseudo-masks are switched off, the GAN is disabled or its QC table is absent.
-    """
-    from volseg.data.patches import PatchSource
-
-    ft = cfg.finetune
-    recipe = recipe_of(cfg)
-    table = qc_path(cfg.run_dir)
-    if not ft.use_pseudo:
-        return []
-    if not cfg.gan.enabled:
-        log.info("gan is disabled: no pseudo-masks")
-        return []
-    if not table.is_file():
-        log.warning("%s not found (gan not run?): training without pseudo-masks", table)
-        return []
-    dl = prepared.datalist
-    sources = []
-    for sid in passed_ids(table):
-        if sid not in dl.studies:
-            raise InputError(f"{table}: study {sid} is not in this run's datalist")
-        study = dl.studies[sid]
-        if dl.split_of(sid) != "train" or study.labeled or study.healthy:
-            log.debug("pseudo-mask of %s not used (split %s)", sid, dl.split_of(sid))
-            continue
-        vol = prepared.volumes.get(sid)
-        if vol is None:
-            raise InputError(f"{sid}: no cache entry (re-run 'volseg prepare')")
-        mask_file = layout.pseudo_path(pseudo_dir(cfg.run_dir), sid)
-        if not mask_file.is_file():
-            raise InputError(f"{mask_file}: pseudo-mask listed as passed in {table} is missing")
-        mask = vol.mask_from_source(mask_file, recipe)
-        sources.append(PatchSource.from_cached(vol, label=mask, weight=ft.pseudo_weight))
-    log.info("pseudo-masks: %d QC-passed training scans", len(sources))
-    return sources
-
-
-def healthy_sources(cfg: Config, prepared: Prepared) -> list[Any]:
-    """Patch sources of the unlabeled CT-0 TRAIN scans with an all-zero (true) mask.
-
-    The mask is a zero-strided view (no memory per scan). Empty when
-    ``finetune.use_healthy`` is off.
-    """
-    from volseg.data.patches import PatchSource
-
-    if not cfg.finetune.use_healthy:
-        return []
-    sources = []
-    for study in prepared.datalist.healthy("train"):
-        if study.labeled:
-            continue  # its own mask is already among the labeled scans' candidates
-        vol = prepared.volumes.get(study.id)
-        if vol is None:
-            raise InputError(f"{study.id}: no cache entry (re-run 'volseg prepare')")
-        empty = np.broadcast_to(np.uint8(0), tuple(vol.shape))
-        sources.append(PatchSource.from_cached(vol, label=empty, weight=1.0))
-    log.info("healthy (CT-0) scans as lesion-free examples: %d", len(sources))
-    return sources
-
-
-# ----------------------------------------------------------------------------- stage
 
 
 def _optimizer(model: FinetuneNet, cfg: Config, pretrained: bool) -> torch.optim.Optimizer:
@@ -205,15 +101,6 @@ def _model_from_checkpoint(cfg: Config, checkpoint: Path) -> Any:
     model = build_model(cfg.model.name, **model_kwargs(cfg))
     model.load_state_dict(seg_state, strict=True)
     return model
-
-
-def gate_healthy_studies(cfg: Config, datalist: Any) -> list[Study]:
-    """The healthy scans the gate is calibrated on: CT-0 validation scans, plus the CT-0
-    training scans when fine-tuning did not train on them (``use_healthy`` off). Every one
-    is a scan the network never learned from, with an empty reference by definition; never
-    a test scan."""
-    splits = ("val",) if cfg.finetune.use_healthy else ("val", "train")
-    return [s for s in datalist.healthy(splits) if not s.labeled]
 
 
 def predictor_for(cfg: Config, model: Any) -> Any:

@@ -32,13 +32,13 @@ from torch import nn
 from volseg.config import Config
 from volseg.data.patches import UnlabeledPatchDataset
 from volseg.errors import ConfigError, InputError
+from volseg.models.finetune_net import ENCODER_FORMAT, read_encoder  # noqa: F401
 from volseg.rundir import ENCODER_FILE
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
 PROBE_FILE = "probe.json"
-ENCODER_FORMAT = "volseg-encoder"
 
 
 # ----------------------------------------------------------------------------- data
@@ -203,20 +203,6 @@ def save_encoder(path: Path, encoder: nn.Module, cfg: Config) -> Path:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-def read_encoder(path: str | Path) -> dict[str, Any]:
-    """Load ``encoder.pt`` (weights only); InputError naming the file if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: pretrained encoder not found (run 'volseg pretrain')")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable encoder file ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
-        raise InputError(f"{path}: not a volseg encoder file (format != {ENCODER_FORMAT})")
-    return payload
 
 
 # ----------------------------------------------------------------------------- probe

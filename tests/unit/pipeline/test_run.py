@@ -378,7 +378,7 @@ def test_evaluate_adapter_scores_test_studies_with_a_reference(tmp_path: Path, c
 
 # ----------------------------------------------------------------------------- pipelines/
 
-PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"
 
 
 def _run_script(tmp_path: Path, script: str, *args: str, nproc: int = 1) -> list[str]:
