@@ -10,6 +10,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     parser.add_argument("-c", "--config", required=required, help="YAML config file")
     parser.add_argument("--data", help="dataset root (overrides data.root)")
     parser.add_argument("--run-dir", help="run directory (overrides run_dir)")
+    add_set_argument(parser)
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set section.key=value`` (repeatable) into ``args.overrides``."""
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from volseg.commands._common import add_set_argument
+
 HELP = "list the available networks with their parameter counts (-c CFG: at its sizes)"
 DESCRIPTION = (
     "List every registered segmentation network (usable as model.name in a config), the GAN "
@@ -20,14 +22,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", help="show the sizes this config builds")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    add_set_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from volseg.models.transunet3d import check_input
+from volseg.models.ushape import check_input
 
 
 def _pair(value: Sequence[float], name: str, low: float | None = None) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from volseg.models._common import (
     pad_to_multiple,
     total_stride,
 )
-from volseg.models.transunet3d import check_input
+from volseg.models.ushape import check_input
 
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2))
 

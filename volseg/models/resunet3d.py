@@ -19,10 +19,10 @@ from monai.networks.blocks import ResidualUnit, UnetOutBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
-from volseg.models._common import Int3, crop_to, norm_spec, pad_to_multiple
+from volseg.models._common import Int3, norm_spec
 from volseg.models.level_encoder import LevelEncoder, check_level_args
 from volseg.models.recalibrated import recalibrated
-from volseg.models.transunet3d import check_input
+from volseg.models.ushape import UShapedNet
 
 DEFAULT_FILTERS = (32, 64, 128, 256, 320)
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
@@ -83,7 +83,7 @@ class ResUpBlock(nn.Module):
         return self.unit(torch.cat([self.up(h), skip], dim=1))
 
 
-class ResUNet3D(nn.Module):
+class ResUNet3D(UShapedNet):
     """3D residual U-Net: ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
 
     Args:
@@ -127,19 +127,17 @@ class ResUNet3D(nn.Module):
             or num_res_units < 1
         ):
             raise ValueError(f"num_res_units must be a positive int, got {num_res_units!r}")
-        self.init_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "filters": list(filters_t),
-            "strides": [list(s) for s in strides_t],
-            "num_res_units": num_res_units,
-            "norm": norm,
-            "dropout": dropout,
-            "recalibration": recalibration,
-        }
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.embedding_channels = filters_t[0]
+        self._record(
+            in_channels,
+            out_channels,
+            filters_t[0],
+            filters=list(filters_t),
+            strides=[list(s) for s in strides_t],
+            num_res_units=num_res_units,
+            norm=norm,
+            dropout=dropout,
+            recalibration=recalibration,
+        )
         norm_t = norm_spec(norm, filters_t)
         level_strides: list[Int3 | int] = [1, *strides_t]
         levels = nn.ModuleList()
@@ -167,20 +165,3 @@ class ResUNet3D(nn.Module):
             for level in reversed(range(len(strides_t)))
         )
         self.head = UnetOutBlock(3, filters_t[0], out_channels)
-
-    @property
-    def total_stride(self) -> Int3:
-        """Input sizes that are multiples of this need no internal padding."""
-        return self.encoder.total_stride
-
-    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, out, D, H, W)`` and the last decoder features ``(B, E, D, H, W)``."""
-        check_input(x, self.in_channels, type(self).__name__)
-        padded, region = pad_to_multiple(x, self.total_stride)
-        skips, h = self.encoder(padded)
-        for up, skip in zip(self.up_blocks, reversed(skips), strict=True):
-            h = up(h, skip)
-        return crop_to(self.head(h), region), crop_to(h, region)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(x)[0]

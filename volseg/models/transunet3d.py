@@ -21,24 +21,15 @@ from volseg.models._common import (
     as_int3,
     as_strides,
     check_positive_ints,
-    crop_to,
     norm_spec,
-    pad_to_multiple,
     total_stride,
 )
 from volseg.models.recalibrated import check_recalibration, recalibrated
+from volseg.models.ushape import UShapedNet
 from volseg.models.vit import ViTBottleneck
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 256)
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
-
-
-def check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
-    """Refuse anything that is not ``(B, in_channels, D, H, W)``."""
-    if x.ndim != 5 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"{name} expects a (B, {in_channels}, D, H, W) tensor, got shape {tuple(x.shape)}"
-        )
 
 
 class TransUNetEncoder(nn.Module):
@@ -91,7 +82,7 @@ class TransUNetEncoder(nn.Module):
         return skips, self.vit(x)
 
 
-class TransUNet3D(nn.Module):
+class TransUNet3D(UShapedNet):
     """3D TransUNet for volumetric segmentation: ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
 
     Args:
@@ -152,23 +143,21 @@ class TransUNet3D(nn.Module):
         img_size_t = as_int3(img_size, "img_size")
         check_recalibration(recalibration)
         norm_t = norm_spec(norm, widths_t)
-        self.init_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "widths": list(widths_t),
-            "strides": [list(s) for s in strides_t],
-            "hidden_size": hidden_size,
-            "depth": depth,
-            "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio,
-            "dropout": dropout,
-            "norm": norm,
-            "img_size": list(img_size_t),
-            "recalibration": recalibration,
-        }
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.embedding_channels = widths_t[0]
+        self._record(
+            in_channels,
+            out_channels,
+            widths_t[0],
+            widths=list(widths_t),
+            strides=[list(s) for s in strides_t],
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
+            norm=norm,
+            img_size=list(img_size_t),
+            recalibration=recalibration,
+        )
         self.encoder = TransUNetEncoder(
             in_channels=in_channels,
             widths=widths_t,
@@ -205,20 +194,6 @@ class TransUNet3D(nn.Module):
         )
         self.head = UnetOutBlock(3, widths_t[0], out_channels)
 
-    @property
-    def total_stride(self) -> tuple[int, int, int]:
-        """Input sizes that are multiples of this need no internal padding."""
-        return self.encoder.total_stride
-
-    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, out, D, H, W)`` and the last decoder features ``(B, E, D, H, W)``."""
-        check_input(x, self.in_channels, type(self).__name__)
-        padded, region = pad_to_multiple(x, self.total_stride)
-        skips, h = self.encoder(padded)
-        h = self.bottleneck_proj(h)
-        for up, skip in zip(self.up_blocks, reversed(skips), strict=True):
-            h = up(h, skip)
-        return crop_to(self.head(h), region), crop_to(h, region)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(x)[0]
+    def decode(self, skips: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """The ViT bottleneck's tokens projected back, then the plain U-net decoder."""
+        return super().decode(skips, self.bottleneck_proj(h))

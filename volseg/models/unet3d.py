@@ -19,13 +19,11 @@ from volseg.models._common import (
     NORMS,
     as_strides,
     check_positive_ints,
-    crop_to,
     norm_spec,
-    pad_to_multiple,
     total_stride,
 )
 from volseg.models.recalibrated import check_recalibration, recalibrated
-from volseg.models.transunet3d import check_input
+from volseg.models.ushape import UShapedNet
 
 DEFAULT_FILTERS = (32, 64, 128, 256, 320)
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
@@ -62,7 +60,7 @@ class UNetEncoder(nn.Module):
         return skips, self.bottleneck(x)
 
 
-class UNet3D(nn.Module):
+class UNet3D(UShapedNet):
     """3D U-Net (Ronneberger et al. 2015): ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
 
     Args:
@@ -102,19 +100,17 @@ class UNet3D(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         check_recalibration(recalibration)
-        self.init_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "filters": list(filters_t),
-            "strides": [list(s) for s in strides_t],
-            "norm": norm,
-            "res_block": res_block,
-            "dropout": dropout,
-            "recalibration": recalibration,
-        }
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.embedding_channels = filters_t[0]
+        self._record(
+            in_channels,
+            out_channels,
+            filters_t[0],
+            filters=list(filters_t),
+            strides=[list(s) for s in strides_t],
+            norm=norm,
+            res_block=res_block,
+            dropout=dropout,
+            recalibration=recalibration,
+        )
         all_strides = [(1, 1, 1), *strides_t]
         net = DynUNet(
             spatial_dims=3,
@@ -151,19 +147,3 @@ class UNet3D(nn.Module):
             for up, width in zip(net.upsamples, reversed(filters_t[:-1]), strict=True)
         )
         self.head = net.output_block
-
-    @property
-    def total_stride(self) -> tuple[int, int, int]:
-        return self.encoder.total_stride
-
-    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, out, D, H, W)`` and the last decoder features ``(B, E, D, H, W)``."""
-        check_input(x, self.in_channels, type(self).__name__)
-        padded, region = pad_to_multiple(x, self.total_stride)
-        skips, h = self.encoder(padded)
-        for up, skip in zip(self.up_blocks, reversed(skips), strict=True):
-            h = up(h, skip)
-        return crop_to(self.head(h), region), crop_to(h, region)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(x)[0]

@@ -19,10 +19,10 @@ from monai.networks.blocks import UnetBasicBlock, UnetOutBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
-from volseg.models._common import Int3, crop_to, norm_spec, pad_to_multiple
+from volseg.models._common import Int3, norm_spec
 from volseg.models.level_encoder import LevelEncoder, check_level_args
 from volseg.models.recalibrated import recalibrated
-from volseg.models.transunet3d import check_input
+from volseg.models.ushape import UShapedNet
 
 DEFAULT_FILTERS = (32, 64, 128, 256, 320)
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
@@ -72,7 +72,7 @@ class NestedNode(nn.Module):
         return self.conv(torch.cat([*same_level, self.up(lower)], dim=1))
 
 
-class UNetPlusPlus3D(nn.Module):
+class UNetPlusPlus3D(UShapedNet):
     """3D UNet++ (nested dense skips): ``(B, in, D, H, W) -> (B, out, D, H, W)`` logits.
 
     Args:
@@ -110,18 +110,16 @@ class UNetPlusPlus3D(nn.Module):
             dropout=dropout,
             recalibration=recalibration,
         )
-        self.init_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "filters": list(filters_t),
-            "strides": [list(s) for s in strides_t],
-            "norm": norm,
-            "dropout": dropout,
-            "recalibration": recalibration,
-        }
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.embedding_channels = filters_t[0]
+        self._record(
+            in_channels,
+            out_channels,
+            filters_t[0],
+            filters=list(filters_t),
+            strides=[list(s) for s in strides_t],
+            norm=norm,
+            dropout=dropout,
+            recalibration=recalibration,
+        )
         norm_t = norm_spec(norm, filters_t)
         levels = nn.ModuleList()
         prev = in_channels
@@ -156,22 +154,11 @@ class UNetPlusPlus3D(nn.Module):
         )
         self.head = UnetOutBlock(3, filters_t[0], out_channels)
 
-    @property
-    def total_stride(self) -> Int3:
-        """Input sizes that are multiples of this need no internal padding."""
-        return self.encoder.total_stride
-
-    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, out, D, H, W)`` and the last level-0 node's features ``(B, E, D, H, W)``."""
-        check_input(x, self.in_channels, type(self).__name__)
-        padded, region = pad_to_multiple(x, self.total_stride)
-        skips, bottleneck = self.encoder(padded)
-        grid: list[list[torch.Tensor]] = [[s] for s in skips] + [[bottleneck]]  # grid[i][j]
+    def decode(self, skips: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """The nested decoder: node (i, j) sees the node below and every node left of it;
+        the last level-0 node's features are the embedding."""
+        grid: list[list[torch.Tensor]] = [[s] for s in skips] + [[h]]  # grid[i][j]
         for column, nodes in enumerate(self.nodes, start=1):
             for i, node in enumerate(nodes):
                 grid[i].append(node(grid[i + 1][column - 1], *grid[i][:column]))
-        h = grid[0][-1]
-        return crop_to(self.head(h), region), crop_to(h, region)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(x)[0]
+        return grid[0][-1]
