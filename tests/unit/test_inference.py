@@ -586,3 +586,42 @@ def test_working_grid_samples_the_world_its_affine_names(kind: str) -> None:
     )
     assert inside.sum() > 0.3 * inside.size
     np.testing.assert_allclose(working[inside], expected[inside], atol=0.02 * native.std())
+
+
+def test_overlays_outline_the_reference_when_given(oracle_bundle: Path, tmp_path: Path) -> None:
+    """predict --overlays --ref: the reference's dashed yellow outline (and its legend
+    entry) adds yellow pixels to the PNG; a reference on another grid is refused."""
+    import matplotlib.image as mpimg
+
+    from volseg.stages.predict import run_predict
+
+    shape = (40, 40, 10)
+    aff = np.diag([1.5, 1.5, 5.0, 1.0])
+    hu = np.full(shape, -850, dtype=np.int16)
+    hu[10:20, 10:20, 3:7] = 200
+    ref = np.zeros(shape, np.uint8)
+    ref[22:32, 22:32, 3:7] = 1  # elsewhere, so its outline is not hidden under the lesion's
+    (tmp_path / "in").mkdir()
+    (tmp_path / "ref").mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), tmp_path / "in" / "scan_a.nii.gz")
+    nib.save(nib.Nifti1Image(ref, aff), tmp_path / "ref" / "scan_a_mask.nii.gz")
+
+    def yellow(reference: Path | None) -> int:
+        out = tmp_path / ("with" if reference else "without")
+        run_predict(
+            oracle_bundle.parents[1],
+            tmp_path / "in" / "scan_a.nii.gz",
+            out,
+            use_lungs=False,
+            overlays=True,
+            reference=reference,
+        )
+        pngs = sorted((out / "overlays" / "scan_a").glob("*.png"))
+        assert pngs
+        rgb = mpimg.imread(pngs[0])[..., :3]
+        return int(((rgb[..., 0] > 0.8) & (rgb[..., 1] > 0.8) & (rgb[..., 2] < 0.3)).sum())
+
+    assert yellow(tmp_path / "ref") > yellow(None) + 20
+    nib.save(nib.Nifti1Image(ref[:30], aff), tmp_path / "ref" / "scan_a_mask.nii.gz")
+    with pytest.raises(InputError, match="reference mask geometry"):
+        yellow(tmp_path / "ref")

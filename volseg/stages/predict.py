@@ -185,6 +185,7 @@ def run_predict(
     write_types: bool = False,
     output_type: str = "nifti",
     overlays: bool = False,
+    reference: str | Path | None = None,
     series: str | None = None,
     num_parts: int = 1,
     part_id: int = 0,
@@ -211,6 +212,8 @@ def run_predict(
     sources = shard(sources, num_parts, part_id)
     _check_inputs(sources)
     _check_output_type(output_type, sources)
+    if reference is not None and not Path(reference).exists():
+        raise InputError(f"{reference}: reference mask file or folder not found (--ref)")
     lungs_arg = Path(lungs) if lungs is not None else None
     if use_lungs and lungs_arg is not None and not lungs_arg.exists():
         raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
@@ -244,6 +247,7 @@ def run_predict(
                     overlays,
                     write_types,
                     output_type,
+                    None if reference is None else Path(reference),
                 )
             except InputError as exc:
                 if len(sources) > 1:
@@ -310,6 +314,7 @@ def _write_outputs(
     overlays: bool,
     write_types: bool = False,
     output_type: str = "nifti",
+    reference: Path | None = None,
 ) -> dict[str, Any]:
     sid = scan.id
     spacing = spacing_from_affine(scan.affine)
@@ -375,9 +380,27 @@ def _write_outputs(
         from volseg.inference.overlays import write_overlays
 
         write_overlays(
-            out_dir / "overlays" / sid, scan.array, result.mask, scan.affine, result.lungs
+            out_dir / "overlays" / sid,
+            scan.array,
+            result.mask,
+            scan.affine,
+            result.lungs,
+            reference=None if reference is None else _reference_for(scan, reference),
         )
     return {"id": sid, "input": str(scan.source.path), **stats}
+
+
+def _reference_for(scan: Scan, reference: Path) -> np.ndarray | None:
+    """The scan's reference mask for the overlays (``--ref``: a file, or a folder holding
+    ``<id>_mask.nii.gz``), on the scan's grid; None when the folder has none for it."""
+    file = reference if reference.is_file() else prediction_path(reference, scan.id)
+    if not file.exists():
+        log.warning("%s: no reference mask at %s; overlays without it", scan.id, file)
+        return None
+    mask, affine = read_nifti(file)
+    if mask.shape != scan.array.shape or not np.allclose(affine, scan.affine, atol=1e-3):
+        raise InputError(f"{file}: reference mask geometry differs from {scan.source.path}")
+    return mask > 0
 
 
 def _write_seg(path: Path, scan: Scan, mask: np.ndarray, types: np.ndarray, split: bool) -> None:
