@@ -66,7 +66,7 @@ TYPE_METRICS: tuple[str, ...] = (
 """Summarised when the run was given lesion types (``types_dir``)."""
 STRATUM_METRICS: tuple[str, ...] = ("dice", "hd95_mm", "nsd", "lesion_f1", "abs_volume_error_ml")
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "pred_file", "ref_file", "lungs_file", "resampled")
-SKIP_SUFFIXES = ("_prob", "_lungs", "_types")
+SKIP_SUFFIXES = ("_prob", "_lungs", "_types", "_uncertainty")
 PLOT_FILES = {
     "dice": "dice_vs_burden.png",
     "bland_altman": "bland_altman_volume.png",
@@ -79,7 +79,7 @@ OUTPUT_FILES = ("per_case.csv", "summary.json", *PLOT_FILES.values(), "report.md
 
 
 def list_masks(folder: str | Path, role: str) -> dict[str, Path]:
-    """Map study id -> mask file for every NIfTI in ``folder`` (not ``_prob``/``_lungs``/``_types``).
+    """Map study id -> mask file for every NIfTI in ``folder`` (not ``SKIP_SUFFIXES``).
 
     Raises :class:`InputError` for a missing folder or two files with the same id.
     """
