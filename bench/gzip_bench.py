@@ -63,7 +63,7 @@ def main() -> None:
     print(f"CT: {name}, {len(ct_gz) / 1e6:.1f} MB gzip, {len(raw) / 1e6:.1f} MB raw")
     print(
         f"{'library':16s} {'decode CT (s)':>14s} {'encode mask L1 (s)':>19s} "
-        f"{'L1 size (kB)':>13s} {'encode L6 (s)':>14s} {'L6 size (kB)':>13s}"
+        f"{'L1 size (kB)':>13s} {'encode L6* (s)':>14s} {'L6* size (kB)':>13s}  (*isal: level 3, its highest)"
     )
     for label, lib in libs.items():
 
@@ -73,8 +73,9 @@ def main() -> None:
         assert decode() == raw
         sizes, times = {}, {}
         for level in (1, 6):
+            real_level = 3 if label == "isal" and level == 6 else level  # isal's highest
 
-            def encode(lib=lib, level=level) -> bytes:
+            def encode(lib=lib, level=real_level) -> bytes:
                 c = lib.compressobj(level, zlib.DEFLATED, 31)
                 return c.compress(mask_raw) + c.flush()
 
