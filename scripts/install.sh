@@ -15,8 +15,11 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install "torch==$TORCH_VERSION"
   else
     echo "install: no GPU found, installing torch==$TORCH_VERSION (CPU build)"
-    "$PY" -m pip install "torch==$TORCH_VERSION" \
-      --index-url https://download.pytorch.org/whl/cpu --retries 1 --timeout 30
+    if ! "$PY" -m pip install "torch==$TORCH_VERSION" --quiet \
+      --index-url https://download.pytorch.org/whl/cpu --retries 0 --timeout 15 2>/dev/null; then
+      echo "install: PyTorch's CPU index is unreachable; installing torch==$TORCH_VERSION from the default index"
+      "$PY" -m pip install "torch==$TORCH_VERSION"
+    fi
   fi
 fi
 

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lesion voxels at or above this HU are consolidation (default -200)",
     )
     parser.add_argument("--overlays", action="store_true", help="write PNG axial overlays")
+    parser.add_argument(
+        "--ref", help="reference mask file or folder (<id>_mask.nii.gz) outlined in the overlays"
+    )
     parser.add_argument("--roi", type=int, nargs="+", help="sliding-window ROI (1 or 3 sizes)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
     parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         write_types=args.types,
         output_type=args.output_type,
         overlays=args.overlays,
+        reference=args.ref,
         series=args.series,
         num_parts=args.num_parts,
         part_id=args.part_id,

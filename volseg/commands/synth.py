@@ -22,10 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a dataset already in --out"
     )
+    parser.add_argument(
+        "--paint",
+        metavar="HEALTHY",
+        help="instead: paint lesions (CT-1, CT-2, CT-3) into the healthy CT file or folder "
+        "HEALTHY, writing a MosMed-layout set with exact truth (real anatomy to evaluate on)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from volseg.data.synth import synthesize_dataset
 
+    if args.paint is not None:
+        from volseg.data.paint import paint_dataset
+        from volseg.errors import InputError
+
+        if args.seed < 0:
+            raise InputError(f"--seed must be >= 0, got {args.seed}")
+        paint_dataset(args.paint, args.out, seed=args.seed)
+        return 0
     synthesize_dataset(args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
     return 0

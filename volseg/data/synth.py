@@ -45,6 +45,7 @@ MANIFEST_COLUMNS = (
     "findings",
 )
 MAX_ATTEMPTS = 8
+GGO_ABOVE_LUNG_HU = 150.0  # the least density a ground-glass haze adds to its lung
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,11 @@ def synthesize_study(
     labels = chest.labels
     types = np.zeros(preset.shape, dtype=np.uint8)
     if lesions is not None:
-        lung_hu = lung_hu + (lesions.hu - lung_hu) * lesions.weight
+        # Ground glass is a haze over the patient's own lung: at least GGO_ABOVE_LUNG_HU
+        # denser than the healthy parenchyma around it, however dense that is (expiration,
+        # dependent lung), so a lesion in the truth is always one in the image.
+        visible = np.maximum(lesions.hu, chest.parenchyma + GGO_ABOVE_LUNG_HU)
+        lung_hu = lung_hu + (visible - lung_hu) * lesions.weight
         labels[lesions.mask] = TISSUE["ggo"]
         labels[lesions.consolidation] = TISSUE["consolidation"]
         solid = average_subslices(lesions.consolidation.astype(np.float32), k) > 0.5

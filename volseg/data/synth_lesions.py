@@ -12,11 +12,11 @@ ground-glass opacity (−750…−300 HU), in a third of the severe studies with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
 
-from volseg.data.synth_anatomy import ChestRender
 from volseg.data.synth_grid import resize, sigmoid, smooth_noise
 
 # Target involvement (%) drawn per category: inside MosMed's bands, away from their edges.
@@ -33,6 +33,17 @@ CONSOLIDATION_SHARE: dict[str, tuple[float, float]] = {
     "CT-3": (0.2, 0.45),
     "CT-4": (0.3, 0.55),
 }
+
+
+class LungGeometry(Protocol):
+    """Where lesions can grow: what the lesion model needs of a chest, synthetic
+    (:class:`volseg.data.synth_anatomy.ChestRender`) or real (:mod:`volseg.data.paint`)."""
+
+    lungs: np.ndarray  # bool
+    lumen: np.ndarray  # float32 airway lumen fraction (lesions stay out)
+    side: np.ndarray  # int8 +1 right lung, -1 left lung
+    posterior: np.ndarray  # float32 -1 anterior ... +1 posterior, per lung
+    inferior: np.ndarray  # float32 0 apex ... 1 base
 
 
 @dataclass
@@ -71,7 +82,7 @@ class LesionModel:
 
 def draw_lesion_model(
     rng: np.random.Generator,
-    chest: ChestRender,
+    chest: LungGeometry,
     spacing: tuple[float, float, float],
     category: str,
 ) -> LesionModel:
@@ -104,7 +115,7 @@ def draw_lesion_model(
     )
 
 
-def place_lesions(model: LesionModel, chest: ChestRender, render_pct: float) -> Lesions:
+def place_lesions(model: LesionModel, chest: LungGeometry, render_pct: float) -> Lesions:
     """Threshold the score so lesions fill ``render_pct`` % of the lungs on the render grid.
 
     The volume is split between the lungs (so disease is bilateral) and each lung is cut at

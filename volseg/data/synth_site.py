@@ -15,7 +15,8 @@ air noise 7-14 HU at about 1 mm voxels):
 - kernel: in-plane Gaussian sigma 0.3 mm (sharp) to 0.8 mm (soft);
 - contrast: 40 % of sites enhance the blood to 150-280 HU, else 35-50 HU;
 - padding: 60 % of sites pad outside the reconstruction circle with -1024, -2048 or -3024;
-- lung density: healthy parenchyma -900 (deep inspiration) to -790 HU, 15-120 HU denser
+- lung density: healthy parenchyma -900 (deep inspiration) to -740 HU (shallow, as in the
+  4D-Lung chest: median -702 HU at the demo's voxels), 15-120 HU denser
   at the most dependent (posterior) lung, 0-40 HU denser at the bases; pulmonary vessel
   calibre 0.7-1.1 x (vessel volume fractions 5-21 % at 2.8 x 2.8 x 10 mm in the real CTs).
 """
@@ -70,7 +71,7 @@ def draw_site(rng: np.random.Generator) -> ScanSite:
 def draw_patient(rng: np.random.Generator) -> PatientState:
     """One patient's lung state and body size."""
     return PatientState(
-        lung_hu=float(rng.uniform(-900.0, -790.0)),
+        lung_hu=float(rng.uniform(-900.0, -740.0)),
         dependent_hu=float(rng.uniform(15.0, 120.0)),
         basal_hu=float(rng.uniform(0.0, 40.0)),
         texture_hu=float(rng.uniform(8.0, 20.0)),

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 AFFINE_ATOL_MM = 1e-3
 """Affines closer than this (mm, element-wise) are the same grid."""
-SKIP_SUFFIXES = ("_prob", "_lungs", "_types")
+SKIP_SUFFIXES = ("_prob", "_lungs", "_types", "_uncertainty")
 
 
 def list_masks(folder: str | Path, role: str) -> dict[str, Path]:

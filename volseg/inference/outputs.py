@@ -18,10 +18,12 @@ import numpy as np
 
 from volseg.data.layout import prediction_path
 from volseg.data.lungs import LungMask
+from volseg.errors import InputError
 from volseg.inference.predictor import PredictOptions
 from volseg.inference.scans import Scan
 from volseg.io import (
     atomic_group,
+    read_nifti,
     write_json_atomic,
     write_nifti,
 )
@@ -34,6 +36,7 @@ from volseg.quantify import (
     type_burden,
     voxel_volume_ml,
 )
+from volseg.utils import same_grid
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ def write_outputs(
     overlays: bool,
     write_types: bool = False,
     output_type: str = "nifti",
+    reference: Path | None = None,
 ) -> dict[str, Any]:
     sid = scan.id
     spacing = spacing_from_affine(scan.affine)
@@ -134,9 +138,27 @@ def write_outputs(
         from volseg.inference.overlays import write_overlays
 
         write_overlays(
-            out_dir / "overlays" / sid, scan.array, result.mask, scan.affine, result.lungs
+            out_dir / "overlays" / sid,
+            scan.array,
+            result.mask,
+            scan.affine,
+            result.lungs,
+            reference=None if reference is None else _reference_for(scan, reference),
         )
     return {"id": sid, "input": str(scan.source.path), **stats}
+
+
+def _reference_for(scan: Scan, reference: Path) -> np.ndarray | None:
+    """The scan's reference mask for the overlays (``--ref``: a file, or a folder holding
+    ``<id>_mask.nii.gz``), on the scan's grid; None when the folder has none for it."""
+    file = reference if reference.is_file() else prediction_path(reference, scan.id)
+    if not file.exists():
+        log.warning("%s: no reference mask at %s; overlays without it", scan.id, file)
+        return None
+    mask, affine = read_nifti(file)
+    if not same_grid(mask.shape, affine, scan.array.shape, scan.affine):
+        raise InputError(f"{file}: reference mask geometry differs from {scan.source.path}")
+    return mask > 0
 
 
 def _write_seg(path: Path, scan: Scan, mask: np.ndarray, types: np.ndarray, split: bool) -> None:

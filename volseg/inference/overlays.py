@@ -1,4 +1,5 @@
-"""PNG overlays a radiologist can glance at: axial CT slices in lung window, lesion outlined."""
+"""PNG overlays a radiologist can glance at: axial CT slices in lung window, the lesion, the
+lungs and (when given) the reference outlined, with a legend and volumes in mL."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ def write_overlays(
     affine: np.ndarray,
     lungs: np.ndarray | None = None,
     max_slices: int = 6,
+    reference: np.ndarray | None = None,
 ) -> list[Path]:
     """Write up to ``max_slices`` axial PNGs, the slices with the most lesion first.
 
     Displayed in radiological convention (patient's right on the viewer's left, anterior
-    up), orientation taken from the affine. Each PNG is written atomically.
+    up), orientation taken from the affine. ``reference`` (a mask on the same grid) is
+    outlined in yellow. Each PNG is written atomically.
     """
     import matplotlib
 
@@ -38,6 +41,9 @@ def write_overlays(
     ct = _to_ras(image, affine)
     lesion = _to_ras(mask, affine) > 0
     lung = _to_ras(lungs, affine) > 0 if lungs is not None else None
+    ref = _to_ras(reference, affine) > 0 if reference is not None else None
+    voxel_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    total_ml = float(lesion.sum()) * voxel_ml
     per_slice = lesion.sum(axis=(0, 1))
     if per_slice.max() > 0:
         order = [int(k) for k in np.argsort(-per_slice) if per_slice[k] > 0][:max_slices]
@@ -70,6 +76,15 @@ def write_overlays(
                 linewidths=0.6,
                 origin="lower",
             )
+        if ref is not None and ref[:, :, k].any():
+            ax.contour(
+                view(ref).astype(float),
+                levels=[0.5],
+                colors="yellow",
+                linewidths=0.8,
+                linestyles="dashed",
+                origin="lower",
+            )
         if lesion[:, :, k].any():
             ax.contour(
                 view(lesion).astype(float),
@@ -78,7 +93,12 @@ def write_overlays(
                 linewidths=1.0,
                 origin="lower",
             )
-        ax.set_title(f"axial slice {k} (RAS), lesion {int(lesion[:, :, k].sum())} vox", fontsize=8)
+        slice_ml = float(lesion[:, :, k].sum()) * voxel_ml
+        ax.set_title(
+            f"axial slice {k} (RAS): lesion {slice_ml:.1f} mL in this slice, {total_ml:.1f} mL in all",
+            fontsize=8,
+        )
+        _legend(ax, lung is not None, ref is not None)
         ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes)
         ax.text(0.97, 0.5, "L", color="yellow", transform=ax.transAxes)
         ax.axis("off")
@@ -88,6 +108,18 @@ def write_overlays(
         plt.close(fig)
         written.append(dest)
     return written
+
+
+def _legend(ax: object, lungs: bool, reference: bool) -> None:
+    """A legend naming each outline drawn."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="red", lw=1.0, label="predicted lesion")]
+    if lungs:
+        handles.append(Line2D([], [], color="deepskyblue", lw=0.8, label="lungs"))
+    if reference:
+        handles.append(Line2D([], [], color="yellow", lw=0.8, ls="--", label="reference"))
+    ax.legend(handles=handles, loc="lower right", fontsize=6, framealpha=0.6)  # type: ignore[attr-defined]
 
 
 def _axes_to_ras(affine: np.ndarray) -> np.ndarray:

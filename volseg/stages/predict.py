@@ -154,6 +154,7 @@ def run_predict(
     write_types: bool = False,
     output_type: str = "nifti",
     overlays: bool = False,
+    reference: str | Path | None = None,
     series: str | None = None,
     num_parts: int = 1,
     part_id: int = 0,
@@ -181,6 +182,8 @@ def run_predict(
     sources = shard(sources, num_parts, part_id)
     _check_inputs(sources)
     _check_output_type(output_type, sources)
+    if reference is not None and not Path(reference).exists():
+        raise InputError(f"{reference}: reference mask file or folder not found (--ref)")
     lungs_arg = Path(lungs) if lungs is not None else None
     if use_lungs and lungs_arg is not None and not lungs_arg.exists():
         raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
@@ -214,6 +217,7 @@ def run_predict(
                     overlays,
                     write_types,
                     output_type,
+                    None if reference is None else Path(reference),
                 )
             except InputError as exc:
                 if len(sources) > 1:

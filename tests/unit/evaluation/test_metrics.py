@@ -210,3 +210,48 @@ def test_stratify_and_confusion() -> None:
     assert conf["within_one_accuracy"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         stratify(rows, ["dice"], (0, 50, 25))
+
+
+def test_bootstrap_ci_has_the_width_of_a_95_percent_interval() -> None:
+    """For 400 draws the percentile-bootstrap 95 % CI of the mean is mean ± 1.96 SE to
+    within 10 %; a 50 % interval (±0.67 SE) would fail this."""
+    values = np.random.default_rng(3).normal(0.0, 1.0, size=400)
+    lo, hi = bootstrap_ci(values, 4000, seed=0)
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("involvement", "grade"),
+    [
+        (0.0, 0),
+        (0.01, 1),
+        (24.99, 1),
+        (25.0, 2),
+        (49.99, 2),
+        (50.0, 3),
+        (74.99, 3),
+        (75.0, 4),
+        (100.0, 4),
+    ],
+)
+def test_grade_bounds_are_mosmeds(involvement: float, grade: int) -> None:
+    """MosMed's rule, pinned at every bound: CT-1 < 25 %, CT-2 25-50, CT-3 50-75, CT-4 >= 75."""
+    from volseg.quantify import grade_from_involvement
+
+    assert grade_from_involvement(involvement) == grade
+
+
+def test_involvement_counts_only_lesion_inside_the_lungs() -> None:
+    """quantify: 30 lesion voxels, 10 of them outside the 100 lung voxels -> 20 %, CT-1;
+    the lesion volume counts all 30."""
+    from volseg.quantify import quantify
+
+    lungs = np.zeros((10, 10, 2), bool)
+    lungs[:, :, 0] = True  # 100 voxels
+    lesion = np.zeros_like(lungs)
+    lesion[:2, :, 0] = True  # 20 inside
+    lesion[:1, :, 1] = True  # 10 outside
+    q = quantify(lesion, lungs, (1.0, 1.0, 10.0))
+    assert q["involvement_pct"] == pytest.approx(20.0) and q["ct_grade"] == 1
+    assert q["lesion_volume_ml"] == pytest.approx(0.3) and q["lung_volume_ml"] == pytest.approx(1.0)
