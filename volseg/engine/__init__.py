@@ -83,8 +83,9 @@ from volseg.engine.distributed import (
 from volseg.engine.metrics_log import MetricsLogger, read_metrics
 from volseg.engine.schedules import WarmupCosine, build_scheduler, is_plateau, warmup_cosine
 from volseg.engine.state import TrainState
+from volseg.engine.step import StepContext, TrainingDiverged
 from volseg.engine.step_data import StepDataset, StepSampler, derive_seed, make_loader
-from volseg.engine.trainer import FitResult, StepContext, Trainer, TrainingDiverged
+from volseg.engine.trainer import FitResult, Trainer
 
 __all__ = [
     "DistInfo",

@@ -25,7 +25,7 @@ from volseg.engine.distributed import (
     init_distributed,
     wrap_ddp,
 )
-from volseg.engine.trainer import StepContext
+from volseg.engine.step import StepContext
 
 
 def test_cpu_device_runs_in_fp32() -> None:
