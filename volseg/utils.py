@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
+import json
 import math
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from volseg.errors import InputError
 
 GRID_ATOL_MM = 1e-3
 """Two grids are the same when their shapes are equal and their affines agree this closely."""
@@ -81,3 +86,45 @@ def default_device() -> Any:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def listing_fingerprint(
+    folder: str | Path, exclude: tuple[str, ...] = (), prune: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """Fingerprint of every file under ``folder``: relative path, size and mtime.
+
+    Cheap (no file is read) yet changes when a file is added, removed, replaced or
+    rewritten. Hidden files and folders, file names in ``exclude`` and the folders in
+    ``prune`` (e.g. a run directory kept inside the dataset) are ignored. Raises
+    :class:`InputError` when ``folder`` is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: folder not found")
+    pruned = {Path(p).resolve() for p in prune}
+    entries = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and (Path(dirpath) / d).resolve() not in pruned
+        )
+        for name in sorted(filenames):
+            if name.startswith(".") or name in exclude:
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = path.stat()
+            except OSError:  # vanished between listing and stat
+                continue
+            entries.append([path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns])
+            total += st.st_size
+    return {
+        "folder": str(folder),
+        "files": len(entries),
+        "bytes": total,
+        "hash": hashlib.sha256(
+            json.dumps(entries, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16],
+    }

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import platform
 import uuid
 from datetime import datetime, timezone
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from volseg.config import Config
-from volseg.errors import InputError
 from volseg.io import write_json_atomic
+from volseg.utils import listing_fingerprint  # noqa: F401  (part of the manifest's API)
 
 log = logging.getLogger(__name__)
 
@@ -81,46 +80,6 @@ def config_fingerprint(cfg: Config, sections: tuple[str, ...]) -> tuple[str, dic
         else:
             per_section[name] = stable_hash({name: value})
     return stable_hash(per_section), per_section
-
-
-def listing_fingerprint(
-    folder: str | Path, exclude: tuple[str, ...] = (), prune: tuple[Path, ...] = ()
-) -> dict[str, Any]:
-    """Fingerprint of every file under ``folder``: relative path, size and mtime.
-
-    Cheap (no file is read) yet changes when a file is added, removed, replaced or
-    rewritten. Hidden files and folders, file names in ``exclude`` and the folders in
-    ``prune`` (e.g. a run directory kept inside the dataset) are ignored. Raises
-    :class:`InputError` when ``folder`` is not a directory.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: folder not found")
-    pruned = {Path(p).resolve() for p in prune}
-    entries = []
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not d.startswith(".") and (Path(dirpath) / d).resolve() not in pruned
-        )
-        for name in sorted(filenames):
-            if name.startswith(".") or name in exclude:
-                continue
-            path = Path(dirpath) / name
-            try:
-                st = path.stat()
-            except OSError:  # vanished between listing and stat
-                continue
-            entries.append([path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns])
-            total += st.st_size
-    return {
-        "folder": str(folder),
-        "files": len(entries),
-        "bytes": total,
-        "hash": stable_hash(entries),
-    }
 
 
 @dataclasses.dataclass

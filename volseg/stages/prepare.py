@@ -70,7 +70,7 @@ before any stage and ``prepare``'s own check read the files once."""
 def check_dataset_clean(root: str | Path, prune: tuple[Path, ...] = ()) -> None:
     """Refuse a dataset in which ``volseg check-data`` finds any problem (one line)."""
     from volseg.data.check import check_dataset
-    from volseg.pipeline.manifest import listing_fingerprint
+    from volseg.utils import listing_fingerprint
 
     root = Path(root)
     if not root.is_dir():
