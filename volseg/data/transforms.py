@@ -51,6 +51,26 @@ class AboveThreshold:
         return f"AboveThreshold({self.threshold})"
 
 
+def _nifti_loader(keys: Sequence[str]) -> Any:
+    """MONAI's ``LoadImaged`` with the NIfTI reader. MONAI also builds every other reader it
+    can as a fallback; with pydicom installed (highdicom needs it) its GPU DICOM reader then
+    warns twice that nvImageCodec is missing, on every call, about files we never give it."""
+    import logging
+    import warnings
+
+    from monai.transforms import LoadImaged
+
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            return LoadImaged(keys=keys, reader="NibabelReader", image_only=False)
+    finally:
+        plugin_log.setLevel(level)
+
+
 def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
     keys = tuple(keys)
     if IMAGE_KEY not in keys:
@@ -99,7 +119,6 @@ def preprocess_transforms(
         CropForegroundd,
         EnsureChannelFirstd,
         EnsureTyped,
-        LoadImaged,
         Orientationd,
         ScaleIntensityRanged,
         Spacingd,
@@ -112,7 +131,7 @@ def preprocess_transforms(
     modes = ["bilinear" if k == IMAGE_KEY else "nearest" for k in keys]
     steps: list[Any] = []
     if load:
-        steps.append(LoadImaged(keys=keys, reader="NibabelReader", image_only=False))
+        steps.append(_nifti_loader(keys))
     steps += [
         EnsureChannelFirstd(keys=keys),
         Orientationd(keys=keys, axcodes="RAS", labels=None),
