@@ -241,7 +241,9 @@ def test_healthy_sources_are_empty_masks_of_train_ct0(
     # only CT-0 scans of the TRAIN split: never a val/test scan, never a labeled one
     assert sources and all(dl.split_of(s.id) == "train" for s in sources)
     assert not {s.id for s in sources} & {s.id for s in dl.labeled("train")}
-    assert finetune_sources.healthy_sources(_config(run, tiny_dataset), prepared) == []  # default off
+    assert (
+        finetune_sources.healthy_sources(_config(run, tiny_dataset), prepared) == []
+    )  # default off
 
     # a fine-tune with them records which scans were used
     run_finetune(_config(run, tiny_dataset, "finetune.use_healthy=true", "finetune.epochs=1"))

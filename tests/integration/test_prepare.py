@@ -69,7 +69,7 @@ def test_prepare_end_to_end_and_resume(tmp_path: Path, dataset: Path, monkeypatc
 
     # a second run redoes nothing
     import volseg.data.cache as cache_mod
-    import volseg.data.lungs as lungs_mod
+    import volseg.data.lung_files as lungs_mod
 
     def fail(*args, **kwargs):
         raise AssertionError("work was redone")

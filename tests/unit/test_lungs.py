@@ -11,7 +11,8 @@ import pytest
 
 from tests.chest_phantom import chest_phantom
 from volseg.cli import main
-from volseg.data.lungs import LungParams, segment_lungs, segment_lungs_file, sitk_from_array
+from volseg.data.lung_files import segment_lungs, segment_lungs_file, sitk_from_array
+from volseg.data.lung_params import LungParams
 from volseg.errors import ConfigError, InputError
 
 

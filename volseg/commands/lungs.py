@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from volseg.data.lungs import LungParams, segment_lungs_paths
+    from volseg.data.lung_files import segment_lungs_paths
+    from volseg.data.lung_params import LungParams
     from volseg.errors import InputError
     from volseg.io import cleanup_on_error, is_nifti
 

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 if TYPE_CHECKING:
-    from volseg.data.lungs import LungParams
+    from volseg.data.lung_params import LungParams
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 if TYPE_CHECKING:
-    from volseg.data.lungs import LungParams
+    from volseg.data.lung_params import LungParams
 
 RIGHT, LEFT = 1, 2
 """Side codes of the coarse lung label map."""

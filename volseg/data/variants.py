@@ -58,7 +58,7 @@ def scan_variants(
     ``whole_chest``: add the lung-bases and upper-chest crops (meaningless for a scan that
     shows only the bases already).
     """
-    from volseg.data.lungs import sitk_from_array
+    from volseg.data.lung_files import sitk_from_array
 
     img = sitk_from_array(np.asarray(image, dtype=np.float32), affine)
     ref = sitk_from_array(np.asarray(reference, dtype=np.float32), affine)
@@ -77,7 +77,7 @@ def resampled(
     image: np.ndarray, reference: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...]
 ) -> Variant:
     """One scan and its mask on a grid of ``spacing`` mm, as a coarser scanner sees it."""
-    from volseg.data.lungs import sitk_from_array
+    from volseg.data.lung_files import sitk_from_array
 
     img = sitk_from_array(np.asarray(image, dtype=np.float32), affine)
     ref = sitk_from_array(np.asarray(reference, dtype=np.float32), affine)
@@ -117,7 +117,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def _variant(name: str, img, ref) -> Variant:
     import SimpleITK as sitk
 
-    from volseg.data.lungs import affine_from_sitk
+    from volseg.data.lung_files import affine_from_sitk
 
     image = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)
     reference = sitk.GetArrayFromImage(ref).transpose(2, 1, 0) > 0.5

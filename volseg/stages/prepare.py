@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def compute_lungs(studies: list[Study], folder: Path) -> dict[str, Path]:
     """Lung masks for ``studies`` into ``folder`` (existing masks are kept)."""
-    from volseg.data.lungs import segment_lungs_file
+    from volseg.data.lung_files import segment_lungs_file
 
     out: dict[str, Path] = {}
     todo = []

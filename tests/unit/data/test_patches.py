@@ -170,7 +170,10 @@ def test_cached_volumes_feed_the_datasets(tmp_path: Path) -> None:
 
     make_mosmed(tmp_path / "d", {"CT-1": 1}, labeled=1, with_lungs=True)
     vols = build_cache(
-        discover(tmp_path / "d"), Recipe((5, 5, 10), (-1000, 400), (16, 16, 8)), None, tmp_path / "c"
+        discover(tmp_path / "d"),
+        Recipe((5, 5, 10), (-1000, 400), (16, 16, 8)),
+        None,
+        tmp_path / "c",
     )
     ds = SegPatchDataset(list(vols.values()), PATCH, seed=0, pos_fraction=1.0, augment=False)
     assert ds[0]["label"].sum() > 0
