@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import locale
 from pathlib import Path
 
@@ -113,8 +114,10 @@ def test_predict_paints_lesion_back_at_its_voxel(
     dice = 2 * (mask.astype(bool) & blob).sum() / (mask.sum() + blob.sum())
     assert dice > 0.7
     assert src.read_bytes() == before  # input untouched
-    info = (out / "scan_a.json").read_text()
-    assert "lesion_volume_ml" in info
+    info = json.loads((out / "scan_a.json").read_text())
+    voxel_ml = float(abs(np.linalg.det(aff[:3, :3]))) / 1000.0
+    assert info["lesion_volume_ml"] == pytest.approx(mask.sum() * voxel_ml)
+    assert info["lung_volume_ml"] is None and info["ct_grade"] is None  # no lungs: no grade
 
 
 def test_bundle_round_trip_and_bad_bundles(oracle_bundle: Path, tmp_path: Path) -> None:
