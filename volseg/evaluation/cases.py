@@ -16,7 +16,7 @@ import numpy as np
 
 from volseg.data.layout import study_id
 from volseg.errors import InputError
-from volseg.io import is_nifti, load_nifti
+from volseg.io import is_nifti, read_nifti
 from volseg.utils import same_grid as _same_grid
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,12 @@ def pair_cases(
 
 def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Mask data (any dtype) and affine; refuses probability maps (floats strictly in (0, 1))."""
-    img = load_nifti(path)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(f"{path}: could not decode image data ({exc})") from exc
-    if data.ndim == 4:
-        data = data[..., 0]
+    data, affine = read_nifti(path)
     if np.issubdtype(data.dtype, np.floating) and np.any((data > 0) & (data < 1)):
         raise InputError(
             f"{path}: has values between 0 and 1; expected a binary mask, not probabilities"
         )
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return data, affine
 
 
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:

@@ -68,31 +68,20 @@ def write_overlays(
             aspect=aspect,
             interpolation="nearest",
         )
-        if lung is not None and lung[:, :, k].any():
-            ax.contour(
-                view(lung).astype(float),
-                levels=[0.5],
-                colors="deepskyblue",
-                linewidths=0.6,
-                origin="lower",
-            )
-        if ref is not None and ref[:, :, k].any():
-            ax.contour(
-                view(ref).astype(float),
-                levels=[0.5],
-                colors="yellow",
-                linewidths=0.8,
-                linestyles="dashed",
-                origin="lower",
-            )
-        if lesion[:, :, k].any():
-            ax.contour(
-                view(lesion).astype(float),
-                levels=[0.5],
-                colors="red",
-                linewidths=1.0,
-                origin="lower",
-            )
+        for outline, color, width, style in (
+            (lung, "deepskyblue", 0.6, "solid"),
+            (ref, "yellow", 0.8, "dashed"),
+            (lesion, "red", 1.0, "solid"),
+        ):
+            if outline is not None and outline[:, :, k].any():
+                ax.contour(
+                    view(outline).astype(float),
+                    levels=[0.5],
+                    colors=color,
+                    linewidths=width,
+                    linestyles=style,
+                    origin="lower",
+                )
         slice_ml = float(lesion[:, :, k].sum()) * voxel_ml
         ax.set_title(
             f"axial slice {k} (RAS): lesion {slice_ml:.1f} mL in this slice, {total_ml:.1f} mL in all",
