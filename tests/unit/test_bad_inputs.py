@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import gzip
 import hashlib
-import locale
 import os
 import re
 import shutil
@@ -196,33 +195,13 @@ CONTENT_FAULTS = {
 
 def dicom_series(folder: Path, n: int = 8) -> list[Path]:
     """A DICOM series of ``n`` evenly spaced 24 x 20 slices (air, lung, a bright blob)."""
-    import SimpleITK as sitk
+    from tests.dicom_series import write_ct_series
 
     arr = np.full((n, 20, 24), -850, dtype=np.int16)  # (z, y, x)
     arr[:, :3, :] = -1000
     arr[n // 2, 8:12, 10:14] = 300
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing((5.0, 5.0, 5.0))
-    folder.mkdir(parents=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    process_locale = locale.setlocale(locale.LC_ALL)
-    files = []
-    for k in range(n):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
-        sl.SetMetaData(
-            "0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))
-        )
-        sl.SetMetaData("0020|0013", str(k))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0028|1052", "0")
-        sl.SetMetaData("0028|1053", "1")
-        files.append(folder / f"{k:03d}.dcm")
-        writer.SetFileName(str(files[-1]))
-        writer.Execute(sl)
-    locale.setlocale(locale.LC_ALL, process_locale)  # GDCM's writer sets "C"
-    return files
+    write_ct_series(folder, arr, spacing=(5.0, 5.0, 5.0), origin=(0.0, 0.0, 0.0))
+    return [folder / f"{k:03d}.dcm" for k in range(n)]
 
 
 @pytest.fixture()

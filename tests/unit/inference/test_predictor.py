@@ -163,33 +163,13 @@ def test_non_3d_input_refused_before_outputs(oracle_bundle: Path, tmp_path: Path
 
 
 def test_dicom_series_input(oracle_bundle: Path, tmp_path: Path) -> None:
-    import SimpleITK as sitk
-
+    from tests.dicom_series import write_ct_series
     from volseg.inference.scans import discover_scans, load_scan
 
     arr = np.full((6, 20, 24), -850, dtype=np.int16)  # (z, y, x)
     arr[3, 8:12, 10:14] = 300
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing((0.8, 0.8, 5.0))
-    image.SetOrigin((-10.0, 20.0, 30.0))
     folder = tmp_path / "dicom"
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    process_locale = locale.setlocale(locale.LC_ALL)
-    for k in range(arr.shape[0]):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
-        sl.SetMetaData(
-            "0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))
-        )
-        sl.SetMetaData("0020|0013", str(k))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0028|1052", "0")
-        sl.SetMetaData("0028|1053", "1")
-        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
-        writer.Execute(sl)
-    locale.setlocale(locale.LC_ALL, process_locale)  # GDCM's writer sets "C"; undo it here
+    write_ct_series(folder, arr, spacing=(0.8, 0.8, 5.0), origin=(-10.0, 20.0, 30.0))
     before = locale.setlocale(locale.LC_ALL)
     sources = discover_scans(folder)
     assert len(sources) == 1
