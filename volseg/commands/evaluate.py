@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "scores predictions written with predict --types per type",
     )
     parser.add_argument(
+        "--categories",
+        metavar="CSV_OR_DATASET",
+        help="MosMed category of every scan to judge (CSV with id,category, or a dataset "
+        "folder with studies/CT-k/): scores the grade in --pred's <id>.json reports against "
+        "it for all these scans, masked or not, and the burden called on CT-0 scans",
+    )
+    parser.add_argument(
         "--resample",
         action="store_true",
         help="resample predictions onto the reference grid (nearest) instead of failing",
@@ -67,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from volseg.config import EvaluateConfig
+    from volseg.evaluation.all_scans import read_categories
     from volseg.stages.evaluate import run_evaluate
 
     defaults = EvaluateConfig()
@@ -83,5 +91,6 @@ def run(args: argparse.Namespace) -> int:
         ),
         involvement_bins=defaults.involvement_bins if args.bins is None else args.bins,
         types_dir=args.types,
+        categories=None if args.categories is None else read_categories(args.categories),
     )
     return 0

@@ -83,8 +83,11 @@ def plot_bland_altman(rows: Sequence[Mapping[str, Any]], dest: Path) -> Path:
     return _save(fig, dest)
 
 
-def plot_confusion(confusion: Mapping[str, Any], dest: Path) -> Path:
-    """Heat map of the CT-grade confusion matrix with counts in each cell."""
+def plot_confusion(
+    confusion: Mapping[str, Any], dest: Path, reference: str = "reference grade"
+) -> Path:
+    """Heat map of the CT-grade confusion matrix with counts in each cell; ``reference``
+    names its rows (the reference mask's grade, or the MosMed category)."""
     from matplotlib.figure import Figure
 
     matrix = np.asarray(confusion["matrix"])
@@ -96,7 +99,7 @@ def plot_confusion(confusion: Mapping[str, Any], dest: Path) -> Path:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted grade")
-    ax.set_ylabel("reference grade")
+    ax.set_ylabel(reference)
     acc = confusion.get("accuracy", math.nan)
     ax.set_title(f"CT grade (accuracy {acc:.2f}, n = {confusion.get('n', 0)})")
     top = matrix.max() if matrix.size else 0

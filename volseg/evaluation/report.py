@@ -106,6 +106,40 @@ def _confusion_table(confusion: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _all_scans_section(scans: Mapping[str, Any]) -> list[str]:
+    """Grade against MosMed category over every scan, and the burden called on CT-0 scans."""
+    grade, healthy = scans["grade"], scans["healthy"]
+    out = [
+        "## Every scan: predicted grade against the MosMed category",
+        "",
+        f"{scans['n_scans']} scans with a category, {scans['n_with_report']} with a predict "
+        f"report, {scans['n_with_grade']} with a predicted grade (per scan: "
+        "[per_scan.csv](per_scan.csv)).",
+        "",
+    ]
+    if grade["n"]:
+        out += [
+            f"Accuracy {_fmt(grade['accuracy'])}, within one grade "
+            f"{_fmt(grade['within_one_accuracy'])} (n = {grade['n']}).",
+            "",
+            *_confusion_table(grade),
+            "",
+        ]
+    if healthy["n"]:
+        out += [
+            f"Healthy (CT-0) scans: {healthy['n']}; called CT-0: {healthy['called_ct0']} of "
+            f"{healthy['n']}. Lesion volume called on them: "
+            f"{_mean_sd(healthy['lesion_volume_ml'])} mL (max "
+            f"{_fmt(healthy['lesion_volume_ml']['max'], 2)}); lung involvement "
+            f"{_mean_sd(healthy['involvement_pct'])} % (n = "
+            f"{healthy['involvement_pct']['n']} with lungs).",
+            "",
+        ]
+    if scans["missing_report"]:
+        out += [f"Scans without a predict report: {', '.join(scans['missing_report'])}.", ""]
+    return out
+
+
 def render_report(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     """One-page Markdown report from ``summary.json``'s content and the plot file names."""
     counts = summary["counts"]
@@ -149,6 +183,8 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
             *_confusion_table(confusion),
             "",
         ]
+    if summary.get("all_scans"):
+        out += _all_scans_section(summary["all_scans"])
     if plots:
         out += ["## Plots", ""]
         for title, name in plots.items():

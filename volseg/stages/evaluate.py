@@ -66,8 +66,15 @@ PLOT_FILES = {
     "dice": "dice_vs_burden.png",
     "bland_altman": "bland_altman_volume.png",
     "confusion": "grade_confusion.png",
+    "category": "grade_vs_category.png",
 }
-OUTPUT_FILES = ("per_case.csv", "summary.json", *PLOT_FILES.values(), "report.md")
+OUTPUT_FILES = (
+    "per_case.csv",
+    "per_scan.csv",
+    "summary.json",
+    *PLOT_FILES.values(),
+    "report.md",
+)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -83,9 +90,15 @@ def build_summary(
     bootstrap: int,
     seed: int,
     involvement_bins: Sequence[float],
+    scans: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``summary.json`` (NaN still present; made JSON-safe on writing)."""
+    """The content of ``summary.json`` (NaN still present; made JSON-safe on writing).
+
+    ``scans`` (rows of :func:`volseg.evaluation.all_scans.scan_rows`) adds ``all_scans``:
+    grade against category over every scan and the burden called on CT-0 scans.
+    """
     from volseg import __version__
+    from volseg.evaluation.all_scans import summarize_scans
     from volseg.evaluation.metrics import CONVENTIONS
     from volseg.evaluation.stats import grade_confusion, stratify, summarize
 
@@ -124,6 +137,7 @@ def build_summary(
             else None
         ),
         "grade_confusion": grade_confusion(rows) if with_lungs else None,
+        "all_scans": summarize_scans(scans, bootstrap, seed) if scans else None,
         "unmatched": {
             "pred_without_ref": [str(p) for p in pred_only],
             "ref_without_pred": [str(p) for p in ref_only],
@@ -134,14 +148,20 @@ def build_summary(
 
 
 def _write_outputs(
-    folder: Path, rows: Sequence[Mapping[str, Any]], summary: dict[str, Any]
+    folder: Path,
+    rows: Sequence[Mapping[str, Any]],
+    summary: dict[str, Any],
+    scans: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Write CSV, plots, JSON and report into ``folder``; returns the plots written."""
     from volseg.evaluation import plots as P
+    from volseg.evaluation.all_scans import SCAN_COLUMNS
     from volseg.evaluation.report import per_case_csv, render_report
 
     metric_cols = [k for k in rows[0] if k not in CASE_COLUMNS]
     write_text_atomic(folder / "per_case.csv", per_case_csv(rows, [*CASE_COLUMNS, *metric_cols]))
+    if scans:
+        write_text_atomic(folder / "per_scan.csv", per_case_csv(scans, SCAN_COLUMNS))
     written: dict[str, str] = {}
     has_lungs = summary["counts"]["with_lungs"] > 0
     P.plot_dice_vs_burden(
@@ -153,6 +173,11 @@ def _write_outputs(
     if summary["grade_confusion"] is not None:
         P.plot_confusion(summary["grade_confusion"], folder / PLOT_FILES["confusion"])
         written["CT-grade confusion matrix"] = PLOT_FILES["confusion"]
+    if summary["all_scans"] is not None and summary["all_scans"]["grade"]["n"]:
+        P.plot_confusion(
+            summary["all_scans"]["grade"], folder / PLOT_FILES["category"], "MosMed category"
+        )
+        written["Predicted CT grade vs MosMed category, all scans"] = PLOT_FILES["category"]
     summary["plots"] = dict(written)
     write_json_atomic(folder / "summary.json", json_safe(summary))
     write_text_atomic(folder / "report.md", render_report(summary, written))
@@ -205,11 +230,15 @@ def run_evaluate(
     nsd_tolerance_mm: float = 2.0,
     involvement_bins: Sequence[float] = DEFAULT_BINS,
     types_dir: str | Path | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; returns ``out_dir``.
 
     With ``types_dir`` (reference ``<id>_types.nii.gz``: 1 ground glass, 2 consolidation),
     cases whose prediction folder holds ``<id>_types.nii.gz`` too are also scored per type.
+    With ``categories`` (study id → MosMed category, for every scan to judge, masked or
+    not), predict's ``<id>.json`` reports in ``pred_dir`` are scored too: grade against
+    category and the burden called on CT-0 scans (``per_scan.csv``, ``all_scans``).
 
     Writes ``per_case.csv``, ``summary.json``, PNG plots and ``report.md`` into ``out_dir``.
     Raises :class:`InputError` when no prediction has a reference, on unreadable files, or
@@ -258,6 +287,11 @@ def run_evaluate(
         )
     if missing_lungs:
         log.warning("%d case(s) have no lung mask in %s", len(missing_lungs), lungs_dir)
+    scans = None
+    if categories:
+        from volseg.evaluation.all_scans import scan_rows
+
+        scans = scan_rows(categories, pred_dir)
 
     inputs = {
         "pred_dir": str(pred_dir.resolve()),
@@ -269,6 +303,7 @@ def run_evaluate(
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
         "involvement_bins": [float(b) for b in involvement_bins],
         "types_dir": str(Path(types_dir).resolve()) if types_dir is not None else None,
+        "categories": len(categories) if categories else None,
     }
     summary = build_summary(
         rows,
@@ -279,6 +314,7 @@ def run_evaluate(
         bootstrap=bootstrap,
         seed=seed,
         involvement_bins=involvement_bins,
+        scans=scans,
     )
     with cleanup_on_error(out_dir.parent):  # no empty folder left by a failed write
         with naming_errors(out_dir):
@@ -290,7 +326,7 @@ def run_evaluate(
         staging.chmod(0o755)  # mkdtemp makes it private; it may become out_dir itself
         try:
             with naming_errors(out_dir, staging):
-                _write_outputs(staging, rows, summary)
+                _write_outputs(staging, rows, summary, scans)
                 _publish(staging, out_dir)
         finally:
             if staging.exists():
@@ -357,6 +393,10 @@ def _evaluation_inputs(cfg: Any, studies: Sequence[Any], folder: Path) -> tuple[
         types = pred_root / f"{study.id}_types.nii.gz"  # predict.write_types
         if types.is_file():
             _link(types, pred_dir / types.name)
+    for study in studies:  # every test study's report, masked or not (grade vs category)
+        report = pred_root / f"{study.id}.json"
+        if report.is_file():
+            _link(report, pred_dir / report.name)
     n_ref = sum(1 for _ in ref_dir.iterdir())
     if n_ref == 0:
         raise InputError(
@@ -384,6 +424,7 @@ def run_evaluate_split(cfg: Any) -> Path:
         nsd_tolerance_mm=e.nsd_tolerance_mm,
         involvement_bins=e.involvement_bins,
         types_dir=_types_root(cfg),
+        categories={study.id: study.category for study in studies},
     )
 
 

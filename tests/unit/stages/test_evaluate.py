@@ -246,3 +246,63 @@ def test_lesion_types_scored_per_type_by_hand(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match="lesion-type folder"):
         run_evaluate(pred_dir, ref_dir, tmp_path / "e2", types_dir=tmp_path / "missing")
+
+
+def _report(folder: Path, sid: str, grade: int | None, ml: float, pct: float | None) -> None:
+    record = {"id": sid, "ct_grade": grade, "lesion_volume_ml": ml, "involvement_pct": pct}
+    (folder / f"{sid}.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def test_every_scan_is_graded_against_its_category(dataset, tmp_path) -> None:
+    """Scans without a mask count too: grade vs MosMed category, burden on CT-0 scans.
+
+    Six scans by hand: CT-0 called 0 (1 mL), CT-0 called 1 (12 mL, 3 %), CT-1 called 1,
+    CT-2 called 1 (one off), CT-3 called 1 (two off), CT-4 without a report.
+    Accuracy 2/5, within one grade 4/5; CT-0: 1 of 2 called CT-0, mean 6.5 mL, 1.5 %.
+    """
+    reports = dataset["pred"]
+    _report(reports, "study_0000", 0, 1.0, 0.0)
+    _report(reports, "study_0001", 1, 12.0, 3.0)
+    _report(reports, "study_0002", 1, 30.0, 8.0)
+    _report(reports, "study_0100", 1, 40.0, 9.0)
+    _report(reports, "study_0101", 1, 50.0, 10.0)
+    categories = tmp_path / "categories.csv"
+    categories.write_text(
+        "id,category\nstudy_0000,CT-0\nstudy_0001,CT-0\nstudy_0002,CT-1\n"
+        "study_0100,CT-2\nstudy_0101,CT-3\nstudy_0102,CT-4\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    args = ["evaluate", "--pred", str(reports), "--ref", str(dataset["ref"]), "-o", str(out)]
+    assert main([*args, "--lungs", str(dataset["lungs"]), "--categories", str(categories)]) == 0
+    scans = json.loads((out / "summary.json").read_text())["all_scans"]
+    assert (scans["n_scans"], scans["n_with_report"], scans["n_with_grade"]) == (6, 5, 5)
+    assert scans["missing_report"] == ["study_0102"]
+    grade = scans["grade"]
+    assert grade["accuracy"] == pytest.approx(2 / 5)
+    assert grade["within_one_accuracy"] == pytest.approx(4 / 5)
+    assert grade["matrix"][3][1] == 1 and grade["matrix"][0][0] == 1
+    healthy = scans["healthy"]
+    assert (healthy["n"], healthy["called_ct0"]) == (2, 1)
+    assert healthy["lesion_volume_ml"]["mean"] == pytest.approx(6.5)
+    assert healthy["involvement_pct"]["mean"] == pytest.approx(1.5)
+    rows = _read_csv(out / "per_scan.csv")
+    assert [r["case_id"] for r in rows][-1] == "study_0102" and rows[-1]["pred_grade"] == ""
+    report = (out / "report.md").read_text()
+    assert "6 scans with a category, 5 with a predict report" in report
+    assert "called CT-0: 1 of 2" in report
+    assert (out / "grade_vs_category.png").is_file()
+
+
+def test_categories_from_a_dataset_folder_and_bad_ones(tmp_path) -> None:
+    from volseg.evaluation.all_scans import read_categories
+
+    for category, sid in (("CT-0", "study_0001"), ("CT-3", "study_0002")):
+        folder = tmp_path / "data" / "studies" / category
+        folder.mkdir(parents=True)
+        (folder / f"{sid}.nii.gz").write_bytes(b"")
+    assert read_categories(tmp_path / "data") == {"study_0001": "CT-0", "study_0002": "CT-3"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,category\nstudy_0001,CT-5\n", encoding="utf-8")
+    with pytest.raises(InputError, match="bad.csv: study study_0001"):
+        read_categories(bad)
