@@ -89,4 +89,7 @@ def test_pretrain_finetune_predict(
     mask = nib.load(out / f"{test_study.id}_mask.nii.gz")
     src = nib.load(test_study.image)
     assert mask.shape == src.shape and np.array_equal(mask.affine, src.affine)
-    assert json.loads((out / f"{test_study.id}.json").read_text())["lesion_volume_ml"] >= 0
+    voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000.0
+    expected_ml = np.count_nonzero(np.asanyarray(mask.dataobj)) * voxel_ml
+    reported = json.loads((out / f"{test_study.id}.json").read_text())["lesion_volume_ml"]
+    assert reported == pytest.approx(expected_ml, abs=1e-3)

@@ -96,7 +96,10 @@ def test_gan_writes_pseudo_masks_for_exactly_the_unlabeled_covid_scans(
     for row in rows:
         assert row.split == dl.split_of(row.study_id)
         assert row.category == dl.studies[row.study_id].category
-        assert row.pseudo_volume_ml >= 0.0
+        pseudo, pseudo_affine = read_nifti(layout.pseudo_path(folder, row.study_id))
+        voxel_ml = abs(np.linalg.det(pseudo_affine[:3, :3])) / 1000.0
+        expected_ml = np.count_nonzero(pseudo) * voxel_ml
+        assert row.pseudo_volume_ml == pytest.approx(expected_ml, rel=1e-3, abs=1e-3)
 
     summary = json.loads((stage / "pseudo_summary.json").read_text())
     assert summary["threshold"] > 0

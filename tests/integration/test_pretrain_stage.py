@@ -80,10 +80,13 @@ def test_pretrain_stage_end_to_end_and_noop(
 
     # probe.json: pretrained and random encoders (and the intensity baseline) scored
     probe = json.loads((out / PROBE_FILE).read_text())
-    for name in ("pretrained", "random", "intensity"):
-        assert 0.0 <= probe[name]["auc"] <= 1.0
-        assert 0.0 <= probe[name]["balanced_accuracy"] <= 1.0
+    # the same held-out voxels scored for each representation
     assert probe["pretrained"]["n_test"] > 0
+    assert {probe[n]["n_test"] for n in ("pretrained", "random", "intensity")} == {
+        probe["pretrained"]["n_test"]
+    }
+    # lesions are denser than lung: HU alone must separate them (probe math: test_probe.py)
+    assert probe["intensity"]["auc"] > 0.8, probe["intensity"]
     assert not set(probe["fit_studies"]) & set(probe["score_studies"])
 
     # re-running is a no-op: nothing is loaded, trained or rewritten

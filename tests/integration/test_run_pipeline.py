@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+KILLER = REPO / "tests" / "kill_after_checkpoint.py"
 STAGES = ("prepare", "gan", "pretrain", "finetune", "predict", "evaluate")
 
 
@@ -24,10 +24,13 @@ def _manifest(run_dir: Path, stage: str) -> dict:
     return json.loads((run_dir / stage / "manifest.json").read_text(encoding="utf-8"))
 
 
-def _volseg(args: list[str], **kwargs) -> subprocess.Popen:
+def _volseg(args: list[str], *, kill_after: str | None = None, **kwargs) -> subprocess.Popen:
+    """``volseg ARGS``; with ``kill_after=STAGE`` SIGKILLed after that stage's first
+    checkpoint (tests/kill_after_checkpoint.py: a fixed point, no polling)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", VOLSEG_NO_PROGRESS="1")
+    launcher = ["-m", "volseg"] if kill_after is None else [str(KILLER), kill_after, "1"]
     return subprocess.Popen(
-        [sys.executable, "-m", "volseg", *args],
+        [sys.executable, *launcher, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -67,21 +70,16 @@ def test_run_is_killed_in_finetune_resumes_and_reruns_only_what_changed(
         "finetune.checkpoint_every=2",
     ]
 
-    proc = _volseg(base)
-    checkpoint = run_dir / "finetune" / "checkpoint_last.pt"
-    deadline = time.monotonic() + 500
-    while not checkpoint.exists():
-        assert proc.poll() is None, "run ended before fine-tuning wrote a checkpoint"
-        assert time.monotonic() < deadline, "no fine-tuning checkpoint in time"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = _volseg(base, kill_after="finetune")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+    assert (run_dir / "finetune" / "checkpoint_last.pt").is_file()
     assert _manifest(run_dir, "finetune")["status"] == "running"
     assert not (run_dir / "finetune" / "model.pt").exists()
     before = {s: _manifest(run_dir, s)["run_id"] for s in ("prepare", "gan", "pretrain")}
 
     out = _finish(_volseg(base))
-    assert "resuming" in out.lower() or "resume" in out.lower(), out[-2000:]
+    assert "finetune: resuming at step 2 of 18" in out, out[-2000:]
     for stage in STAGES:
         assert _manifest(run_dir, stage)["status"] == "done", stage
     # the stages before fine-tuning were not run again
