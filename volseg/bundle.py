@@ -4,8 +4,12 @@ A bundle (``model.pt``) holds the registry name and constructor arguments of the
 its weights, the whole preprocessing :class:`volseg.recipe.Recipe` it was trained with
 (orientation, working spacing, HU window, body crop, patch size, version) and the inference
 settings, so ``volseg predict -m RUN_DIR`` needs no config (after nnU-Net, which stores its
-trainer's init arguments beside the weights). Format 1 bundles (spacing and window only)
-still load, with a warning: their body crop was not recorded.
+trainer's init arguments beside the weights), and what the training scans looked like
+(``training_stats``: spacing and lung HU ranges, :mod:`volseg.inference.ood`), which predict
+compares each scan with. Bundles without ``training_stats`` (made before it was recorded)
+load as before; predict then reports its out-of-distribution check as unavailable. Format 1
+bundles (spacing and window only) still load, with a warning: their body crop was not
+recorded.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Bundle:
     predict_defaults: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    training_stats: dict[str, Any] | None = None
+    """The training scans' spacing and lung HU ranges; None in older bundles."""
 
 
 def save_bundle(
@@ -49,8 +55,10 @@ def save_bundle(
     recipe: Recipe,
     predict_defaults: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    training_stats: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically, with the whole ``recipe``."""
+    """Write a bundle atomically, with the whole ``recipe`` (and ``training_stats`` when
+    given: :func:`volseg.inference.ood.training_stats`)."""
     import torch
 
     from volseg.io import atomic_path
@@ -65,6 +73,7 @@ def save_bundle(
         "recipe": recipe.to_json(),
         "predict": {k: _plain(v) for k, v in (predict_defaults or {}).items()},
         "extra": dict(extra or {}),
+        "training_stats": training_stats,
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -128,6 +137,7 @@ def load_bundle(path: str | Path, device: Any = "cpu") -> Bundle:
         predict_defaults=payload.get("predict", {}),
         extra=payload.get("extra", {}),
         path=file,
+        training_stats=_training_stats_of(payload, file),
     )
 
 
@@ -138,6 +148,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _training_stats_of(payload: dict[str, Any], file: Path) -> dict[str, Any] | None:
+    """The bundle's training statistics, or None when absent (older bundle) or of a format
+    this volseg does not read (logged: predict then reports the check as unavailable)."""
+    from volseg.inference.ood import STATS_VERSION
+
+    stats = payload.get("training_stats")
+    if stats is None:
+        return None
+    if not isinstance(stats, dict) or stats.get("version") != STATS_VERSION:
+        log.info("%s: training statistics of an unknown format: no out-of-distribution check", file)
+        return None
+    return stats
 
 
 def _recipe_of(payload: dict[str, Any], file: Path, params: dict[str, Any]) -> Recipe:

@@ -238,6 +238,20 @@ class PredictConfig(Section):
     ``needs_review`` in the JSON. Eight times the network time."""
     review_disagreement: float = Field(0.5, ge=0, le=1)
     """``needs_review`` when the flips disagree on at least this share of the lesion."""
+    ood_check: bool = True
+    """Compare each scan with the model's training scans (spacing, lung HU; recorded in the
+    bundle at fine-tuning) and report ``out_of_distribution`` in its JSON, with one console
+    warning per run naming the flagged scans (:mod:`volseg.inference.ood`)."""
+    ood_in_plane_margin_mm: float = Field(0.2, ge=0)
+    """Flag a scan whose in-plane voxel spacing lies more than this outside the training
+    scans' range (mm)."""
+    ood_slice_margin_mm: float = Field(1.0, ge=0)
+    """Flag a scan whose slice spacing lies more than this outside the training range (mm)."""
+    ood_lung_hu_margin: float = Field(50.0, ge=0)
+    """Flag a scan whose lung HU median or 10th percentile lies more than this outside the
+    training scans' range (HU, on the preprocessing window). The synthetic validation and test
+    scans of the tiny and demo presets lie within 27 HU of their training range; the real
+    LIDC-IDRI-0001 CT 51-127 HU outside it (docs/pipeline.md)."""
     write_prob: bool = False
     write_types: bool = False
     """Also write ``<id>_types.nii.gz`` (1 ground glass, 2 consolidation)."""

@@ -55,6 +55,8 @@ SUMMARY_FIELDS = (
     "consolidation_pct",
     "uncertainty_score",
     "needs_review",
+    "out_of_distribution",
+    "ood_reasons",
     "lung_warnings",
     "seconds",
     "error",
@@ -73,7 +75,12 @@ def write_outputs(
     write_types: bool = False,
     output_type: str = "nifti",
     reference: Path | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Write one scan's files (see the module docstring); returns its ``summary.csv`` row.
+
+    ``ood``: the scan's ``out_of_distribution`` block (:func:`volseg.inference.ood.check_scan`).
+    """
     sid = scan.id
     spacing = spacing_from_affine(scan.affine)
     stats = quantify(result.mask, result.lungs, spacing)
@@ -132,6 +139,7 @@ def write_outputs(
                 "options": options.to_json(),
                 "lungs_used": result.lungs is not None,
                 "gated": result.gated,
+                "out_of_distribution": ood,
             },
         )
     if overlays:
@@ -145,7 +153,10 @@ def write_outputs(
             result.lungs,
             reference=None if reference is None else _reference_for(scan, reference),
         )
-    return {"id": sid, "input": str(scan.source.path), **stats}
+    flags = {}
+    if ood is not None:
+        flags = {"out_of_distribution": ood["flagged"], "ood_reasons": ood["reasons"]}
+    return {"id": sid, "input": str(scan.source.path), **stats, **flags}
 
 
 def _reference_for(scan: Scan, reference: Path) -> np.ndarray | None:

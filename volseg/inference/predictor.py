@@ -54,6 +54,10 @@ class PredictOptions:
     consolidation_min_hu: float
     uncertainty: bool
     review_disagreement: float
+    ood_check: bool
+    ood_in_plane_margin_mm: float
+    ood_slice_margin_mm: float
+    ood_lung_hu_margin: float
 
     @classmethod
     def resolve(cls, recipe: Recipe, *layers: Mapping[str, Any] | None) -> PredictOptions:

@@ -7,8 +7,10 @@ under ``<run_dir>/finetune/``::
     labeled.json         which labeled training scans were used (``finetune.n_labeled``)
     checkpoint_last.pt   engine checkpoints (resume), checkpoint_best.pt (best val Dice)
     metrics.jsonl, tb/   training and validation logs
-    model.pt             the bundle ``volseg predict -m <run_dir>`` loads (best weights)
-    summary.json         best val Dice and epoch, labeled/pseudo/val ids
+    model.pt             the bundle ``volseg predict -m <run_dir>`` loads (best weights,
+                         the training scans' spacing and lung HU ranges for predict's
+                         out-of-distribution check: :mod:`volseg.stages.finetune_stats`)
+    summary.json         best val Dice and epoch, labeled/pseudo/val ids, training_stats
 
 Training data: labeled TRAIN scans (weight 1) and pseudo-labeled TRAIN scans (weight
 ``finetune.pseudo_weight``). Pseudo-masks of val-split scans are never trained on, so the
@@ -42,6 +44,7 @@ from volseg.models.finetune_net import FinetuneNet, load_pretrained_encoder
 from volseg.rundir import encoder_path, stage_dir
 from volseg.stages.common import Prepared, load_prepared, model_kwargs, recipe_of
 from volseg.stages.finetune_sources import gate_healthy_studies, healthy_sources, pseudo_sources
+from volseg.stages.finetune_stats import training_scan_stats
 from volseg.utils import json_safe
 
 log = logging.getLogger(__name__)
@@ -142,8 +145,16 @@ def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, An
     return {"min_involvement_pct": gate, "cases": [dataclasses.asdict(c) for c in cases]}
 
 
-def _save_bundle(cfg: Config, model: Any, out: Path, extra: dict, gate: float | None) -> Path:
-    """Write ``model.pt``; its predict defaults are the config's, with the calibrated gate."""
+def _save_bundle(
+    cfg: Config,
+    model: Any,
+    out: Path,
+    extra: dict,
+    gate: float | None,
+    training_stats: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.pt``; its predict defaults are the config's, with the calibrated gate;
+    ``training_stats`` for predict's out-of-distribution check."""
     from volseg.bundle import BUNDLE_NAME, save_bundle
 
     defaults = cfg.predict.model_dump(mode="json")
@@ -159,6 +170,7 @@ def _save_bundle(cfg: Config, model: Any, out: Path, extra: dict, gate: float | 
         recipe_of(cfg),
         predict_defaults=defaults,
         extra=extra,
+        training_stats=training_stats,
     )
 
 
@@ -359,8 +371,10 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         if gate is not None:
             summary["gate"] = gate
         extra = {k: summary[k] for k in ("best_val_dice", "best_epoch", "init", "n_pseudo")}
+        stats = training_scan_stats(prepared, cfg.data.hu_window)
+        summary["training_stats"] = stats
         bundle = _save_bundle(
-            cfg, model, out, extra, None if gate is None else gate["min_involvement_pct"]
+            cfg, model, out, extra, None if gate is None else gate["min_involvement_pct"], stats
         )
         write_json_atomic(out / SUMMARY_FILE, json_safe(summary))
         log.info(

@@ -34,6 +34,7 @@ from volseg.bundle import load_bundle
 from volseg.data.layout import lungs_path
 from volseg.data.lungs import LungMask
 from volseg.errors import InputError
+from volseg.inference import ood
 from volseg.inference.outputs import summary_csv, write_outputs
 from volseg.inference.predictor import Predictor, lung_mask_for
 from volseg.inference.scans import Scan, ScanSource, check_source, discover_scans, load_scan
@@ -46,6 +47,8 @@ from volseg.progress import progress
 from volseg.utils import default_device, same_grid
 
 log = logging.getLogger(__name__)
+
+OOD_OFF = "switched off (predict.ood_check: false)"
 
 
 def shard(items: Sequence[Any], num_parts: int, part_id: int) -> list[Any]:
@@ -143,6 +146,18 @@ def _with_lesion(lung: LungMask | None, used: np.ndarray | None, scan: Scan) -> 
     return LungMask.of_mask(used, scan.array, scan.affine)
 
 
+def _ood_check(bundle: Any, options: Any, scan: Scan, lung: LungMask | None) -> dict[str, Any]:
+    """The scan's ``out_of_distribution`` block against the bundle's training scans."""
+    if not options.ood_check:
+        return ood.unavailable(OOD_OFF)
+    if bundle.training_stats is None:
+        return ood.unavailable()
+    features = ood.scan_features(
+        scan.array, scan.affine, None if lung is None else lung.mask, bundle.recipe.hu_window
+    )
+    return ood.check_scan(bundle.training_stats, features, ood.OodMargins.of(options))
+
+
 def run_predict(
     model: str | Path,
     inputs: str | Path | Sequence[str | Path],
@@ -192,6 +207,9 @@ def run_predict(
     predictor = Predictor.from_bundle(bundle, overrides)
     options = predictor.options
     log.info("predicting %d scan(s) on %s with %s", len(sources), dev, bundle.path)
+    if options.ood_check and bundle.training_stats is None:
+        log.info("out-of-distribution check unavailable: %s", ood.UNAVAILABLE)
+    foreign: list[str] = []
     rows: list[dict[str, Any]] = []
     failed: list[tuple[ScanSource, InputError]] = []
     with cleanup_on_error(out_dir):
@@ -202,6 +220,7 @@ def run_predict(
                 if isinstance(scan, InputError):
                     raise scan
                 lung = _lungs_for(scan, lungs_arg, use_lungs)
+                check = _ood_check(bundle, options, scan, lung)
                 result = predictor.predict(
                     scan.array, scan.affine, None if lung is None else lung.mask
                 )
@@ -218,6 +237,7 @@ def run_predict(
                     write_types,
                     output_type,
                     None if reference is None else Path(reference),
+                    check,
                 )
             except InputError as exc:
                 if len(sources) > 1:
@@ -226,6 +246,9 @@ def run_predict(
                 rows.append({"id": src.id, "input": str(src.path), "error": str(exc)})
                 continue
             rows.append(row | {"seconds": round(time.perf_counter() - start, 3)})
+            if check["flagged"]:
+                foreign.append(scan.id)
+        ood.report_flagged(foreign, len(rows))
         if len(failed) == len(rows):
             raise _failure(failed, len(rows), None)
         name = f"summary_part{part_id}.csv" if sharded else "summary.csv"
