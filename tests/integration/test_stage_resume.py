@@ -110,7 +110,9 @@ def _products(stage_dir: Path) -> dict[str, Any]:
             torch.load(p, weights_only=True) if p.suffix == ".pt" else p.read_bytes()
         )
         for p in sorted(stage_dir.rglob("*"))
-        if p.is_file() and p.name not in skip and "tb" not in p.relative_to(stage_dir).parts
+        if p.is_file()
+        and p.name not in skip
+        and "tb" not in p.relative_to(stage_dir).parts
         and not p.name.endswith((".log", ".json"))
     }
 
