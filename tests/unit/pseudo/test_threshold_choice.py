@@ -69,10 +69,13 @@ def test_threshold_is_calibrated_on_labeled_val_scans_when_there_are_any() -> No
     splits = {
         "train": [("lab_t1", "CT-1", True), ("lab_t2", "CT-1", True), ("h1", "CT-0", False)],
         "val": [("lab_v1", "CT-1", True)],
+        "test": [("lab_x1", "CT-1", True)],
     }
     # Train lesions are faint (0.02), the val lesion bright (0.5): the calibrated threshold
-    # must separate the val scan's lesion (> 0.01) whatever the train scans say.
-    threshold, how = _choose(splits, {"lab_t1": 0.02, "lab_t2": 0.02, "lab_v1": 0.5, "h1": 0.0})
+    # must separate the val scan's lesion (> 0.01) whatever the train scans say. The
+    # labeled test scan's lesion (0.005, below the background) would drag it under 0.01.
+    levels = {"lab_t1": 0.02, "lab_t2": 0.02, "lab_v1": 0.5, "h1": 0.0, "lab_x1": 0.005}
+    threshold, how = _choose(splits, levels)
     assert how["method"] == "calibrated" and how["split"] == "val"
     assert how["studies"] == ["lab_v1"]
     assert how["mean_dice"] == pytest.approx(1.0)
@@ -80,12 +83,16 @@ def test_threshold_is_calibrated_on_labeled_val_scans_when_there_are_any() -> No
 
 
 def test_threshold_falls_back_to_labeled_train_then_to_healthy_residuals() -> None:
+    """Never the test split: its labeled and healthy scans are there to be misused."""
     train = [("lab_t1", "CT-1", True), ("h1", "CT-0", False)]
-    levels = {"lab_t1": 0.3, "h1": 0.0}
-    _, how = _choose({"train": train, "val": []}, levels)
+    test = [("lab_x1", "CT-1", True), ("hx", "CT-0", False)]
+    levels = {"lab_t1": 0.3, "h1": 0.0, "lab_x1": 0.005, "hx": 0.9}
+    _, how = _choose({"train": train, "val": [], "test": test}, levels)
     assert how["method"] == "calibrated" and how["split"] == "train"
     assert how["studies"] == ["lab_t1"]
 
-    threshold, how = _choose({"train": [("h1", "CT-0", False)], "val": []}, {"h1": 0.0})
+    splits = {"train": [("h1", "CT-0", False)], "val": [], "test": test}
+    threshold, how = _choose(splits, levels)
     assert how["method"] == "healthy_percentile" and how["studies"] == ["h1"]
-    assert threshold == pytest.approx(0.01)  # the healthy residual is 0.01 everywhere
+    # the healthy residual is 0.01 everywhere; the test scan's 0.9 cube would raise it
+    assert threshold == pytest.approx(0.01)
