@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input",
         required=True,
         nargs="+",
-        help="a .nii/.nii.gz file, a folder of them, or a DICOM series folder",
+        help="a .nii/.nii.gz file, a folder of them, a DICOM series folder or a .zip of one",
     )
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--series", help="DICOM series UID when a folder holds several")

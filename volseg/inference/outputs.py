@@ -131,7 +131,7 @@ def write_outputs(
             stage(out_dir / f"{sid}.json"),
             {
                 "id": sid,
-                "input": str(scan.source.path),
+                "input": str(scan.source.shown),
                 "series_uid": scan.source.series_uid,
                 **stats,
                 "by_side": by_side,
@@ -156,7 +156,7 @@ def write_outputs(
     flags = {}
     if ood is not None:
         flags = {"out_of_distribution": ood["flagged"], "ood_reasons": ood["reasons"]}
-    return {"id": sid, "input": str(scan.source.path), **stats, **flags}
+    return {"id": sid, "input": str(scan.source.shown), **stats, **flags}
 
 
 def _reference_for(scan: Scan, reference: Path) -> np.ndarray | None:

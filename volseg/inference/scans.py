@@ -1,4 +1,5 @@
-"""Input scans for inference: NIfTI files, folders of them, or DICOM series folders.
+"""Input scans for inference: NIfTI files, folders of them, or DICOM series folders (a
+``.zip`` of a series is unpacked first: :mod:`volseg.inference.archives`).
 
 :func:`check_source` validates a scan from its headers alone (readable 3D NIfTI with a usable
 grid; a DICOM series whose files all parse and whose slices are evenly spaced, none missing
@@ -34,10 +35,31 @@ class ScanSource:
 
     path: Path
     series_uid: str | None = None
+    name: str | None = None
+    """The scan's id when not the file's or folder's name (a series from an archive)."""
+    archive: Path | None = None
+    """The ``.zip`` the series was unpacked from, into the temporary folder ``unpacked``."""
+    unpacked: Path | None = None
 
     @property
     def id(self) -> str:
+        if self.name is not None:
+            return self.name
         return study_id(self.path) if self.series_uid is None else self.path.name
+
+    @property
+    def shown(self) -> Path:
+        """The input as the user gave it: the archive for an unpacked series."""
+        return self.archive if self.archive is not None else self.path
+
+    def explain(self, exc: InputError) -> InputError:
+        """``exc`` naming the archive (``series.zip:sub/003.dcm``) instead of the temporary
+        folder a series was unpacked into; ``exc`` itself for other sources."""
+        if self.archive is None or self.unpacked is None:
+            return exc
+        root = str(self.unpacked)
+        text = str(exc).replace(root + "/", f"{self.archive}:").replace(root, str(self.archive))
+        return InputError(text)
 
 
 @dataclass
@@ -70,7 +92,8 @@ def _gdcm() -> Iterator[None]:
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def _dicom_series(folder: Path) -> list[str]:
+def dicom_series_ids(folder: Path) -> list[str]:
+    """The UIDs of the DICOM series GDCM finds in ``folder`` (not its sub-folders)."""
     import SimpleITK as sitk
 
     with _gdcm():
@@ -111,12 +134,14 @@ def discover_scans(path: str | Path, series_uid: str | None = None) -> list[Scan
         raise InputError(f"{path}: not found")
     if path.is_file():
         if not is_nifti(path):
-            raise InputError(f"{path}: expected a .nii/.nii.gz file or a folder")
+            raise InputError(
+                f"{path}: expected a .nii/.nii.gz file, a folder or a .zip of a DICOM series"
+            )
         return [ScanSource(path)]
     niftis = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
     if niftis:
         return [ScanSource(p) for p in niftis]
-    series = _dicom_series(path)
+    series = dicom_series_ids(path)
     if not series:
         raise InputError(f"{path}: no NIfTI files and no DICOM series found")
     if series_uid is not None:
@@ -143,7 +168,7 @@ def _check_dicom_series(source: ScanSource) -> None:
     """Every DICOM file of the folder parses, and the series' slices are evenly spaced."""
     folder, uid = source.path, str(source.series_uid)
     listed = {
-        Path(f).resolve() for sid in _dicom_series(folder) for f in _series_files(folder, sid)
+        Path(f).resolve() for sid in dicom_series_ids(folder) for f in _series_files(folder, sid)
     }
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.resolve() not in listed and _has_dicom_preamble(path):

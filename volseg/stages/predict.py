@@ -35,9 +35,10 @@ from volseg.data.layout import lungs_path
 from volseg.data.lungs import LungMask
 from volseg.errors import InputError
 from volseg.inference import ood
+from volseg.inference.archives import unpacked_inputs
 from volseg.inference.outputs import summary_csv, write_outputs
 from volseg.inference.predictor import Predictor, lung_mask_for
-from volseg.inference.scans import Scan, ScanSource, check_source, discover_scans, load_scan
+from volseg.inference.scans import Scan, ScanSource, check_source, load_scan
 from volseg.io import (
     cleanup_on_error,
     read_nifti,
@@ -70,11 +71,14 @@ def _check_inputs(sources: Sequence[ScanSource]) -> None:
         other = seen.setdefault(src.id, src)
         if other is not src:
             raise InputError(
-                f"{other.path} and {src.path} have the same id '{src.id}'; their outputs "
+                f"{other.shown} and {src.shown} have the same id '{src.id}'; their outputs "
                 "would overwrite each other (rename one or predict them separately)"
             )
     for src in sources:
-        check_source(src)
+        try:
+            check_source(src)
+        except InputError as exc:
+            raise src.explain(exc) from None
 
 
 OUTPUT_TYPES = ("nifti", "dicom-seg", "both")
@@ -88,7 +92,7 @@ def _check_output_type(output_type: str, sources: Sequence[ScanSource]) -> None:
         for src in sources:
             if src.series_uid is None:
                 raise InputError(
-                    f"{src.path}: --output-type {output_type} needs a DICOM series as input "
+                    f"{src.shown}: --output-type {output_type} needs a DICOM series as input "
                     "(a DICOM SEG references the series it segments)"
                 )
 
@@ -189,7 +193,43 @@ def run_predict(
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise InputError("no input scans given")
-    sources = [s for item in items for s in discover_scans(item, series)]
+    with unpacked_inputs(items, series) as sources:  # archives unpacked for the whole run
+        return _predict_sources(
+            model,
+            sources,
+            out_dir,
+            lungs=lungs,
+            use_lungs=use_lungs,
+            write_prob=write_prob,
+            write_types=write_types,
+            output_type=output_type,
+            overlays=overlays,
+            reference=reference,
+            num_parts=num_parts,
+            part_id=part_id,
+            device=device,
+            **overrides,
+        )
+
+
+def _predict_sources(
+    model: str | Path,
+    sources: list[ScanSource],
+    out_dir: Path,
+    *,
+    lungs: str | Path | None,
+    use_lungs: bool,
+    write_prob: bool,
+    write_types: bool,
+    output_type: str,
+    overlays: bool,
+    reference: str | Path | None,
+    num_parts: int,
+    part_id: int,
+    device: str | None,
+    **overrides: Any,
+) -> Path:
+    """:func:`run_predict` once its inputs are listed (and archives unpacked)."""
     dist = _distributed_part()
     if dist is not None and num_parts == 1:
         num_parts, part_id = dist
@@ -240,10 +280,11 @@ def run_predict(
                     check,
                 )
             except InputError as exc:
+                exc = src.explain(exc)
                 if len(sources) > 1:
                     log.warning("%s; going on with the other scans", exc)
                 failed.append((src, exc))
-                rows.append({"id": src.id, "input": str(src.path), "error": str(exc)})
+                rows.append({"id": src.id, "input": str(src.shown), "error": str(exc)})
                 continue
             rows.append(row | {"seconds": round(time.perf_counter() - start, 3)})
             if check["flagged"]:
