@@ -9,7 +9,7 @@ DESCRIPTION = (
     "Pair <id>_mask.nii.gz predictions with <id>_mask.nii.gz references, compute whole-volume "
     "and per-lesion metrics (Dice, IoU, sensitivity, specificity, precision, HD95, NSD, lesion "
     "detection, volume and involvement errors, CT grade), and write per_case.csv, summary.json, "
-    "plots and report.md into the output folder."
+    "plots, report.md and a self-contained report.html into the output folder."
 )
 
 
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "it for all these scans, masked or not, and the burden called on CT-0 scans",
     )
     parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="the CTs (<id>.nii.gz, or a dataset folder with studies/CT-k/) on the reference "
+        "grid: adds montage.png, the cases lowest Dice first with both outlines",
+    )
+    parser.add_argument(
         "--resample",
         action="store_true",
         help="resample predictions onto the reference grid (nearest) instead of failing",
@@ -75,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from volseg.config import EvaluateConfig
     from volseg.evaluation.all_scans import read_categories
+    from volseg.evaluation.cases import list_images
     from volseg.stages.evaluate import run_evaluate
 
     defaults = EvaluateConfig()
@@ -92,5 +99,6 @@ def run(args: argparse.Namespace) -> int:
         involvement_bins=defaults.involvement_bins if args.bins is None else args.bins,
         types_dir=args.types,
         categories=None if args.categories is None else read_categories(args.categories),
+        images=None if args.images is None else list_images(args.images),
     )
     return 0

@@ -48,6 +48,21 @@ def list_masks(folder: str | Path, role: str) -> dict[str, Path]:
     return found
 
 
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """Map study id -> CT for ``<id>.nii.gz`` files in ``folder``, or in its
+    ``studies/CT-k/`` folders when it is a MosMed-layout dataset root."""
+    from volseg.data.layout import STUDIES_DIR
+
+    folder = Path(folder)
+    studies = folder / STUDIES_DIR
+    if not studies.is_dir():
+        return list_masks(folder, "image")
+    found: dict[str, Path] = {}
+    for category in sorted(p for p in studies.glob("CT-*") if p.is_dir()):
+        found |= list_masks(category, "image")
+    return found
+
+
 def pair_cases(
     preds: Mapping[str, Path], refs: Mapping[str, Path]
 ) -> tuple[list[str], list[Path], list[Path]]:

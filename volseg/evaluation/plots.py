@@ -36,13 +36,32 @@ def _pairs(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str) -> tuple[n
 def plot_dice_vs_burden(
     rows: Sequence[Mapping[str, Any]], dest: Path, x_key: str = "ref_involvement_pct"
 ) -> Path:
-    """Scatter of per-case Dice against reference burden (involvement % or volume mL)."""
+    """Scatter of per-case Dice against reference burden (involvement % or volume mL).
+
+    Open markers so that overlapping cases stay visible; cases the presence gate emptied
+    (``gated``) are crosses, so a Dice of 0 from the gate is told apart from a miss.
+    """
     from matplotlib.figure import Figure
 
-    x, y = _pairs(rows, x_key, "dice")
     fig = Figure(figsize=(5, 4))
     ax = fig.add_subplot()
-    ax.scatter(x, y, s=18, alpha=0.8)
+    n = 0
+    for gated, marker, label in ((False, "o", "scored"), (True, "x", "gated (emptied)")):
+        x, y = _pairs([r for r in rows if bool(r.get("gated")) is gated], x_key, "dice")
+        n += len(x)
+        if len(x) or not gated:
+            ax.scatter(
+                x,
+                y,
+                s=28,
+                marker=marker,
+                facecolors="none" if marker == "o" else "C3",
+                edgecolors="C0" if marker == "o" else None,
+                linewidths=1.0,
+                alpha=0.8,
+                label=f"{label} ({len(x)})",
+            )
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel(
         "reference lung involvement (%)"
         if x_key == "ref_involvement_pct"
@@ -50,7 +69,7 @@ def plot_dice_vs_burden(
     )
     ax.set_ylabel("Dice")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Dice vs infection burden (n = {len(x)})")
+    ax.set_title(f"Dice vs infection burden (n = {n})")
     ax.grid(alpha=0.3)
     return _save(fig, dest)
 

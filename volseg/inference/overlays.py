@@ -4,6 +4,7 @@ lungs and (when given) the reference outlined, with a legend and volumes in mL."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,34 +39,72 @@ def write_overlays(
 
     from volseg.io import atomic_path
 
-    ct = _to_ras(image, affine)
-    lesion = _to_ras(mask, affine) > 0
-    lung = _to_ras(lungs, affine) > 0 if lungs is not None else None
-    ref = _to_ras(reference, affine) > 0 if reference is not None else None
-    voxel_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
-    total_ml = float(lesion.sum()) * voxel_ml
+    view = RasView(image, affine)
+    lesion = view.mask(mask)
+    lung = view.mask(lungs)
+    ref = view.mask(reference)
+    total_ml = float(lesion.sum()) * view.voxel_ml
     per_slice = lesion.sum(axis=(0, 1))
     if per_slice.max() > 0:
         order = [int(k) for k in np.argsort(-per_slice) if per_slice[k] > 0][:max_slices]
     else:
-        order = [int(k) for k in np.linspace(0, ct.shape[2] - 1, min(3, ct.shape[2]))]
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    ras_spacing = spacing[np.argsort(_axes_to_ras(affine))]
-    aspect = float(ras_spacing[1] / ras_spacing[0])
+        order = [int(k) for k in np.linspace(0, view.ct.shape[2] - 1, min(3, view.ct.shape[2]))]
     written = []
     for k in sorted(set(order)):
-        fig, ax = plt.subplots(figsize=(5, 5 * aspect * ct.shape[1] / ct.shape[0]), dpi=100)
+        ct = view.ct
+        fig, ax = plt.subplots(figsize=(5, 5 * view.aspect * ct.shape[1] / ct.shape[0]), dpi=100)
+        view.draw(ax, k, lesion, lung, ref)
+        slice_ml = float(lesion[:, :, k].sum()) * view.voxel_ml
+        ax.set_title(
+            f"axial slice {k} (RAS): lesion {slice_ml:.1f} mL in this slice, {total_ml:.1f} mL in all",
+            fontsize=8,
+        )
+        legend(ax, lung is not None, ref is not None)
+        dest = out_dir / f"slice_{k:03d}.png"
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(fig)
+        written.append(dest)
+    return written
 
-        def view(a: np.ndarray, k: int = k) -> np.ndarray:
-            return a[:, :, k].T[:, ::-1]  # radiological: patient's right on the left
+
+class RasView:
+    """A CT volume turned to RAS axes for axial display, with its pixel aspect and voxel
+    volume; draws one axial slice with outlines (shared by overlays and the montage)."""
+
+    def __init__(self, image: np.ndarray, affine: np.ndarray) -> None:
+        self.affine = np.asarray(affine, dtype=np.float64)
+        self.ct = _to_ras(image, self.affine)
+        self.voxel_ml = float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+        spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
+        ras_spacing = spacing[np.argsort(_axes_to_ras(self.affine))]
+        self.aspect = float(ras_spacing[1] / ras_spacing[0])
+
+    def mask(self, array: np.ndarray | None) -> np.ndarray | None:
+        """A mask on the image's grid, turned the same way (None stays None)."""
+        return None if array is None else _to_ras(array, self.affine) > 0
+
+    def draw(
+        self,
+        ax: Any,
+        k: int,
+        lesion: np.ndarray | None,
+        lung: np.ndarray | None = None,
+        ref: np.ndarray | None = None,
+    ) -> None:
+        """Axial slice ``k`` in lung window, radiological convention (patient's right on
+        the viewer's left), lungs blue, reference dashed yellow, lesion red."""
+
+        def shown(a: np.ndarray) -> np.ndarray:
+            return a[:, :, k].T[:, ::-1]
 
         ax.imshow(
-            view(ct),
+            shown(self.ct),
             cmap="gray",
             vmin=LUNG_WINDOW[0],
             vmax=LUNG_WINDOW[1],
             origin="lower",
-            aspect=aspect,
+            aspect=self.aspect,
             interpolation="nearest",
         )
         for outline, color, width, style in (
@@ -75,31 +114,19 @@ def write_overlays(
         ):
             if outline is not None and outline[:, :, k].any():
                 ax.contour(
-                    view(outline).astype(float),
+                    shown(outline).astype(float),
                     levels=[0.5],
                     colors=color,
                     linewidths=width,
                     linestyles=style,
                     origin="lower",
                 )
-        slice_ml = float(lesion[:, :, k].sum()) * voxel_ml
-        ax.set_title(
-            f"axial slice {k} (RAS): lesion {slice_ml:.1f} mL in this slice, {total_ml:.1f} mL in all",
-            fontsize=8,
-        )
-        _legend(ax, lung is not None, ref is not None)
         ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes)
         ax.text(0.97, 0.5, "L", color="yellow", transform=ax.transAxes)
         ax.axis("off")
-        dest = out_dir / f"slice_{k:03d}.png"
-        with atomic_path(dest) as tmp:
-            fig.savefig(tmp, format="png", bbox_inches="tight")
-        plt.close(fig)
-        written.append(dest)
-    return written
 
 
-def _legend(ax: object, lungs: bool, reference: bool) -> None:
+def legend(ax: Any, lungs: bool, reference: bool) -> None:
     """A legend naming each outline drawn."""
     from matplotlib.lines import Line2D
 
@@ -108,7 +135,7 @@ def _legend(ax: object, lungs: bool, reference: bool) -> None:
         handles.append(Line2D([], [], color="deepskyblue", lw=0.8, label="lungs"))
     if reference:
         handles.append(Line2D([], [], color="yellow", lw=0.8, ls="--", label="reference"))
-    ax.legend(handles=handles, loc="lower right", fontsize=6, framealpha=0.6)  # type: ignore[attr-defined]
+    ax.legend(handles=handles, loc="lower right", fontsize=6, framealpha=0.6)
 
 
 def _axes_to_ras(affine: np.ndarray) -> np.ndarray:

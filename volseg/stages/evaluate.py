@@ -61,18 +61,27 @@ TYPE_METRICS: tuple[str, ...] = (
 )
 """Summarised when the run was given lesion types (``types_dir``)."""
 STRATUM_METRICS: tuple[str, ...] = ("dice", "hd95_mm", "nsd", "lesion_f1", "abs_volume_error_ml")
-CASE_COLUMNS: tuple[str, ...] = ("case_id", "pred_file", "ref_file", "lungs_file", "resampled")
+CASE_COLUMNS: tuple[str, ...] = (
+    "case_id",
+    "pred_file",
+    "ref_file",
+    "lungs_file",
+    "resampled",
+    "gated",
+)
 PLOT_FILES = {
     "dice": "dice_vs_burden.png",
     "bland_altman": "bland_altman_volume.png",
     "confusion": "grade_confusion.png",
     "category": "grade_vs_category.png",
+    "montage": "montage.png",
 }
 OUTPUT_FILES = (
     "per_case.csv",
     "per_scan.csv",
     "summary.json",
     *PLOT_FILES.values(),
+    "report.html",
     "report.md",
 )
 
@@ -152,10 +161,15 @@ def _write_outputs(
     rows: Sequence[Mapping[str, Any]],
     summary: dict[str, Any],
     scans: Sequence[Mapping[str, Any]] | None = None,
+    montage: tuple[Mapping[str, Path], Mapping[str, tuple[Path, Path]]] | None = None,
 ) -> dict[str, str]:
-    """Write CSV, plots, JSON and report into ``folder``; returns the plots written."""
+    """Write CSV, plots, JSON and the reports into ``folder``; returns the plots written.
+
+    ``montage``: (case id → CT, case id → (prediction, reference)) for the case montage.
+    """
     from volseg.evaluation import plots as P
     from volseg.evaluation.all_scans import SCAN_COLUMNS
+    from volseg.evaluation.html_report import render_html
     from volseg.evaluation.report import per_case_csv, render_report
 
     metric_cols = [k for k in rows[0] if k not in CASE_COLUMNS]
@@ -178,9 +192,19 @@ def _write_outputs(
             summary["all_scans"]["grade"], folder / PLOT_FILES["category"], "MosMed category"
         )
         written["Predicted CT grade vs MosMed category, all scans"] = PLOT_FILES["category"]
+    if montage is not None:
+        from volseg.evaluation.montage import write_montage
+
+        drawn = write_montage(rows, montage[0], montage[1], folder / PLOT_FILES["montage"])
+        summary["montage_cases"] = drawn
+        if drawn:
+            title = f"Cases, lowest Dice first ({len(drawn)} of {len(rows)})"
+            written[title] = PLOT_FILES["montage"]
     summary["plots"] = dict(written)
     write_json_atomic(folder / "summary.json", json_safe(summary))
-    write_text_atomic(folder / "report.md", render_report(summary, written))
+    report = render_report(summary, written)
+    write_text_atomic(folder / "report.html", render_html(report, folder))
+    write_text_atomic(folder / "report.md", report)
     return written
 
 
@@ -203,6 +227,17 @@ def _publish(staging: Path, out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- stage
+
+
+def _gated(report: Path) -> bool | None:
+    """predict's ``gated`` flag for a case (the presence gate emptied its mask); None
+    without a readable report."""
+    import json
+
+    try:
+        return bool(json.loads(report.read_text(encoding="utf-8")).get("gated"))
+    except (OSError, ValueError):
+        return None
 
 
 def _check_bins(bins: Sequence[float]) -> None:
@@ -231,6 +266,7 @@ def run_evaluate(
     involvement_bins: Sequence[float] = DEFAULT_BINS,
     types_dir: str | Path | None = None,
     categories: Mapping[str, str] | None = None,
+    images: Mapping[str, Path] | None = None,
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; returns ``out_dir``.
 
@@ -239,6 +275,9 @@ def run_evaluate(
     With ``categories`` (study id → MosMed category, for every scan to judge, masked or
     not), predict's ``<id>.json`` reports in ``pred_dir`` are scored too: grade against
     category and the burden called on CT-0 scans (``per_scan.csv``, ``all_scans``).
+    With ``images`` (case id → CT on the reference grid), ``montage.png`` shows the cases.
+    A case whose report says the presence gate emptied it is marked ``gated`` in the
+    CSV and the plots.
 
     Writes ``per_case.csv``, ``summary.json``, PNG plots and ``report.md`` into ``out_dir``.
     Raises :class:`InputError` when no prediction has a reference, on unreadable files, or
@@ -282,9 +321,11 @@ def run_evaluate(
         if types_dir is not None:
             pair = (pred_dir / f"{sid}_types.nii.gz", Path(types_dir) / f"{sid}_types.nii.gz")
             types = pair if pair[0].is_file() and pair[1].is_file() else None
-        rows.append(
-            evaluate_case(sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm, types)
+        row = evaluate_case(
+            sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm, types
         )
+        row["gated"] = _gated(pred_dir / f"{sid}.json")
+        rows.append(row)
     if missing_lungs:
         log.warning("%d case(s) have no lung mask in %s", len(missing_lungs), lungs_dir)
     scans = None
@@ -326,7 +367,13 @@ def run_evaluate(
         staging.chmod(0o755)  # mkdtemp makes it private; it may become out_dir itself
         try:
             with naming_errors(out_dir, staging):
-                _write_outputs(staging, rows, summary, scans)
+                _write_outputs(
+                    staging,
+                    rows,
+                    summary,
+                    scans,
+                    None if images is None else (images, {s: (preds[s], refs[s]) for s in paired}),
+                )
                 _publish(staging, out_dir)
         finally:
             if staging.exists():
@@ -425,6 +472,7 @@ def run_evaluate_split(cfg: Any) -> Path:
         involvement_bins=e.involvement_bins,
         types_dir=_types_root(cfg),
         categories={study.id: study.category for study in studies},
+        images={study.id: Path(study.image) for study in studies},
     )
 
 

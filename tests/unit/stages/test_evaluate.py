@@ -306,3 +306,74 @@ def test_categories_from_a_dataset_folder_and_bad_ones(tmp_path) -> None:
     bad.write_text("id,category\nstudy_0001,CT-5\n", encoding="utf-8")
     with pytest.raises(InputError, match="bad.csv: study study_0001"):
         read_categories(bad)
+
+
+_CHECK_IMAGES = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const loaded = images.filter((i) => i.complete && i.naturalWidth > 0);
+  document.body.setAttribute("data-images", String(images.length));
+  document.body.setAttribute("data-loaded", String(loaded.length));
+});
+</script>
+</body>"""
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_html_report_is_self_contained_with_a_case_montage(dataset, tmp_path) -> None:
+    """report.html embeds every plot (no file beside it needed) and the montage shows the
+    cases lowest Dice first; a headless Chromium opens it and decodes every image."""
+    import re
+    import shutil
+    import subprocess
+
+    images = tmp_path / "images"
+    for i in range(3):
+        ct = np.full(SHAPE, -850, dtype=np.int16)
+        ct[3 : 5 + 2 * i, 3:7, 2:4] = -500
+        write_nifti(images / f"study_{i:04d}.nii.gz", ct, _affine())
+    (dataset["pred"] / "study_0001.json").write_text('{"gated": true}', encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["evaluate", "--pred", str(dataset["pred"]), "--ref", str(dataset["ref"])]
+    args += ["-o", str(out), "--lungs", str(dataset["lungs"]), "--images", str(images)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    dice = {r["case_id"]: float(r["dice"]) for r in _read_csv(out / "per_case.csv")}
+    assert summary["montage_cases"] == sorted(dice, key=dice.get)
+    # only study_0001 has a predict report (gated); without one the flag is unknown
+    assert [r["gated"] for r in _read_csv(out / "per_case.csv")] == ["", "True", ""]
+    assert (out / "montage.png").is_file()
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]+)"', page)
+    assert len(sources) == len(summary["plots"]) >= 4
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<table>" in page and "Dice" in page
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium installed (scripts/test.sh installs chromium-headless-shell)")
+    alone = tmp_path / "alone"  # the page without its folder: nothing else to load
+    alone.mkdir()
+    (alone / "report.html").write_text(page.replace("</body>", _CHECK_IMAGES), encoding="utf-8")
+    shutil.rmtree(out)
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+        + ["--dump-dom", (alone / "report.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-loaded="(\d+)"', done.stdout)
+    assert body is not None, done.stdout[-2000:]
+    assert int(body.group(1)) == len(sources) and int(body.group(2)) == len(sources)
