@@ -82,7 +82,7 @@ def table() -> tuple[str, list[str]]:
         counts = Counter(_status(code) for code in results.values())
         counts["mutants"] = len(results)
         total.update(counts)
-        alive = [k for k, v in results.items() if _status(v) not in ("killed", "timeout")]
+        alive = [k for k, v in results.items() if _status(v) in ("survived", "no tests", "other")]
         survivors += sorted(alive, key=_natural)
         lines.append(_row(f"{module} ({MODULES[module][0]})", counts))
     lines.append(_row("**total**", total))
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
         return 0
 
     text, survivors = table()
-    text += "\nNot killed (`python -m mutmut show NAME` shows the change):\n\n"
+    text += "\nSurvived, no tests or other (`python -m mutmut show NAME` shows the change):\n\n"
     text += "".join(f"- `{name}`\n" for name in survivors) or "- none\n"
     print(text, end="")
     if args.out:

@@ -1,4 +1,5 @@
-"""Lung segmentation: Dice on a real CT and on phantoms, geometry kept, CLI modes."""
+"""Lung segmentation: Dice on a real CT and on phantoms, geometry kept, CLI modes; the
+per-side volumes and QC of a given mask, by hand."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.chest_phantom import chest_phantom
 from volseg.cli import main
 from volseg.data.lung_files import segment_lungs, segment_lungs_file, sitk_from_array
 from volseg.data.lung_params import LungParams
+from volseg.data.lungs import LungMask
 from volseg.errors import ConfigError, InputError
 
 
@@ -201,3 +203,138 @@ def test_bad_dense_params() -> None:
         LungParams(dense_min_ggo_share=1.5)
     with pytest.raises(ConfigError, match="fat_hu"):
         LungParams(fat_hu=(-60.0, -130.0))
+
+
+# The per-side volumes and QC of a given mask (LungMask.of_mask), by hand: boxes in a body
+# slab (native x 1 .. n-2, RAS affine), so the midline is the middle of the slab and native
+# x above it is the patient's right.
+
+
+def _qc_of_boxes(shape, spacing_mm: float, right=None, left=None) -> LungMask:
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[1:-1] = 40.0
+    mask = np.zeros(shape, dtype=np.uint8)
+    for box in (right, left):
+        if box is not None:
+            mask[box] = 1
+            hu[box] = -850.0
+    return LungMask.of_mask(mask, hu, np.diag([spacing_mm] * 3 + [1.0]))
+
+
+def test_of_mask_splits_the_volume_by_side_in_ml() -> None:
+    """2 mm voxels (0.008 mL): 4 x 6 x 6 = 144 voxels on the right (1.152 mL) and
+    3 x 6 x 6 = 108 on the left (0.864 mL); QC rounds to 0.1 mL."""
+    right = (slice(14, 18), slice(3, 9), slice(2, 8))
+    left = (slice(4, 7), slice(3, 9), slice(2, 8))
+    lm = _qc_of_boxes((24, 12, 10), 2.0, right, left)
+    assert lm.right_ml == pytest.approx(1.152) and lm.left_ml == pytest.approx(0.864)
+    assert lm.qc() == {
+        "right_lung_ml": 1.2,
+        "left_lung_ml": 0.9,
+        "lungs_cut_by_fov": [],
+        "lung_warnings": ["lung volume 2 mL is below 1500 mL"],
+    }
+    assert lm.mask.dtype == np.uint8 and int(lm.mask.sum()) == 252
+    expected_sides = np.zeros((24, 12, 10), dtype=np.uint8)
+    expected_sides[right], expected_sides[left] = 1, 2  # RIGHT, LEFT; 0 off the mask
+    assert np.array_equal(lm.sides, expected_sides)
+    assert lm.side_shares(lm.mask) == pytest.approx((144.0, 108.0))
+
+    one_voxel_left = _qc_of_boxes((24, 12, 10), 2.0, right, (5, 5, 5))
+    assert one_voxel_left.left_ml == pytest.approx(0.008)
+
+
+def test_of_mask_one_lung_at_the_top_of_the_scan() -> None:
+    """Only a right lung, reaching the last (most superior) slice: no left volume at all,
+    the cut named, and no volume floor applied to lungs partly out of view."""
+    lm = _qc_of_boxes((24, 12, 10), 2.0, right=(slice(14, 18), slice(3, 9), slice(2, 10)))
+    assert lm.right_ml == pytest.approx(192 * 0.008) and lm.left_ml == 0.0
+    assert lm.cut_by_fov == ["top"]
+    assert lm.warnings == [
+        "lungs cut by the field of view (top): volumes and involvement cover only the part in view",
+        "left lung not found (0 mL)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("box", "faces"),
+    [
+        ((slice(24, 27), slice(8, 11), slice(29, 30)), ["top"]),  # last slice
+        ((slice(24, 27), slice(8, 11), slice(0, 1)), ["bottom"]),
+        ((slice(24, 27), slice(0, 1), slice(10, 13)), ["side"]),
+        ((slice(24, 27), slice(19, 20), slice(10, 13)), ["side"]),
+        ((slice(39, 40), slice(8, 11), slice(10, 13)), ["side"]),
+        ((slice(0, 1), slice(8, 11), slice(10, 13)), ["side"]),
+        ((slice(24, 27), slice(8, 11), slice(10, 13)), []),
+    ],
+)
+def test_of_mask_names_each_face_a_one_voxel_thick_lung_touches(box, faces) -> None:
+    assert _qc_of_boxes((40, 20, 30), 10.0, right=box).cut_by_fov == faces
+
+
+def test_of_mask_a_one_voxel_lung_keeps_its_volume() -> None:
+    lm = _qc_of_boxes((40, 20, 30), 10.0, right=(25, 10, 10))  # 1 mL
+    assert (lm.right_ml, lm.left_ml) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("right", "left", "warnings"),
+    [
+        # 1 mL voxels, so the volumes are voxel counts. 750 + 750 mL: the 1500 mL floor.
+        ((slice(22, 32), slice(2, 17), slice(2, 7)), (slice(5, 15), slice(2, 17), slice(2, 7)), []),
+        # 4500 + 4500 mL: the 9000 mL ceiling.
+        (
+            (slice(22, 37), slice(2, 17), slice(4, 24)),
+            (slice(3, 18), slice(2, 17), slice(4, 24)),
+            [],
+        ),
+        # 75 of 1500 mL: the smaller lung at exactly 5 % is not missing.
+        ((slice(25, 30), slice(5, 10), slice(5, 8)), (slice(1, 20), slice(2, 17), slice(2, 7)), []),
+        (
+            (slice(25, 27), slice(5, 10), slice(5, 6)),  # 10 of 1610 mL: under 5 %
+            (slice(3, 19), slice(2, 12), slice(2, 12)),
+            ["right lung not found (10 mL)"],
+        ),
+        (
+            (slice(22, 38), slice(2, 12), slice(2, 12)),
+            None,
+            ["left lung not found (0 mL)"],
+        ),
+        (
+            (slice(22, 32), slice(2, 12), slice(2, 7)),
+            (slice(5, 15), slice(2, 12), slice(2, 7)),
+            ["lung volume 1000 mL is below 1500 mL"],
+        ),
+        (
+            (slice(21, 37), slice(2, 18), slice(5, 23)),
+            (slice(3, 19), slice(2, 18), slice(5, 23)),
+            ["lung volume 9216 mL is above 9000 mL"],
+        ),
+        # Cut at the top and the side: a small lung may be the part out of view.
+        (
+            (slice(25, 40), slice(2, 17), slice(20, 30)),
+            (slice(5, 7), slice(5, 10), slice(5, 6)),
+            [
+                "lungs cut by the field of view (top, side): volumes and involvement cover "
+                "only the part in view"
+            ],
+        ),
+    ],
+)
+def test_of_mask_warnings_at_their_bounds(right, left, warnings) -> None:
+    assert _qc_of_boxes((40, 20, 30), 10.0, right, left).warnings == warnings
+
+
+def test_side_shares_count_voxels_by_side_and_share_the_rest_pro_rata() -> None:
+    """Sides (R, R, L, none): all four voxels split 2 : 1 over the three with a side (8/3,
+    4/3); the one without a side splits as the lung volumes, 3 : 1 mL."""
+    lm = LungMask(
+        mask=np.ones((4, 1, 1), np.uint8),
+        right_ml=3.0,
+        left_ml=1.0,
+        sides=np.array([1, 1, 2, 0], np.uint8).reshape(4, 1, 1),
+    )
+    assert lm.side_shares(np.ones((4, 1, 1), bool)) == pytest.approx((8 / 3, 4 / 3))
+    assert lm.side_shares(np.array([0, 0, 0, 1]).reshape(4, 1, 1)) == pytest.approx((0.75, 0.25))
+    with pytest.raises(ValueError, match="^this lung mask carries no side map$"):
+        LungMask(lm.mask, 3.0, 1.0).side_shares(lm.mask)

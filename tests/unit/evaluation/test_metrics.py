@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from volseg.evaluation.lesions import lesion_detection
-from volseg.evaluation.metrics import case_metrics, overlap_metrics, surface_metrics
-from volseg.evaluation.stats import bootstrap_ci, describe, grade_confusion, stratify
+from volseg.evaluation.metrics import (
+    case_metrics,
+    overlap_metrics,
+    surface_metrics,
+    volume_metrics,
+)
+from volseg.evaluation.stats import (
+    bootstrap_ci,
+    describe,
+    grade_confusion,
+    stratify,
+    summarize,
+)
 
 
 def _vol(shape=(4, 4, 4)) -> np.ndarray:
@@ -255,3 +268,216 @@ def test_involvement_counts_only_lesion_inside_the_lungs() -> None:
     q = quantify(lesion, lungs, (1.0, 1.0, 10.0))
     assert q["involvement_pct"] == pytest.approx(20.0) and q["ct_grade"] == 1
     assert q["lesion_volume_ml"] == pytest.approx(0.3) and q["lung_volume_ml"] == pytest.approx(1.0)
+
+
+# Cases added from mutation testing (docs/mutation.md): each pins a value or a branch that
+# the tests above left free.
+
+
+def test_overlap_with_single_voxel_counts() -> None:
+    """A one-voxel hit: TP 1 over TP + FN = 1 is sensitivity 1.0, not undefined. Prediction
+    3 voxels, reference 2, sharing 1: TP 1, FP 2, FN 1, so Dice 2/(2+2+1), IoU 1/4."""
+    one = _vol((2, 2, 2))
+    one[0, 0, 0] = True
+    m = overlap_metrics(one, one)
+    assert (m["sensitivity"], m["precision"], m["dice"]) == (1.0, 1.0, 1.0)
+    pred, ref = _vol(), _vol()
+    pred[0, 0, 0:3] = True
+    ref[0, 0, 2:4] = True
+    m = overlap_metrics(pred, ref)
+    assert m["dice"] == pytest.approx(0.4)
+    assert m["iou"] == pytest.approx(0.25)
+
+
+def test_hd95_is_the_95th_percentile_not_the_maximum() -> None:
+    """Reference: a 20-voxel line; prediction: the line plus one voxel 10 mm past its end.
+    The 21 prediction surface distances are twenty 0 mm and one 10 mm: the 95th
+    percentile is 0 mm (the 96th would be 2 mm, the maximum 10 mm); all 20 reference
+    points lie on the prediction, so the symmetric HD95 is 0 mm."""
+    ref = _vol((30, 3, 3))
+    ref[0:20, 1, 1] = True
+    pred = ref.copy()
+    pred[29, 1, 1] = True
+    s = surface_metrics(pred, ref, (1.0, 1.0, 1.0))
+    assert s["hd95_mm"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_surface_metrics_of_masks_at_the_volume_corner() -> None:
+    """Voxels at index 0 on every axis are kept: single voxels 2 mm apart give HD95 2 mm."""
+    a, b = _vol((5, 5, 5)), _vol((5, 5, 5))
+    a[0, 0, 0] = True
+    b[2, 0, 0] = True
+    s = surface_metrics(a, b, (1.0, 1.0, 1.0))
+    assert s["hd95_mm"] == pytest.approx(2.0)
+    assert s["nsd"] == pytest.approx(1.0)
+
+
+def test_nsd_tolerance_defaults_to_2_mm_and_is_passed_through() -> None:
+    """Single voxels 2.5 mm apart: outside the default 2 mm tolerance (NSD 0), inside 3 mm."""
+    a, b = _vol(), _vol()
+    a[1, 1, 1] = True
+    b[2, 1, 1] = True
+    spacing = (2.5, 1.0, 1.0)
+    assert surface_metrics(a, b, spacing)["nsd"] == 0.0
+    assert case_metrics(a, b, spacing)["nsd"] == 0.0
+    assert case_metrics(a, b, spacing, nsd_tolerance_mm=3.0)["nsd"] == pytest.approx(1.0)
+
+
+def test_one_empty_mask_follows_the_conventions_without_warnings() -> None:
+    """Exactly one mask empty: HD95 NaN, NSD 0, decided before MONAI (which would warn)."""
+    empty, one = _vol(), _vol()
+    one[1, 1, 1] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for pred, ref in ((one, empty), (empty, one)):
+            s = surface_metrics(pred, ref, (1.0, 1.0, 1.0))
+            assert math.isnan(s["hd95_mm"]) and s["nsd"] == 0.0
+
+
+def test_bad_inputs_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^expected 3D masks, got shape \(4, 4\)$"):
+        case_metrics(np.zeros((4, 4), bool), np.zeros((4, 4), bool), (1.0, 1.0))
+    with pytest.raises(ValueError, match=r"lungs \(4, 4, 5\) vs reference \(4, 4, 4\)$"):
+        case_metrics(_vol(), _vol(), (1.0, 1.0, 1.0), lungs=_vol((4, 4, 5)))
+    with pytest.raises(ValueError, match=r"^spacing \(1\.0, 1\.0\) does not match 3D masks$"):
+        surface_metrics(_vol(), _vol(), (1.0, 1.0))
+
+
+def test_volume_metrics_every_key_by_hand() -> None:
+    """0.01 mL voxels. Without lungs: an empty prediction against 8 reference voxels is
+    0 mL vs 0.08 mL, 100 % relative error, involvement undefined. With 40 lung voxels:
+    12 predicted vs 8 reference voxels is 30 % vs 20 % involvement (0.4 mL of lung)."""
+    spacing = (2.0, 2.0, 2.5)
+    lungs, ref, pred = _vol((5, 4, 2)), _vol((5, 4, 2)), _vol((5, 4, 2))
+    lungs[:] = True
+    ref.flat[:8] = True
+    out = volume_metrics(np.zeros_like(ref), ref, spacing)
+    assert set(out) == {
+        "pred_volume_ml",
+        "ref_volume_ml",
+        "volume_diff_ml",
+        "abs_volume_error_ml",
+        "rel_volume_error_pct",
+        "lung_volume_ml",
+        "pred_involvement_pct",
+        "ref_involvement_pct",
+        "involvement_error_pct",
+        "abs_involvement_error_pct",
+        "pred_grade",
+        "ref_grade",
+    }
+    assert out["pred_volume_ml"] == 0.0
+    assert out["ref_volume_ml"] == pytest.approx(0.08)
+    assert out["volume_diff_ml"] == pytest.approx(-0.08)
+    assert out["abs_volume_error_ml"] == pytest.approx(0.08)
+    assert out["rel_volume_error_pct"] == pytest.approx(100.0)
+    undefined = [k for k in out if "involvement" in k or k == "lung_volume_ml"]
+    assert all(math.isnan(out[k]) for k in undefined)
+    assert out["pred_grade"] is None and out["ref_grade"] is None
+
+    pred.flat[:12] = True
+    out = volume_metrics(pred, ref, spacing, lungs)
+    assert out["lung_volume_ml"] == pytest.approx(0.4)
+    assert out["pred_involvement_pct"] == pytest.approx(30.0)
+    assert out["ref_involvement_pct"] == pytest.approx(20.0)
+    assert out["involvement_error_pct"] == pytest.approx(10.0)
+    assert out["abs_involvement_error_pct"] == pytest.approx(10.0)
+    assert (out["pred_grade"], out["ref_grade"]) == (2, 1)
+    out = volume_metrics(ref, pred, spacing, lungs)  # swapped: the error is negative
+    assert out["involvement_error_pct"] == pytest.approx(-10.0)
+    assert out["abs_involvement_error_pct"] == pytest.approx(10.0)
+
+    no_lung = volume_metrics(pred, ref, spacing, np.zeros_like(lungs))  # an empty lung mask
+    assert math.isnan(no_lung["ref_involvement_pct"]) and no_lung["ref_grade"] is None
+
+
+def test_bootstrap_ci_of_two_values_and_of_one_resample() -> None:
+    """Constant data: every resample mean is the value, so the interval is a point."""
+    assert bootstrap_ci([2.0, 2.0]) == (2.0, 2.0)
+    assert bootstrap_ci([1.0, 1.0, 1.0], n_resamples=1) == (1.0, 1.0)
+
+
+def test_bootstrap_ci_has_the_width_of_a_50_percent_interval() -> None:
+    """confidence=0.5: mean ± 0.674 SE to within 10 % (a 67 % interval, ±0.97 SE, fails)."""
+    values = np.random.default_rng(3).normal(0.0, 1.0, size=400)
+    lo, hi = bootstrap_ci(values, 4000, seed=0, confidence=0.5)
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert (hi - lo) / 2 == pytest.approx(0.674 * se, rel=0.1)
+
+
+def test_describe_every_key_by_hand() -> None:
+    """[1, 3]: mean 2, sd sqrt(2) (ddof 1), median 2; one value has no sd; none, no
+    statistics at all, and neither asks numpy for the statistics of too few values."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        two = describe([1.0, None, 3.0], n_resamples=0)
+        one = describe([5.0], n_resamples=100)
+        none = describe([None, float("nan")], n_resamples=100)
+    assert set(two) == {"n", "n_missing", "mean", "sd", "median", "min", "max", "ci95"}
+    assert (two["n"], two["n_missing"], two["ci95"]) == (2, 1, None)
+    assert two["mean"] == 2.0 and two["median"] == 2.0
+    assert two["sd"] == pytest.approx(math.sqrt(2.0))
+    assert (two["min"], two["max"]) == (1.0, 3.0)
+    assert (one["mean"], one["min"], one["max"], one["ci95"]) == (5.0, 5.0, 5.0, None)
+    assert math.isnan(one["sd"])
+    assert (none["n"], none["n_missing"], none["ci95"]) == (0, 2, None)
+    assert all(math.isnan(none[k]) for k in ("mean", "sd", "median", "min", "max"))
+
+
+def test_the_seed_reaches_every_summary() -> None:
+    """Same seed, same interval; another seed, another interval: in describe, summarize and
+    stratify (whose single bin [0, 100] is allowed)."""
+    values = [0.1, 0.5, 0.2, 0.9, 0.4, 0.7]
+    rows = [
+        {"case_id": str(i), "ref_involvement_pct": 10.0 * i, "x": v} for i, v in enumerate(values)
+    ]
+
+    def stratum_ci(seed: int) -> list[float] | None:
+        (stratum,) = stratify(rows, ["x"], (0, 100), n_resamples=200, seed=seed)
+        return stratum["metrics"]["x"]["ci95"]
+
+    intervals = {
+        "describe": lambda seed: describe(values, 200, seed)["ci95"],
+        "summarize": lambda seed: summarize(rows, ["x"], 200, seed)["x"]["ci95"],
+        "stratify": stratum_ci,
+    }
+    for name, ci in intervals.items():
+        assert ci(0) is not None, name
+        assert ci(0) == ci(0) and ci(1) == ci(1), name
+        assert ci(0) != ci(1), name
+
+
+def test_stratify_labels_bins_and_skips_missing_values() -> None:
+    """Cases without the key (None, NaN) fall in no bin, wherever they come in the list."""
+    rows = [
+        {"case_id": "none", "ref_involvement_pct": None},
+        {"case_id": "nan", "ref_involvement_pct": float("nan")},
+        {"case_id": "a", "ref_involvement_pct": 5.0},
+        {"case_id": "b", "ref_involvement_pct": 25.0},
+        {"case_id": "c", "ref_involvement_pct": 100.0},
+    ]
+    strata = stratify(rows, [], (0, 25, 100), n_resamples=0)
+    assert [(s["bin"], s["low"], s["high"], s["n_cases"], s["cases"]) for s in strata] == [
+        ("[0, 25)", 0.0, 25.0, 1, ["a"]),
+        ("[25, 100]", 25.0, 100.0, 2, ["b", "c"]),
+    ]
+    with pytest.raises(ValueError, match=r"increasing edges, got \(0, 25, 25, 100\)$"):
+        stratify(rows, [], (0, 25, 25, 100))
+
+
+def test_grade_confusion_counts_only_cases_with_both_grades() -> None:
+    rows = [
+        {"ref_grade": 2, "pred_grade": None},
+        {"ref_grade": None, "pred_grade": 1},
+        {"ref_grade": 1, "pred_grade": 1},
+        {"ref_grade": 3, "pred_grade": 1},
+    ]
+    conf = grade_confusion(rows)
+    assert conf["n"] == 2
+    assert json.dumps(conf["matrix"]) == json.dumps(
+        [[0] * 5, [0, 1, 0, 0, 0], [0] * 5, [0, 1, 0, 0, 0], [0] * 5]
+    )  # integer counts in the report
+    assert (conf["accuracy"], conf["within_one_accuracy"]) == (0.5, 0.5)
+    empty = grade_confusion([])
+    assert empty["n"] == 0
+    assert math.isnan(empty["accuracy"]) and math.isnan(empty["within_one_accuracy"])

@@ -14,7 +14,8 @@ from torch import nn
 
 from volseg.bundle import load_bundle, save_bundle
 from volseg.errors import InputError
-from volseg.geometry import WorkingGrid
+from volseg.geometry import WorkingGrid, body_bbox, window_hu
+from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
 from volseg.models import registry
 from volseg.recipe import Recipe
 
@@ -610,3 +611,138 @@ def test_overlays_outline_the_reference_when_given(oracle_bundle: Path, tmp_path
     nib.save(nib.Nifti1Image(ref[:30], aff), tmp_path / "ref" / "scan_a_mask.nii.gz")
     with pytest.raises(InputError, match="reference mask geometry"):
         yellow(tmp_path / "ref")
+
+
+# Cases added from mutation testing (docs/mutation.md): the working grid's arithmetic and
+# the mask clean-up, each by hand.
+
+
+def test_resampling_samples_each_working_voxel_centre() -> None:
+    """5 native voxels of 1 mm (values 0..4) to 5/3 mm: 3 working voxels whose centres lie
+    at native index (j + 0.5) * 5/3 - 0.5 = 1/3, 2, 11/3. Nearest takes voxels 0, 2, 4;
+    trilinear the values 1/3, 2, 11/3, which come back (linear, ends held) at native
+    centres -0.2, 0.4, 1.0, 1.6, 2.2 of the working grid as 1/3, 1, 2, 3, 11/3."""
+    grid = WorkingGrid.plan(np.eye(4), (5, 1, 1), (5 / 3, 1.0, 1.0))
+    assert grid.shape == (3, 1, 1) and grid.native_shape == (5, 1, 1)
+    native = torch.arange(5, dtype=torch.float32).reshape(1, 1, 5, 1, 1)
+    assert grid.to_working(native, mode="nearest").flatten().tolist() == [0.0, 2.0, 4.0]
+    working = grid.to_working(native)
+    assert working.flatten().tolist() == pytest.approx([1 / 3, 2.0, 11 / 3], abs=1e-6)
+    back = grid.to_native(working)
+    assert back.flatten().tolist() == pytest.approx([1 / 3, 1.0, 2.0, 3.0, 11 / 3], abs=1e-6)
+
+
+def test_plan_uses_the_spacing_along_each_oblique_axis() -> None:
+    """Axes of 1, 2, 3 mm turned 30 degrees about z: 10 voxels each at 2 mm are 5, 10 and
+    15 voxels (the affine's row norms, 1.32, 1.80 and 3 mm, would give 7, 9 and 15)."""
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.diag([1.0, 2.0, 3.0])
+    grid = WorkingGrid.plan(affine, (10, 10, 10), (2.0, 2.0, 2.0))
+    assert grid.shape == (5, 10, 15)
+    assert grid.spacing == pytest.approx((2.0, 2.0, 2.0))
+
+
+def test_plan_keeps_a_single_slice() -> None:
+    assert WorkingGrid.plan(np.eye(4), (4, 4, 1), (1.0, 1.0, 1.0)).shape == (4, 4, 1)
+
+
+def test_window_hu_clips_both_ends() -> None:
+    hu = torch.tensor([-1200.0, -1000.0, -300.0, 400.0, 900.0])
+    assert window_hu(hu, (-1000, 400)).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_body_bbox_by_hand() -> None:
+    """Voxels above 100 (strictly) at x 4-5, y 2, z 2, grown by one voxel, or per axis."""
+    volume = torch.zeros(1, 1, 8, 6, 5)
+    volume[0, 0, 4:6, 2, 2] = 200.0
+    volume[0, 0, 3, 2, 1] = 100.0  # at the threshold: not body
+    assert body_bbox(volume, 100.0, 1) == (slice(3, 7), slice(1, 4), slice(1, 4))
+    assert body_bbox(volume, 100.0, (1, 0, 3)) == (slice(3, 7), slice(2, 3), slice(0, 5))
+    assert body_bbox(torch.zeros(8, 6, 5), 0.0, 1) == (slice(0, 8), slice(0, 6), slice(0, 5))
+
+
+def _voxels(shape, *points) -> np.ndarray:
+    mask = np.zeros(shape, dtype=np.uint8)
+    for point in points:
+        mask[point] = 1
+    return mask
+
+
+def test_remove_small_components_by_volume_in_mm3() -> None:
+    """2 mm3 voxels. A: two voxels touching at a corner (one 26-connected component, 4 mm3);
+    B: five voxels, one of them touching the others only at a corner (10 mm3)."""
+    a = [(0, 0, 0), (1, 1, 1)]
+    b = [(4, 4, 4), (4, 4, 5), (4, 5, 4), (5, 4, 4), (5, 5, 5)]
+    mask = _voxels((6, 6, 6), *a, *b)
+    spacing = (1.0, 1.0, 2.0)
+    kept = remove_small_components(mask, spacing, 10.0)
+    assert kept.dtype == bool
+    assert np.array_equal(kept, _voxels((6, 6, 6), *b) > 0)  # 10 mm3 is enough; 4 is not
+    assert np.array_equal(remove_small_components(mask, spacing, 4.0), mask > 0)
+    assert not remove_small_components(mask, spacing, 10.5).any()
+    unchanged = remove_small_components(mask, spacing, 0.0)
+    assert unchanged.dtype == bool and np.array_equal(unchanged, mask > 0)
+    # 0.5 mm3 voxels: a single voxel (0.5 mm3) goes at 1 mm3, a pair (1 mm3) stays.
+    mask = _voxels((6, 6, 6), (0, 0, 0), (3, 3, 3), (3, 3, 4))
+    kept = remove_small_components(mask, (0.5, 1.0, 1.0), 1.0)
+    assert np.array_equal(kept, _voxels((6, 6, 6), (3, 3, 3), (3, 3, 4)) > 0)
+
+
+def test_keep_touching_follows_26_connectivity() -> None:
+    """The anchor touches (2,2,2) at a corner, which touches (3,3,3) at a corner: both kept;
+    (5,5,5) touches neither."""
+    mask = _voxels((7, 7, 7), (2, 2, 2), (3, 3, 3), (5, 5, 5))
+    anchor = _voxels((7, 7, 7), (1, 1, 1))
+    kept = keep_touching(mask, anchor)
+    assert kept.dtype == bool
+    assert np.array_equal(kept, _voxels((7, 7, 7), (2, 2, 2), (3, 3, 3)) > 0)
+    empty = keep_touching(np.zeros((3, 3, 3), np.uint8), anchor[:3, :3, :3])
+    assert empty.dtype == bool and not empty.any()
+
+
+@pytest.mark.parametrize(
+    ("margin_mm", "offsets"),
+    [
+        # 0.5 x 2 x 3 mm voxels: within 1 mm lie 2 voxels either side along the first axis.
+        (1.0, [(i, 0, 0) for i in range(-2, 3)]),
+        # Within 3 mm: 6 either side along the first axis; 4 either side of the voxels one
+        # step along the second (sqrt(0.25 i^2 + 4) <= 3); one step along the third (3 mm).
+        (
+            3.0,
+            [(i, 0, 0) for i in range(-6, 7)]
+            + [(i, j, 0) for i in range(-4, 5) for j in (-1, 1)]
+            + [(0, 0, -1), (0, 0, 1)],
+        ),
+    ],
+)
+def test_lesion_region_is_the_lungs_grown_by_the_margin(margin_mm, offsets) -> None:
+    """One lung voxel at (6, 3, 3), 6 voxels (3 mm) from the first face. With blocks no
+    larger than a voxel (block_mm 0.5) the margin is exact, its bound included."""
+    lungs = _voxels((14, 7, 7), (6, 3, 3))
+    region = lesion_region(lungs, (0.5, 2.0, 3.0), margin_mm, block_mm=0.5)
+    expected = _voxels((14, 7, 7), *[(6 + i, 3 + j, 3 + k) for i, j, k in offsets])
+    assert np.array_equal(region, expected > 0)
+
+
+def test_lesion_region_without_margin_or_lungs() -> None:
+    lungs = _voxels((14, 7, 7), (6, 3, 3))
+    assert np.array_equal(lesion_region(lungs, (0.5, 2.0, 3.0), 0.0), lungs > 0)
+    assert not lesion_region(np.zeros_like(lungs), (0.5, 2.0, 3.0), 5.0).any()
+
+
+def test_lesion_region_in_blocks_is_exact_to_within_a_block() -> None:
+    """0.5 x 1 x 2 mm voxels in 2 mm blocks (4 x 2 x 1 voxels): every voxel within
+    margin - d of the lungs is in, none farther than margin + d, d the block diagonal."""
+    from scipy import ndimage as ndi
+
+    spacing = (0.5, 1.0, 2.0)
+    lungs = np.zeros((60, 30, 16), dtype=bool)
+    lungs[20:26, 10:14, 6:8] = True
+    lungs[40, 20, 10] = True
+    margin, block = 6.0, float(np.linalg.norm([2.0, 2.0, 2.0]))
+    region = lesion_region(lungs, spacing, margin)
+    distance = ndi.distance_transform_edt(~lungs, sampling=spacing)
+    assert (region | (distance > margin - block)).all()
+    assert not (region & (distance > margin + block)).any()
+    assert region[lungs].all()
