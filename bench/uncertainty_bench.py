@@ -60,8 +60,13 @@ def main() -> None:
     flagged = np.array([info[s]["needs_review"] for s in ids])
     worst = dices <= np.quantile(dices, 0.25)
     rho = spearmanr(scores, dices).statistic
+    first = info[ids[0]]
     print(
-        f"\nSpearman(score, Dice) {rho:.3f}; lowest-Dice quartile {int(worst.sum())} scans, "
+        f"\nreview threshold {first['review_threshold']:.4g} from {first['review_threshold_source']}"
+        + (f" ({first['review_threshold_n']} scans)" if first["review_threshold_n"] else "")
+    )
+    print(
+        f"Spearman(score, Dice) {rho:.3f}; lowest-Dice quartile {int(worst.sum())} scans, "
         f"{int((flagged & worst).sum())} flagged; {int(flagged.sum())} of {len(ids)} flagged"
     )
 

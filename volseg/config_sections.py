@@ -210,6 +210,18 @@ class FinetuneConfig(TrainConfig):
     the labeled validation scans and the healthy (CT-0) scans the network did not train on
     (validation, plus training ones unless ``use_healthy``), whose reference is empty by
     definition; stored in the model bundle (``finetune/summary.json`` has the cases)."""
+    calibrate_review: bool | None = None
+    """After training, choose predict's ``needs_review`` threshold on the labeled validation
+    scans (:mod:`volseg.inference.review`): each is predicted under all eight flips (eight
+    sliding-window passes per scan, once), and the uncertainty score that best separates
+    those with Dice below ``review_dice_floor`` goes into the bundle. Needs at least
+    ``review_min_scans`` of them; fewer: the ``predict.review_disagreement`` value stays.
+    None: only when there are at most 16 (a small cost); true: whatever their number;
+    false: never. Test scans are never used."""
+    review_min_scans: int = Field(4, ge=1)
+    """Fewest labeled validation scans the review threshold is chosen on."""
+    review_dice_floor: float = Field(0.5, gt=0, le=1)
+    """A validation scan below this Dice is one review should catch."""
 
 
 class PredictConfig(Section):
@@ -236,8 +248,9 @@ class PredictConfig(Section):
     """Predict under all eight flips: ``<id>_uncertainty.nii.gz`` (max - min probability per
     voxel), ``uncertainty_score`` (how much the flips disagree on the lesion) and
     ``needs_review`` in the JSON. Eight times the network time."""
-    review_disagreement: float = Field(0.5, ge=0, le=1)
-    """``needs_review`` when the flips disagree on at least this share of the lesion."""
+    review_disagreement: float | None = Field(None, ge=0, le=1)
+    """``needs_review`` when the flips disagree on at least this share of the lesion. None:
+    the model bundle's (chosen on validation by ``finetune.calibrate_review``), else 0.5."""
     ood_check: bool = True
     """Compare each scan with the model's training scans (spacing, lung HU; recorded in the
     bundle at fine-tuning) and report ``out_of_distribution`` in its JSON, with one console

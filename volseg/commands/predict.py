@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--review-threshold",
         type=float,
-        help="needs_review at this flip disagreement or above (0..1, default 0.5)",
+        help="needs_review at this flip disagreement or above (0..1; default: the model's, "
+        "chosen on validation scans, else 0.5)",
     )
     parser.add_argument(
         "--lung-margin",

@@ -76,10 +76,13 @@ def write_outputs(
     output_type: str = "nifti",
     reference: Path | None = None,
     ood: dict[str, Any] | None = None,
+    review: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write one scan's files (see the module docstring); returns its ``summary.csv`` row.
 
-    ``ood``: the scan's ``out_of_distribution`` block (:func:`volseg.inference.ood.check_scan`).
+    ``ood``: the scan's ``out_of_distribution`` block (:func:`volseg.inference.ood.check_scan`);
+    ``review``: where the review threshold came from, recorded beside ``needs_review``
+    (:func:`volseg.inference.review.review_provenance`).
     """
     sid = scan.id
     spacing = spacing_from_affine(scan.affine)
@@ -92,6 +95,7 @@ def write_outputs(
     if result.disagreement is not None:
         stats["uncertainty_score"] = round(result.disagreement, 4)
         stats["needs_review"] = result.disagreement >= options.review_disagreement
+        stats |= review or {"review_threshold": options.review_disagreement}
     with atomic_group() as stage:  # a scan's files appear together, or none of them
         if output_type in ("nifti", "both"):
             write_nifti(

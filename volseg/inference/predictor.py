@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_REVIEW_DISAGREEMENT = 0.5
+"""``needs_review`` threshold when neither the bundle (chosen on validation) nor the user
+gives one (:mod:`volseg.inference.review`)."""
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
@@ -75,6 +78,8 @@ class PredictOptions:
         roi = values["roi_size"] or recipe.patch_size
         values["roi_size"] = tuple(int(r) for r in roi)
         values["min_involvement_pct"] = float(values["min_involvement_pct"] or 0.0)
+        if values["review_disagreement"] is None:
+            values["review_disagreement"] = DEFAULT_REVIEW_DISAGREEMENT
         return cls(**values)
 
     def ungated(self) -> PredictOptions:

@@ -10,7 +10,9 @@ under ``<run_dir>/finetune/``::
     model.pt             the bundle ``volseg predict -m <run_dir>`` loads (best weights,
                          the training scans' spacing and lung HU ranges for predict's
                          out-of-distribution check: :mod:`volseg.stages.finetune_stats`)
-    summary.json         best val Dice and epoch, labeled/pseudo/val ids, training_stats
+    summary.json         best val Dice and epoch, labeled/pseudo/val ids, training_stats,
+                         review (predict's needs_review threshold: chosen on the labeled
+                         validation scans, :mod:`volseg.stages.finetune_review`, or why not)
 
 Training data: labeled TRAIN scans (weight 1) and pseudo-labeled TRAIN scans (weight
 ``finetune.pseudo_weight``). Pseudo-masks of val-split scans are never trained on, so the
@@ -43,6 +45,7 @@ from volseg.io import write_json_atomic
 from volseg.models.finetune_net import FinetuneNet, load_pretrained_encoder
 from volseg.rundir import encoder_path, stage_dir
 from volseg.stages.common import Prepared, load_prepared, model_kwargs, recipe_of
+from volseg.stages.finetune_review import calibrate_review
 from volseg.stages.finetune_sources import gate_healthy_studies, healthy_sources, pseudo_sources
 from volseg.stages.finetune_stats import training_scan_stats
 from volseg.utils import json_safe
@@ -152,8 +155,10 @@ def _save_bundle(
     extra: dict,
     gate: float | None,
     training_stats: dict[str, Any] | None = None,
+    review: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model.pt``; its predict defaults are the config's, with the calibrated gate;
+    """Write ``model.pt``; its predict defaults are the config's, with the calibrated gate
+    and review threshold (``review``, recorded without its cases in ``extra["review"]``);
     ``training_stats`` for predict's out-of-distribution check."""
     from volseg.bundle import BUNDLE_NAME, save_bundle
 
@@ -162,6 +167,10 @@ def _save_bundle(
         defaults["min_involvement_pct"] = gate
     elif defaults.get("min_involvement_pct") is None:
         defaults["min_involvement_pct"] = 0.0
+    if review is not None:
+        extra = extra | {"review": {k: v for k, v in review.items() if k != "cases"}}
+        if review["source"] == "validation":
+            defaults["review_disagreement"] = review["threshold"]
     return save_bundle(
         out / BUNDLE_NAME,
         model,
@@ -368,14 +377,15 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         device = next(state.raw("net").parameters()).device
         model = _model_from_checkpoint(cfg, checkpoint).to(device)
         gate = _calibrate_gate(cfg, model, prepared) if ft.calibrate_gate else None
+        gate_pct = None if gate is None else gate["min_involvement_pct"]
         if gate is not None:
             summary["gate"] = gate
+        review = calibrate_review(cfg, predictor_for(cfg, model), dl.labeled("val"), gate_pct)
+        summary["review"] = review
         extra = {k: summary[k] for k in ("best_val_dice", "best_epoch", "init", "n_pseudo")}
         stats = training_scan_stats(prepared, cfg.data.hu_window)
         summary["training_stats"] = stats
-        bundle = _save_bundle(
-            cfg, model, out, extra, None if gate is None else gate["min_involvement_pct"], stats
-        )
+        bundle = _save_bundle(cfg, model, out, extra, gate_pct, stats, review)
         write_json_atomic(out / SUMMARY_FILE, json_safe(summary))
         log.info(
             "finetune: best val_dice %s at epoch %s -> %s",

@@ -38,6 +38,7 @@ from volseg.inference import ood
 from volseg.inference.archives import unpacked_inputs
 from volseg.inference.outputs import summary_csv, write_outputs
 from volseg.inference.predictor import Predictor, lung_mask_for
+from volseg.inference.review import review_provenance
 from volseg.inference.scans import Scan, ScanSource, check_source, load_scan
 from volseg.io import (
     cleanup_on_error,
@@ -249,6 +250,13 @@ def _predict_sources(
     log.info("predicting %d scan(s) on %s with %s", len(sources), dev, bundle.path)
     if options.ood_check and bundle.training_stats is None:
         log.info("out-of-distribution check unavailable: %s", ood.UNAVAILABLE)
+    review = review_provenance(bundle, overrides, options.review_disagreement)
+    if options.uncertainty:
+        log.info(
+            "needs_review at uncertainty_score >= %.4g (from the %s)",
+            options.review_disagreement,
+            "validation scans" if review["review_threshold_source"] == "validation" else "settings",
+        )
     foreign: list[str] = []
     rows: list[dict[str, Any]] = []
     failed: list[tuple[ScanSource, InputError]] = []
@@ -278,6 +286,7 @@ def _predict_sources(
                     output_type,
                     None if reference is None else Path(reference),
                     check,
+                    review,
                 )
             except InputError as exc:
                 exc = src.explain(exc)
