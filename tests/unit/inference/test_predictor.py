@@ -643,8 +643,11 @@ def test_plan_uses_the_spacing_along_each_oblique_axis() -> None:
     assert grid.spacing == pytest.approx((2.0, 2.0, 2.0))
 
 
-def test_plan_keeps_a_single_slice() -> None:
+def test_plan_keeps_a_single_slice_and_wants_three_spacings() -> None:
     assert WorkingGrid.plan(np.eye(4), (4, 4, 1), (1.0, 1.0, 1.0)).shape == (4, 4, 1)
+    for spacing in ((1.0, 1.0), (1.0, 1.0, 1.0, 1.0)):
+        with pytest.raises(ValueError):
+            WorkingGrid.plan(np.eye(4), (4, 4, 4), spacing)
 
 
 def test_window_hu_clips_both_ends() -> None:
