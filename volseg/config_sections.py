@@ -48,6 +48,11 @@ class DataConfig(Section):
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     split: SplitConfig = Field(default_factory=SplitConfig)
     num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes of the training stages."""
+    prepare_workers: int | None = Field(None, ge=0)
+    """Processes for ``prepare``'s per-study work (dataset check, lung masks, cache): unset,
+    one per core as far as the available memory allows (``volseg.data.workers``); 0, all in
+    the main process."""
     cache: bool = True
     lungs: Literal["compute", "dataset"] = "compute"
     """Lung masks: ``compute`` them (``volseg.data.lungs``) or use the dataset's ``lungs/``

@@ -113,3 +113,69 @@ def test_prepare_on_shared_tiny_dataset(tmp_path: Path, request) -> None:
         assert all(dl.labeled(name) for name in SPLITS)
     usable = [s.id for s in dl.studies_in(("train", "val"))]
     assert sorted(p.stem for p in dl.cache_dir.glob("*.json")) == sorted(usable)
+
+
+def _config_workers(tmp_path: Path, workers: int) -> Path:
+    cfg = _config(tmp_path, "compute")
+    cfg.write_text(cfg.read_text().replace("data:\n", f"data:\n  prepare_workers: {workers}\n"))
+    return cfg
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    """Every lung mask's voxels and every cache array, by name."""
+    import nibabel as nib
+    import numpy as np
+
+    dl = Datalist.load(datalist_path(run))
+    out = {
+        p.name: np.asarray(nib.load(p).dataobj).tobytes()
+        for p in sorted((run / "prepare" / "lungs").glob("*_lungs.nii.gz"))
+    }
+    out |= {p.name: np.load(p).tobytes() for p in sorted(dl.cache_dir.glob("*.npy"))}
+    return out
+
+
+def test_prepare_in_worker_processes_matches_one_process(tmp_path: Path, dataset: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _prepare(_config_workers(tmp_path, 0), dataset, one) == 0
+    assert _prepare(_config_workers(tmp_path, 2), dataset, two) == 0
+    assert Datalist.load(datalist_path(one)).splits == Datalist.load(datalist_path(two)).splits
+    serial, parallel = _outputs(one), _outputs(two)
+    assert len(serial) > sum(PLAN.values())
+    assert parallel == serial
+
+
+def test_prepare_redoes_only_changed_studies(tmp_path: Path, dataset: Path) -> None:
+    import numpy as np
+
+    from volseg.data import layout
+    from volseg.io import read_nifti, write_nifti
+
+    run, cfg = tmp_path / "run", _config_workers(tmp_path, 2)
+    assert _prepare(cfg, dataset, run) == 0
+    lungs = run / "prepare" / "lungs"
+    dl = Datalist.load(datalist_path(run))
+    usable = sorted(s.id for s in dl.studies_in(("train", "val")))
+    changed, dropped = usable[0], usable[1]
+
+    def stamps() -> dict[str, int]:
+        files = [*lungs.glob("*_lungs.nii.gz"), *dl.cache_dir.glob("*.image.npy")]
+        return {p.name: p.stat().st_mtime_ns for p in files}
+
+    before = stamps()
+    image = dl.studies[changed].image
+    data, affine = read_nifti(image)
+    data = data.copy()
+    data[data.shape[0] // 2, :, :] = -1000  # an edited scan: a new image, same grid
+    write_nifti(image, data.astype(np.int16), affine)
+    (lungs / f"{dropped}_lungs.json").unlink()  # a mask whose origin is unknown
+    assert _prepare(cfg, dataset, run) == 0
+
+    after = stamps()
+    redone = {name for name in before if after[name] != before[name]}
+    assert redone == {
+        layout.lungs_path(lungs, changed).name,
+        layout.lungs_path(lungs, dropped).name,
+        f"{changed}.image.npy",
+        f"{dropped}.image.npy",  # its new lung mask is a changed source of its entry
+    }

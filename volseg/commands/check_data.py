@@ -15,6 +15,13 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="DIR", help="dataset root (holds studies/CT-k/)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes decoding the images (default: one per core, as memory allows; 0: one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,14 +30,19 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from volseg.data.check import check_dataset
+    from volseg.data.workers import study_peak_bytes, worker_count
     from volseg.errors import InputError
     from volseg.progress import progress
 
     if not Path(args.root).is_dir():
         what = "not a folder" if Path(args.root).exists() else "dataset folder not found"
         raise InputError(f"{args.root}: {what}")
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers {args.workers}: must be 0 or more")
     problems = check_dataset(
-        Path(args.root), progress=lambda files: progress(files, desc="check", unit="file")
+        Path(args.root),
+        progress=lambda files: progress(files, desc="check", unit="file"),
+        workers=worker_count(args.workers, None, study_peak_bytes(0)),
     )
     for problem in problems:
         sys.stdout.write(f"{problem}\n")

@@ -31,6 +31,7 @@ import numpy as np
 
 from volseg.data import layout
 from volseg.data.mosmed import Study
+from volseg.data.workers import map_ordered, workers_for
 from volseg.errors import InputError, cause_text
 from volseg.io import atomic_path, write_json_atomic
 from volseg.recipe import Recipe, Working
@@ -199,9 +200,6 @@ def _lungs_for(study: Study, lungs_dir: Path | None) -> Path | None:
 
 
 def _build_one(args: tuple[Study, Path | None, Recipe, Path]) -> CachedVolume:
-    import torch
-
-    torch.set_num_threads(1)
     return preprocess_study(*args)
 
 
@@ -210,14 +208,15 @@ def build_cache(
     recipe: Recipe,
     lungs_dir: str | Path | None,
     cache_dir: str | Path,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> dict[str, CachedVolume]:
     """Preprocess ``studies`` into ``cache_dir`` (skipping valid entries); returns them by id.
 
     ``recipe``: the run's :class:`volseg.recipe.Recipe` (``Recipe.from_config(cfg)``).
     ``lungs_dir``: folder of ``<id>_lungs.nii.gz`` masks, or None to use ``study.lungs``.
     Test studies should not be passed with their masks (``prepare`` drops them).
-    ``num_workers`` > 0 preprocesses in that many processes.
+    ``num_workers`` > 0 preprocesses in that many processes, None in as many as the cores
+    and the memory allow (:func:`volseg.data.workers.workers_for`).
     """
     from volseg.progress import progress
 
@@ -235,17 +234,9 @@ def build_cache(
         else:
             todo.append((study, lungs, recipe, folder))
     log.info("cache %s: %d up to date, %d to build", folder, len(result), len(todo))
-    if todo and num_workers > 0:
-        from concurrent.futures import ProcessPoolExecutor
-
-        # The platform's default start method, as torch's DataLoader uses (fork on Linux).
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            for vol in progress(pool.map(_build_one, todo), total=len(todo), desc="cache"):
-                result[vol.id] = vol
-    else:
-        for args in progress(todo, desc="cache"):
-            vol = preprocess_study(*args)
-            result[vol.id] = vol
+    workers = workers_for(num_workers, [args[0].image for args in todo])
+    for vol in progress(map_ordered(_build_one, todo, workers), desc="cache", unit="study"):
+        result[vol.id] = vol
     return {s.id: result[s.id] for s in studies}
 
 

@@ -19,10 +19,12 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from volseg.data import layout
+from volseg.data.workers import map_ordered
 from volseg.errors import InputError
 from volseg.io import is_nifti, load_nifti
 
@@ -58,11 +60,15 @@ class _Geometry:
 
 
 def check_dataset(
-    root: str | Path, progress: Callable[[Iterable[Path]], Iterable[Path]] | None = None
+    root: str | Path,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    workers: int = 0,
 ) -> list[Problem]:
     """All problems found in the dataset at ``root``; an empty list means it is clean.
 
     ``progress`` optionally wraps the iterable of files (e.g. :func:`volseg.progress.progress`).
+    ``workers`` > 0 decodes the images in that many processes (:mod:`volseg.data.workers`);
+    the problems come in the same order either way.
     """
     root = Path(root)
     if not root.is_dir():
@@ -95,15 +101,19 @@ def check_dataset(
     geometry: dict[str, _Geometry] = {}
     seen: dict[str, Path] = {}
     wrap = progress or (lambda files: files)
-    for path in wrap(image_files):
+    unique: list[Path] = []
+    for path in image_files:
         sid = layout.study_id(path)
         if sid in seen:
             problems.append(Problem(path, f"duplicate study id {sid} (also {seen[sid]})"))
             continue
         seen[sid] = path
-        geom = _check_image(path, problems)
+        unique.append(path)
+    reports = map_ordered(_image_report, unique, workers)
+    for path, (geom, found) in zip(unique, wrap(reports), strict=True):
+        problems.extend(found)
         if geom is not None:
-            geometry[sid] = geom
+            geometry[layout.study_id(path)] = geom
 
     suffix_of = dict(mask_files)
     for path in wrap([f for f, _ in mask_files]):
@@ -179,16 +189,18 @@ def hu_problem(data: np.ndarray) -> str | None:
     return None
 
 
-def _check_image(path: Path, problems: list[Problem]) -> _Geometry | None:
+def _image_report(path: Path) -> tuple[_Geometry | None, list[Problem]]:
+    """One image decoded and checked: its geometry (None if unreadable) and its problems."""
+    problems: list[Problem] = []
     loaded = _read(path, problems)
     if loaded is None:
-        return None
+        return None, problems
     data, affine = loaded
     geom = _Geometry(tuple(int(s) for s in data.shape), affine)
     problem = hu_problem(data)
     if problem is not None:
         problems.append(Problem(path, problem))
-    return geom
+    return geom, problems
 
 
 def _check_mask(
