@@ -150,6 +150,12 @@ class GanConfig(TrainConfig):
     """Extra restoration-L1 weight on corrupted voxels (1 + this, versus 1 elsewhere)."""
     val_crops: int = Field(8, ge=1)
     """Corrupted healthy crops scored by the validation restoration error."""
+    select_by: Literal["pseudo_dice", "restore"] = "pseudo_dice"
+    """Which checkpoint makes the pseudo-masks: ``pseudo_dice``, the one whose pseudo-masks
+    best match the labeled validation scans' true masks (mean Dice at the threshold
+    calibrated on them at each validation; the restoration error does not track it), or
+    ``restore``, the lowest restoration L1 on ``val_crops`` corrupted healthy crops (also
+    used when there is no labeled validation scan)."""
     overlap: float = Field(0.5, ge=0, lt=1)
     """Sliding-window overlap when restoring whole volumes for the residual."""
     sw_batch_size: int = Field(4, ge=1)

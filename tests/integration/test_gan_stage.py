@@ -155,3 +155,30 @@ def test_gan_batches_are_step_indexed_and_corrupt_only_the_lungs(
     assert not torch.equal(a["clean"], c["clean"])
     changed = (a["corrupted"] != a["clean"]) | (a["blob"] > 0)
     assert not torch.any(changed & (a["lungs"] == 0))
+
+
+def test_checkpoint_is_chosen_by_pseudo_mask_dice_on_labeled_val_scans(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Three epochs: the checkpoint that makes the pseudo-masks is the epoch with the best
+    val_pseudo_dice, and the pseudo-mask stage's calibration on those same val scans
+    reproduces that Dice (so the selection scored what the stage then uses)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("  epochs: 1\n", "  epochs: 3\n"))
+    run = tmp_path / "run"
+    assert main(["prepare", *_args(cfg, tiny_dataset, run)]) == 0
+    assert main(["gan", *_args(cfg, tiny_dataset, run)]) == 0
+    lines = (run / "gan" / "metrics.jsonl").read_text().splitlines()
+    vals = [r for r in map(json.loads, lines) if r["type"] == "val"]
+    assert len(vals) == 3 and all("val_pseudo_dice" in r for r in vals)
+    best = max(vals, key=lambda r: r["val_pseudo_dice"])
+    summary = json.loads((run / "gan" / "pseudo_summary.json").read_text())
+    chosen = summary["checkpoint"]
+    assert chosen["metric"] == "val_pseudo_dice"
+    assert chosen["value"] == pytest.approx(best["val_pseudo_dice"])
+    assert summary["threshold_choice"]["mean_dice"] == pytest.approx(best["val_pseudo_dice"])
+
+    # gan.select_by: restore brings back the restoration error as the criterion.
+    assert main(["gan", *_args(cfg, tiny_dataset, run, "--set", "gan.select_by=restore")]) == 0
+    summary = json.loads((run / "gan" / "pseudo_summary.json").read_text())
+    assert summary["checkpoint"]["metric"] == "val_restore"

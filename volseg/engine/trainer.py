@@ -67,6 +67,8 @@ class FitResult:
     best_epoch: int | None
     ran_steps: int
     last_val: dict[str, float] = field(default_factory=dict)
+    best_metric_name: str | None = None
+    """The validation metric that chose ``best``."""
 
 
 class Trainer:
@@ -435,6 +437,7 @@ class Trainer:
             best_epoch=self.state.best_epoch,
             ran_steps=ran_steps,
             last_val=dict(self._last_val),
+            best_metric_name=self.best_metric_name,
         )
 
 

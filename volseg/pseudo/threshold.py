@@ -93,12 +93,32 @@ def calibrate_threshold(
         raise ValueError("candidate thresholds must be positive")
     scores = np.zeros(grid.size)
     for residual, mask, spacing in zip(residuals, masks, spacings, strict=True):
+        # Every candidate's mask lies where the residual is positive: label components in
+        # that box only, and count the reference voxels outside it in the Dice denominator.
+        box = _support_box(residual)
+        ref = np.asarray(mask) > 0
+        ref_total, ref_box = int(ref.sum()), ref[box]
         for i, t in enumerate(grid):
-            scores[i] += dice(binarize(residual, float(t), spacing, min_component_mm3), mask)
+            pred = binarize(residual[box], float(t), spacing, min_component_mm3)
+            total = int(pred.sum()) + ref_total
+            overlap = float(np.logical_and(pred, ref_box).sum())
+            scores[i] += 1.0 if total == 0 else 2.0 * overlap / total
     scores /= len(residuals)
     best = np.flatnonzero(scores >= scores.max() - 1e-12)
     pick = int(best[len(best) // 2])
     return Calibration(float(grid[pick]), float(scores[pick]), grid.tolist(), scores.tolist())
+
+
+def _support_box(residual: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of the positive voxels of ``residual`` (empty slices if none)."""
+    positive = np.asarray(residual) > 0
+    if not positive.any():
+        return tuple(slice(0, 0) for _ in positive.shape)
+    box = []
+    for axis in range(positive.ndim):
+        hit = np.flatnonzero(positive.any(axis=tuple(a for a in range(positive.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def healthy_threshold(

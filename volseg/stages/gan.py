@@ -168,8 +168,11 @@ def write_pseudo_mask(
     return quantify(mask, lungs, spacing)
 
 
-def make_pseudo_masks(cfg: Config, prepared: Prepared, weights: Path) -> dict[str, Any]:
-    """Pseudo-masks, QC table and summary from the generator in ``weights``; returns the summary."""
+def make_pseudo_masks(
+    cfg: Config, prepared: Prepared, weights: Path, selection: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Pseudo-masks, QC table and summary from the generator in ``weights``; returns the
+    summary. ``selection`` (how the checkpoint was chosen) is recorded in it."""
     from volseg.engine import select_device
     from volseg.pseudo.qc import make_row, write_qc
     from volseg.stages.gan_train import load_generator
@@ -209,6 +212,7 @@ def make_pseudo_masks(cfg: Config, prepared: Prepared, weights: Path) -> dict[st
         "threshold": threshold,
         "threshold_choice": how,
         "weights": str(weights),
+        "checkpoint": selection or {},
         "n_scans": len(rows),
         "n_passed": len(rows) - len(failed),
         "failed": {r.study_id: r.reason for r in failed},
@@ -223,6 +227,13 @@ def make_pseudo_masks(cfg: Config, prepared: Prepared, weights: Path) -> dict[st
         how["method"],
         summary["n_passed"],
     )
+    if "mean_dice" in how:
+        log.info(
+            "gan: pseudo-mask Dice %.3f on the %d labeled %s scans the threshold was set on",
+            how["mean_dice"],
+            len(how["studies"]),
+            how["split"],
+        )
     return summary
 
 
@@ -250,7 +261,12 @@ def run_gan(cfg: Config, resume: bool = True) -> Path:
     folder = stage_dir(cfg, "gan")
     result = train_gan(cfg, prepared, resume=resume)
     weights = result.best if result.best is not None else result.last
+    selection = {
+        "metric": result.best_metric_name,
+        "value": result.best_metric,
+        "epoch": result.best_epoch,
+    }
     if dist_info().is_main:
-        make_pseudo_masks(cfg, prepared, Path(weights))
+        make_pseudo_masks(cfg, prepared, Path(weights), selection)
     barrier()
     return folder

@@ -50,7 +50,8 @@ GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
 GENERATOR_NAME = "generator3d"
 DISCRIMINATOR_NAME = "patch_discriminator3d"
-BEST_METRIC = "val_restore"
+RESTORE_METRIC = "val_restore"
+DICE_METRIC = "val_pseudo_dice"
 ADAM_BETAS = (0.5, 0.999)
 
 
@@ -114,13 +115,25 @@ class GanPatchDataset(StepDataset):
 
 
 class GanSteps:
-    """``step_fn`` and ``val_fn`` of the GAN stage (losses built once from the config)."""
+    """``step_fn`` and ``val_fn`` of the GAN stage (losses built once from the config).
 
-    def __init__(self, cfg: Config, val_batch: dict[str, torch.Tensor] | None) -> None:
+    With ``dice_volumes`` (labeled validation scans) each validation also scores the
+    pseudo-masks the generator would make on them: ``val_pseudo_dice``, the mean Dice at the
+    threshold calibrated on those scans, as the pseudo-mask stage will calibrate it.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        val_batch: dict[str, torch.Tensor] | None,
+        dice_volumes: Sequence[CachedVolume] = (),
+    ) -> None:
+        self.cfg = cfg
         self.gan = cfg.gan
         self.adversarial = AdversarialLoss(cfg.gan.adversarial)
         self.l1 = RestorationL1Loss()
         self.val_batch = val_batch
+        self.dice_volumes = list(dice_volumes)
 
     def l1_weight_map(self, blob: torch.Tensor) -> torch.Tensor:
         """1 everywhere, ``1 + lesion_l1_weight`` where lesions were painted."""
@@ -168,12 +181,31 @@ class GanSteps:
             restored = gen(b["corrupted"])
         lungs = b["lungs"] > 0
         painted = b["blob"] > 0
-        return {
-            BEST_METRIC: float(self.l1(restored, b["clean"], lungs)),
+        metrics = {
+            RESTORE_METRIC: float(self.l1(restored, b["clean"], lungs)),
             "val_l1_lesion": float(self.l1(restored, b["clean"], painted & lungs)),
             "val_l1_healthy": float(self.l1(restored, b["clean"], lungs & ~painted)),
             "val_l1_identity": float(self.l1(b["corrupted"], b["clean"], lungs)),
         }
+        if self.dice_volumes:
+            metrics[DICE_METRIC] = self.pseudo_dice(gen, device)
+        return metrics
+
+    def pseudo_dice(self, gen: nn.Module, device: torch.device) -> float:
+        """Mean Dice of the generator's pseudo-masks on the labeled validation scans, at the
+        threshold calibrated on them (:func:`volseg.pseudo.threshold.calibrate_threshold`),
+        or at ``gan.threshold`` when that is set."""
+        from volseg.pseudo.threshold import calibrate_threshold
+        from volseg.stages.gan import ResidualMaker
+
+        residual_of = ResidualMaker(self.cfg, gen, device)
+        vols = self.dice_volumes
+        residuals = [residual_of(v) for v in vols]
+        masks = [np.asarray(v.label()) > 0 for v in vols]
+        spacings = [v.spacing for v in vols]
+        fixed = None if self.gan.threshold is None else [self.gan.threshold]
+        cal = calibrate_threshold(residuals, masks, spacings, self.gan.min_component_mm3, fixed)
+        return cal.score
 
 
 def _volumes(prepared: Prepared, studies: Sequence[Any]) -> list[CachedVolume]:
@@ -193,6 +225,15 @@ def training_volumes(prepared: Prepared) -> tuple[list[CachedVolume], list[Cache
     if any(v.lungs() is None for v in healthy + covid):
         raise InputError("the GAN needs lung masks in the cache; re-run 'volseg prepare'")
     return healthy, covid
+
+
+def selection_volumes(cfg: Config, prepared: Prepared) -> list[CachedVolume]:
+    """The labeled validation scans that choose the checkpoint by pseudo-mask Dice (none
+    with ``gan.select_by: restore``)."""
+    if cfg.gan.select_by != "pseudo_dice":
+        return []
+    vols = _volumes(prepared, prepared.datalist.labeled("val"))
+    return [v for v in vols if v.has_label and v.has_lungs]
 
 
 def validation_batch(
@@ -228,7 +269,10 @@ def train_gan(cfg: Config, prepared: Prepared, resume: bool = True) -> FitResult
         schedulers={name: build_scheduler(opt, cfg.gan) for name, opt in opts.items()},
         model_args={GENERATOR: dict(gen.init_args), DISCRIMINATOR: dict(disc.init_args)},
     )
-    steps = GanSteps(cfg, validation_batch(cfg, prepared, corruptor))
+    dice_volumes = selection_volumes(cfg, prepared)
+    steps = GanSteps(cfg, validation_batch(cfg, prepared, corruptor), dice_volumes)
+    best, mode = (DICE_METRIC, "max") if dice_volumes else (RESTORE_METRIC, "min")
+    log.info("gan: the checkpoint with the best %s makes the pseudo-masks", best)
     data = GanPatchDataset(healthy, covid, cfg.gan.patch_size, corruptor, seed=cfg.seed)
     trainer = Trainer(
         state,
@@ -239,8 +283,9 @@ def train_gan(cfg: Config, prepared: Prepared, resume: bool = True) -> FitResult
         STAGE,
         steps.validate,
         seed=cfg.seed,
-        best_metric=BEST_METRIC,
-        best_mode="min",
+        best_metric=best,
+        best_mode=mode,
+        plateau_metric=RESTORE_METRIC,
         config=cfg.model_dump(mode="json"),
     )
     return trainer.fit(resume=resume)

@@ -92,3 +92,21 @@ def test_healthy_threshold_is_in_lung_percentile() -> None:
     residual[5:] = 100.0  # outside the lungs: must be ignored
     t = healthy_threshold([residual], [lungs], percentile=99.0)
     assert t == pytest.approx(np.percentile(np.arange(500) / 1000.0, 99.0), rel=1e-5)
+
+
+def test_calibration_scores_equal_whole_volume_dice_with_lesion_outside_the_residual() -> None:
+    """Components are labelled in the residual's support box only; the scores must still be
+    the whole-volume Dice, counting reference voxels outside that box (here 4 of them)."""
+    from volseg.pseudo.threshold import binarize, calibrate_threshold, dice
+
+    residual = np.zeros((20, 16, 8), np.float32)
+    residual[5:12, 4:10, 2:6] = np.linspace(0.1, 1.0, 7 * 6 * 4).reshape(7, 6, 4)
+    residual[14, 12, 7] = 0.9  # a one-voxel speck, removed at 2 mm3
+    ref = np.zeros(residual.shape, bool)
+    ref[8:12, 6:10, 3:6] = True
+    ref[0, 0, 0:4] = True  # reference voxels where the residual is zero
+    cal = calibrate_threshold([residual], [ref], [(1.0, 1.0, 1.0)], 2.0)
+    expected = [dice(binarize(residual, t, (1.0, 1.0, 1.0), 2.0), ref) for t in cal.candidates]
+    assert cal.scores == pytest.approx(expected, abs=1e-12)
+    empty = calibrate_threshold([np.zeros_like(residual)], [ref], [(1.0,) * 3], 2.0)
+    assert empty.score == 0.0
