@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 def _bundle(path: Path) -> Path:
     torch.manual_seed(0)
-    params = {"filters": [4, 8, 16], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 1]]}
+    params = {"filters": [4, 8, 16], "strides": [[2, 2, 1], [2, 2, 2]]}
     return save_bundle(
         path,
         build_model("unet3d", **params),

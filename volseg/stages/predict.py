@@ -263,10 +263,11 @@ class _Job:
 
 
 DECODERS = 1
-"""Decoder threads (scans decoded ahead). On 2 CPU cores a second one measured no faster."""
+"""Decoder threads (scans decoded ahead); a second one measured no faster on 2 CPU cores
+(bench/README.md)."""
 WRITERS = 1
-"""Writer threads (scans waiting for their files). One keeps the files' order on disk; on
-2 CPU cores a second one, or a process pool, measured no faster (bench/README.md)."""
+"""Writer threads (scans waiting for their files). One keeps the files' order on disk; a
+second one measured no faster on 2 CPU cores (bench/README.md)."""
 
 
 def _predict_scans(
