@@ -4,11 +4,13 @@ File in -> mask file out on full-size synthetic MosMed-like studies (512 x 512 x
 0.7 x 0.7 x 8 mm, int16, LAS). The reference is the textbook MONAI chain:
 LoadImaged -> EnsureChannelFirstd -> Orientationd -> Spacingd -> ScaleIntensityRanged ->
 sliding_window_inference (overlap 0.5) -> Invertd -> SaveImage. volseg runs
-``volseg.stages.predict.run_predict`` (decode in a background thread, resampling on the
-device, body crop, sliding window, exact inverse). Both use one randomly initialised
-network built from the registry, and the same ROI; lung restriction is off in both so the
-work is comparable. Prints a table with s/volume, volumes/s, the speed ratio and the Dice
-between the two pipelines' masks.
+``volseg.stages.predict.run_predict`` (decode ahead and write behind in threads, resampling
+on the device, body crop, sliding window, exact inverse). Both use one network (a trained
+bundle, or a randomly initialised one from the registry) and the same ROI. volseg runs twice:
+without lung restriction (the work the reference does) and as the whole job (lung masks,
+restriction, quantification, JSON). Prints per pipeline s/volume, volumes/s, the ratio to
+the reference, peak memory, Dice against the synthetic truth and against the reference's
+masks, and volseg's seconds per phase (summed over threads, which overlap).
 
     python bench/predict_bench.py --studies 4 --model transunet3d \
         --params '{"widths": [8, 16, 32, 64], "strides": [[2, 2, 1], [2, 2, 2], [2, 2, 2]],
@@ -19,12 +21,19 @@ between the two pipelines' masks.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import resource
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,6 +114,109 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
 
 
+@dataclass
+class Measured:
+    """One timed pipeline run: wall seconds, peaks, phase seconds (volseg only)."""
+
+    name: str
+    seconds: float = 0.0
+    peak_host_mb: float = 0.0
+    peak_device_mb: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (MB), from /proc (Linux)."""
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+@contextmanager
+def measured(name: str, device: torch.device) -> Iterator[Measured]:
+    """Time the block; its peak resident memory sampled every 5 ms (``ru_maxrss`` is the
+    whole process's, earlier runs included) and, on CUDA, its peak allocated device memory."""
+    out = Measured(name)
+    peak = [_rss_mb()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            out.peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        out.seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        out.peak_host_mb = max(peak[0], _rss_mb())
+
+
+def volseg_run(
+    run_predict: Callable[..., Any],
+    name: str,
+    bundle: Path,
+    files: list[Path],
+    out: Path,
+    device: torch.device,
+    **kw: Any,
+) -> Measured:
+    """``run_predict`` on ``files`` into ``out``, timed, with its phase split when this
+    volseg records one (``timings``; older versions do not)."""
+    times = None
+    if "timings" in inspect.signature(run_predict).parameters:
+        from volseg.inference.timing import PhaseTimes
+
+        times = PhaseTimes()
+        kw["timings"] = times
+    with measured(name, device) as m:
+        run_predict(bundle, files, out, device=str(device), **kw)
+    if times is not None:
+        m.phases = dict(times.seconds)
+    return m
+
+
+def masks(folder: Path, ids: list[str]) -> list[np.ndarray]:
+    import nibabel as nib
+
+    return [np.asarray(nib.load(folder / f"{i}_mask.nii.gz").dataobj).squeeze() for i in ids]
+
+
+def print_table(header: str, runs: list[Measured], ref: Measured, n: int, dices: dict) -> None:
+    """The benchmark's table: one row per pipeline, then volseg's phase split."""
+    print(f"\n{header}")
+    cols = f"{'pipeline':<26}{'s/volume':>9}{'volumes/s':>10}{'x ref':>7}{'peak MB':>9}"
+    cuda = ref.peak_device_mb is not None
+    print(cols + (f"{'dev MB':>8}" if cuda else "") + f"{'Dice truth':>11}{'Dice ref':>9}")
+    for m in runs:
+        truth, vs_ref = dices[m.name]
+        line = (
+            f"{m.name:<26}{m.seconds / n:>9.3f}{n / m.seconds:>10.3f}"
+            f"{ref.seconds / m.seconds:>7.2f}{m.peak_host_mb:>9.0f}"
+        )
+        line += f"{m.peak_device_mb:>8.0f}" if cuda and m.peak_device_mb is not None else ""
+        print(line + f"{truth:>11.4f}{vs_ref:>9.4f}")
+    phased = [m for m in runs if m.phases]
+    if not phased:
+        return
+    names = list(phased[0].phases)
+    print("\nseconds per volume by phase (summed over threads; they overlap)")
+    print(f"{'pipeline':<26}" + "".join(f"{p:>12}" for p in names) + f"{'sum':>8}{'wall':>8}")
+    for m in phased:
+        cells = "".join(f"{m.phases[p] / n:>12.3f}" for p in names)
+        print(f"{m.name:<26}{cells}{sum(m.phases.values()) / n:>8.3f}{m.seconds / n:>8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=4)
@@ -114,6 +226,8 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 5.0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--decoders", type=int, default=0, help="decode threads (0: volseg's)")
+    parser.add_argument("--writers", type=int, default=0, help="write threads (0: volseg's)")
     parser.add_argument(
         "--bundle",
         default=None,
@@ -121,8 +235,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
-    import nibabel as nib
 
     from volseg.bundle import load_bundle, resolve_bundle_path, save_bundle
     from volseg.models import build_model
@@ -151,46 +263,67 @@ def main() -> None:
         trained = load_bundle(bundle_path, device)
     model = trained.model
     same = {"roi_size": tuple(args.roi), "overlap": 0.5, "sw_batch_size": 4, "min_component_mm3": 0}
+    if args.decoders or args.writers:  # pipeline widths to try (the defaults were chosen so)
+        import volseg.stages.predict as predict_stage
 
-    # warm-up both paths on the first file (imports, cuDNN autotune)
-    run_predict(bundle_path, files[:1], work / "warm", use_lungs=False, device=args.device, **same)
-    reference_pipeline(
-        files[:1], model, args.spacing, (-1000.0, 400.0), args.roi, work / "warm_ref", device
+        predict_stage.DECODERS = args.decoders or predict_stage.DECODERS
+        predict_stage.WRITERS = args.writers or predict_stage.WRITERS
+    hu = (-1000.0, 400.0)
+
+    # warm-up every path on the first file (imports, cuDNN autotune)
+    volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm", device, **same)
+    volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm_lungs", device)
+    reference_pipeline(files[:1], model, args.spacing, hu, args.roi, work / "warm_ref", device)
+
+    plain = volseg_run(
+        run_predict,
+        "volseg, no lungs",
+        bundle_path,
+        files,
+        work / "volseg",
+        device,
+        use_lungs=False,
+        **same,
     )
-
-    t0 = time.perf_counter()
-    run_predict(bundle_path, files, work / "volseg", use_lungs=False, device=args.device, **same)
-    t_volseg = time.perf_counter() - t0
-    t_ref = reference_pipeline(
-        files, model, args.spacing, (-1000.0, 400.0), args.roi, work / "ref", device
+    whole = volseg_run(
+        run_predict,
+        "volseg, whole job",
+        bundle_path,
+        files,
+        work / "whole",
+        device,
+        roi_size=tuple(args.roi),
+        overlap=0.5,
+        sw_batch_size=4,
     )
+    with measured("MONAI reference", device) as ref:
+        reference_pipeline(files, model, args.spacing, hu, args.roi, work / "ref", device)
 
-    dices, truth_volseg, truth_ref = [], [], []
-    for f in files:
-        sid = f.name.replace(".nii.gz", "")
-        a = np.asarray(nib.load(work / "volseg" / f"{sid}_mask.nii.gz").dataobj)
-        b = np.asarray(nib.load(work / "ref" / f"{sid}_mask.nii.gz").dataobj).squeeze()
-        truth = np.asarray(nib.load(work / "data" / "truth" / f"{sid}_mask.nii.gz").dataobj)
-        dices.append(dice(a, b))
-        truth_volseg.append(dice(a, truth))
-        truth_ref.append(dice(b, truth))
+    ids = [f.name.replace(".nii.gz", "") for f in files]
+    truth = masks(work / "data" / "truth", ids)
+    theirs = masks(work / "ref", ids)
+    dices = {
+        ref.name: (float(np.mean([dice(b, t) for b, t in zip(theirs, truth, strict=True)])), 1.0)
+    }
+    for m, folder in ((plain, work / "volseg"), (whole, work / "whole")):
+        ours = masks(folder, ids)
+        dices[m.name] = (
+            float(np.mean([dice(a, t) for a, t in zip(ours, truth, strict=True)])),
+            float(np.mean([dice(a, b) for a, b in zip(ours, theirs, strict=True)])),
+        )
     n = len(files)
     device_name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else (f"CPU ({torch.get_num_threads()} threads)")
+        else f"CPU ({torch.get_num_threads()} threads)"
     )
-    print(
-        f"\npredict benchmark: {n} studies 512x512x~40 -> spacing {args.spacing}, "
+    header = (
+        f"predict benchmark: {n} studies 512x512x~40 -> spacing {args.spacing}, "
         f"model {args.model}, roi {args.roi}, {device_name}"
     )
-    print(f"{'pipeline':<18}{'s/volume':>10}{'volumes/s':>12}{'Dice vs truth':>15}")
-    print(f"{'MONAI reference':<18}{t_ref / n:>10.2f}{n / t_ref:>12.3f}{np.mean(truth_ref):>15.4f}")
-    print(f"{'volseg':<18}{t_volseg / n:>10.2f}{n / t_volseg:>12.3f}{np.mean(truth_volseg):>15.4f}")
-    print(
-        f"speed-up volseg / reference: {t_ref / t_volseg:.2f}x; "
-        f"mask Dice volseg vs reference: mean {np.mean(dices):.4f}, min {np.min(dices):.4f}"
-    )
+    print_table(header, [ref, plain, whole], ref, n, dices)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nwhole process peak (ru_maxrss): {rss:.0f} MB")
 
 
 if __name__ == "__main__":

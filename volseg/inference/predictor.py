@@ -25,6 +25,7 @@ import torch
 
 from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
 from volseg.inference.sliding import sliding_window
+from volseg.inference.timing import PhaseTimes, span
 from volseg.quantify import spacing_from_affine
 from volseg.recipe import Recipe
 
@@ -126,14 +127,23 @@ class Predictor:
     """A segmentation network, its recipe and the settings; reuse it across scans.
 
     The network is not moved or switched to eval mode for good (validation runs it during
-    training); each pass runs in eval mode on the network's own device.
+    training); each pass runs in eval mode on the network's own device. ``times``, when set,
+    collects the seconds of the preprocess, network and postprocess phases
+    (:mod:`volseg.inference.timing`).
     """
 
-    def __init__(self, model: torch.nn.Module, recipe: Recipe, options: PredictOptions) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        recipe: Recipe,
+        options: PredictOptions,
+        times: PhaseTimes | None = None,
+    ) -> None:
         self.model = model
         self.recipe = recipe
         self.options = options
         self.device = next(model.parameters()).device
+        self.times = times
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, *layers: Mapping[str, Any] | None) -> Predictor:
@@ -142,7 +152,7 @@ class Predictor:
         return cls(bundle.model, bundle.recipe, options)
 
     def with_options(self, options: PredictOptions) -> Predictor:
-        return Predictor(self.model, self.recipe, options)
+        return Predictor(self.model, self.recipe, options, self.times)
 
     def probability(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Lesion probability on the native grid of ``image`` (float32, same shape)."""
@@ -152,7 +162,18 @@ class Predictor:
     def flip_probabilities(self, image: np.ndarray, affine: np.ndarray) -> FlipProbabilities:
         """Probability on the native grid, the mean over the flips (``tta``; all eight with
         ``uncertainty``, which also keeps the per-voxel minimum and maximum over them)."""
-        working, x = self.recipe.apply(image, affine, self.device)
+        with span(self.times, "preprocess"):
+            working, x = self.recipe.apply(image, affine, self.device)
+        with span(self.times, "network"):
+            prob, low, high = self._flip_passes(x)
+        with span(self.times, "postprocess"):
+            return _native_flips(working, prob, low, high)
+
+    def _flip_passes(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Sliding-window probability on the working grid, mean over the flips, and with
+        ``uncertainty`` its per-voxel minimum and maximum over them."""
         opts = self.options
         flips = TTA_FLIPS if opts.tta or opts.uncertainty else ((),)
         prob = torch.zeros_like(x)
@@ -174,20 +195,20 @@ class Predictor:
                 torch.minimum(low, p, out=low)
                 torch.maximum(high, p, out=high)
         prob /= len(flips)
-
-        def native(values: torch.Tensor) -> np.ndarray:
-            back = working.to_native(values).clamp_(0.0, 1.0)
-            return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
-
-        if low is None or high is None:
-            return FlipProbabilities(native(prob))
-        return FlipProbabilities(native(prob), native(low), native(high))
+        return prob, low, high
 
     def predict(
         self, image: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None = None
     ) -> Prediction:
         """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given."""
         flips = self.flip_probabilities(image, affine)
+        with span(self.times, "postprocess"):
+            return self._cleaned(flips, affine, lungs)
+
+    def _cleaned(
+        self, flips: FlipProbabilities, affine: np.ndarray, lungs: np.ndarray | None
+    ) -> Prediction:
+        """Threshold, lung restriction, small-component removal, the gate, uncertainty."""
         prob, opts = flips.mean, self.options
         spacing = spacing_from_affine(affine)
         mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts)
@@ -210,6 +231,20 @@ class Predictor:
             return False
         n_lungs = int(np.count_nonzero(lungs))
         return n_lungs > 0 and 100.0 * float(np.count_nonzero(mask)) / n_lungs < gate
+
+
+def _native_flips(
+    working: Any, prob: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None
+) -> FlipProbabilities:
+    """The working-grid probabilities mapped back to the native grid, clamped to [0, 1]."""
+
+    def native(values: torch.Tensor) -> np.ndarray:
+        back = working.to_native(values).clamp_(0.0, 1.0)
+        return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
+
+    if low is None or high is None:
+        return FlipProbabilities(native(prob))
+    return FlipProbabilities(native(prob), native(low), native(high))
 
 
 def restrict_to_lungs(

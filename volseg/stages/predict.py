@@ -2,19 +2,23 @@
 
 Before any computation every input is checked from its headers (readable 3D NIfTI with a
 usable grid, DICOM series complete and evenly spaced, no two inputs with the same id), so a
-bad header stops the run with one error before anything is written. Scans are decoded in a
-background thread while the previous one is on the device; a scan whose content is not a CT
-in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
+bad header stops the run with one error before anything is written. Scans are pipelined
+(:mod:`volseg.inference.pipeline`): the next scan is decoded and the previous one's files are
+written in background threads while a scan is on the device; a scan whose content is not a
+CT in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
 
 Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
 shape/affine/header), optional ``<id>_prob.nii.gz`` and ``<id>_types.nii.gz`` (1 ground
 glass, 2 consolidation) and, with ``uncertainty``, ``<id>_uncertainty.nii.gz`` (the spread
-of the eight flipped predictions per voxel), ``<id>.json`` (volumes, involvement, CT grade, ground-glass and
-consolidation burden, per lung too) and optional overlays; plus one ``summary.csv`` (``summary_part{i}.csv`` when
-sharded). When a scan fails, the others are still predicted: each finished scan's outputs
-are complete, ``summary.csv`` lists every scan with the failures' ``error``, and the run
-ends with an error naming the failed file (exit code 2). When no scan finishes, nothing is
-written.
+of the eight flipped predictions per voxel), ``<id>.json`` (volumes, involvement, CT grade,
+ground-glass and consolidation burden, per lung too) and optional overlays; plus one
+``summary.csv``, its rows in the inputs' order (``summary_part{i}.csv`` with ``--num-parts``;
+under ``torchrun`` every rank predicts its share and rank 0 writes the one ``summary.csv`` of
+all of them from rows gathered through the process group, so there are no part files). When
+a scan fails, the others are still predicted: each finished scan's outputs are complete,
+``summary.csv`` lists every scan with the failures' ``error``, and the run ends with an error
+naming the failed file (exit code 2; under ``torchrun`` every rank ends so, once the summary
+is written). When no scan finishes, nothing is written.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +41,11 @@ from volseg.errors import InputError
 from volseg.inference import ood
 from volseg.inference.archives import unpacked_inputs
 from volseg.inference.outputs import summary_csv, write_outputs
-from volseg.inference.predictor import Predictor, lung_mask_for
+from volseg.inference.pipeline import pipelined
+from volseg.inference.predictor import Prediction, Predictor, lung_mask_for
 from volseg.inference.review import review_provenance
 from volseg.inference.scans import Scan, ScanSource, check_source, load_scan
+from volseg.inference.timing import PhaseTimes, span
 from volseg.io import (
     cleanup_on_error,
     read_nifti,
@@ -66,15 +72,7 @@ def _distributed_part() -> tuple[int, int] | None:
 
 
 def _check_inputs(sources: Sequence[ScanSource]) -> None:
-    """Fail fast on bad headers or two inputs with one id, before any output exists."""
-    seen: dict[str, ScanSource] = {}
-    for src in sources:
-        other = seen.setdefault(src.id, src)
-        if other is not src:
-            raise InputError(
-                f"{other.shown} and {src.shown} have the same id '{src.id}'; their outputs "
-                "would overwrite each other (rename one or predict them separately)"
-            )
+    """Fail fast on bad headers, before any output exists."""
     for src in sources:
         try:
             check_source(src)
@@ -101,25 +99,6 @@ def _check_output_type(output_type: str, sources: Sequence[ScanSource]) -> None:
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
-
-
-def _prefetch(sources: Sequence[ScanSource]) -> Iterator[tuple[ScanSource, Scan | InputError]]:
-    """Decode scan i+1 in a background thread while scan i is processed.
-
-    Yields ``(source, scan)``, or ``(source, error)`` for a scan that cannot be used.
-    """
-    if not sources:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load_scan, sources[0])
-        for src, nxt in zip(sources, list(sources[1:]) + [None], strict=True):
-            try:
-                scan: Scan | InputError = pending.result()
-            except InputError as exc:
-                scan = exc
-            if nxt is not None:
-                pending = pool.submit(load_scan, nxt)
-            yield src, scan
 
 
 def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | None:
@@ -179,6 +158,7 @@ def run_predict(
     num_parts: int = 1,
     part_id: int = 0,
     device: str | None = None,
+    timings: PhaseTimes | None = None,
     **overrides: Any,
 ) -> Path:
     """Predict every scan in ``inputs`` with the bundle at ``model``; returns the summary CSV.
@@ -188,6 +168,7 @@ def run_predict(
     bundle, then from ``PredictConfig``'s defaults and the recipe. A scan that fails does
     not stop the others; the run then ends with an :class:`InputError` naming it, after the
     summary (finished scans plus the failures) is written. See the module docstring.
+    ``timings`` collects the seconds per phase (:mod:`volseg.inference.timing`).
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -209,8 +190,105 @@ def run_predict(
             num_parts=num_parts,
             part_id=part_id,
             device=device,
+            timings=timings,
             **overrides,
         )
+
+
+@dataclass
+class _Computed:
+    """One scan between the device and its files."""
+
+    scan: Scan
+    result: Prediction
+    lung: LungMask | None
+    check: dict[str, Any]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every scan of a run shares; its methods are the pipeline's three stages."""
+
+    bundle: Any
+    predictor: Predictor
+    out_dir: Path
+    lungs: Path | None
+    use_lungs: bool
+    write_prob: bool
+    overlays: bool
+    write_types: bool
+    output_type: str
+    reference: Path | None
+    review: dict[str, Any]
+    times: PhaseTimes | None
+
+    def decode(self, src: ScanSource) -> Scan:
+        with span(self.times, "decode"):
+            return load_scan(src)
+
+    def compute(self, src: ScanSource, scan: Scan) -> _Computed:
+        """Lung mask, out-of-distribution check and prediction (the caller's thread)."""
+        start = time.perf_counter()
+        with span(self.times, "lungs"):
+            lung = _lungs_for(scan, self.lungs, self.use_lungs)
+            check = _ood_check(self.bundle, self.predictor.options, scan, lung)
+        lung_mask = None if lung is None else lung.mask
+        result = self.predictor.predict(scan.array, scan.affine, lung_mask)
+        with span(self.times, "lungs"):
+            lung = _with_lesion(lung, result.lungs, scan)
+        return _Computed(scan, result, lung, check, time.perf_counter() - start)
+
+    def write(self, src: ScanSource, done: _Computed) -> dict[str, Any]:
+        """The scan's files (a writer thread); its summary row, ``seconds`` being the
+        scan's own compute and write time (not the time it waited in the pipeline)."""
+        start = time.perf_counter()
+        with span(self.times, "write"):
+            row = write_outputs(
+                done.scan,
+                done.result,
+                done.lung,
+                self.out_dir,
+                self.bundle.path,
+                self.predictor.options,
+                self.write_prob,
+                self.overlays,
+                self.write_types,
+                self.output_type,
+                self.reference,
+                done.check,
+                self.review,
+            )
+        return row | {"seconds": round(done.seconds + time.perf_counter() - start, 3)}
+
+
+DECODERS = 1
+"""Decoder threads (scans decoded ahead); a second one measured no faster on 2 CPU cores
+(bench/README.md)."""
+WRITERS = 1
+"""Writer threads (scans waiting for their files). One keeps the files' order on disk; a
+second one measured no faster on 2 CPU cores (bench/README.md)."""
+
+
+def _predict_scans(
+    job: _Job, sources: Sequence[ScanSource]
+) -> tuple[list[dict[str, Any]], list[InputError]]:
+    """Every scan through the pipeline: one summary row each, in order (failures with their
+    ``error``), and the failures' errors."""
+    rows: list[dict[str, Any]] = []
+    errors: list[InputError] = []
+    results = pipelined(
+        sources, job.decode, job.compute, job.write, decoders=DECODERS, writers=WRITERS
+    )
+    for src, row in progress(results, total=len(sources), desc="predict", unit="scan"):
+        if isinstance(row, InputError):
+            exc = src.explain(row)
+            if len(sources) > 1:
+                log.warning("%s; going on with the other scans", exc)
+            errors.append(exc)
+            row = {"id": src.id, "input": str(src.shown), "error": str(exc)}
+        rows.append(row)
+    return rows, errors
 
 
 def _predict_sources(
@@ -228,26 +306,32 @@ def _predict_sources(
     num_parts: int,
     part_id: int,
     device: str | None,
+    timings: PhaseTimes | None,
     **overrides: Any,
 ) -> Path:
     """:func:`run_predict` once its inputs are listed (and archives unpacked)."""
     dist = _distributed_part()
-    if dist is not None and num_parts == 1:
+    joined = dist is not None and num_parts == 1  # torchrun: one summary from every rank
+    if joined:
         num_parts, part_id = dist
-    sharded = num_parts > 1
-    sources = shard(sources, num_parts, part_id)
-    _check_inputs(sources)
-    _check_output_type(output_type, sources)
+    _check_ids(sources)
+    mine = shard(sources, num_parts, part_id)
+    _check_inputs(mine)
+    _check_output_type(output_type, mine)
     if reference is not None and not Path(reference).exists():
         raise InputError(f"{reference}: reference mask file or folder not found (--ref)")
     lungs_arg = Path(lungs) if lungs is not None else None
     if use_lungs and lungs_arg is not None and not lungs_arg.exists():
         raise InputError(f"{lungs_arg}: lung mask file or folder not found (--lungs)")
     dev = _device(device, dist is not None)
+    made_group = _join_group() if joined else False
     bundle = load_bundle(model, dev)
     predictor = Predictor.from_bundle(bundle, overrides)
     options = predictor.options
-    log.info("predicting %d scan(s) on %s with %s", len(sources), dev, bundle.path)
+    if timings is not None and dev.type == "cuda":
+        timings.sync = _cuda_sync(dev)
+    predictor.times = timings
+    log.info("predicting %d scan(s) on %s with %s", len(mine), dev, bundle.path)
     if options.ood_check and bundle.training_stats is None:
         log.info("out-of-distribution check unavailable: %s", ood.UNAVAILABLE)
     review = review_provenance(bundle, overrides, options.review_disagreement)
@@ -257,55 +341,94 @@ def _predict_sources(
             options.review_disagreement,
             "validation scans" if review["review_threshold_source"] == "validation" else "settings",
         )
-    foreign: list[str] = []
-    rows: list[dict[str, Any]] = []
-    failed: list[tuple[ScanSource, InputError]] = []
+    job = _Job(
+        bundle,
+        predictor,
+        out_dir,
+        lungs_arg,
+        use_lungs,
+        write_prob,
+        overlays,
+        write_types,
+        output_type,
+        None if reference is None else Path(reference),
+        review,
+        timings,
+    )
+    name = f"summary_part{part_id}.csv" if num_parts > 1 and not joined else "summary.csv"
     with cleanup_on_error(out_dir):
-        scans = progress(_prefetch(sources), total=len(sources), desc="predict", unit="scan")
-        for src, scan in scans:
-            start = time.perf_counter()
-            try:
-                if isinstance(scan, InputError):
-                    raise scan
-                lung = _lungs_for(scan, lungs_arg, use_lungs)
-                check = _ood_check(bundle, options, scan, lung)
-                result = predictor.predict(
-                    scan.array, scan.affine, None if lung is None else lung.mask
-                )
-                lung = _with_lesion(lung, result.lungs, scan)
-                row = write_outputs(
-                    scan,
-                    result,
-                    lung,
-                    out_dir,
-                    bundle.path,
-                    options,
-                    write_prob,
-                    overlays,
-                    write_types,
-                    output_type,
-                    None if reference is None else Path(reference),
-                    check,
-                    review,
-                )
-            except InputError as exc:
-                exc = src.explain(exc)
-                if len(sources) > 1:
-                    log.warning("%s; going on with the other scans", exc)
-                failed.append((src, exc))
-                rows.append({"id": src.id, "input": str(src.shown), "error": str(exc)})
-                continue
-            rows.append(row | {"seconds": round(time.perf_counter() - start, 3)})
-            if check["flagged"]:
-                foreign.append(scan.id)
-        ood.report_flagged(foreign, len(rows))
-        if len(failed) == len(rows):
-            raise _failure(failed, len(rows), None)
-        name = f"summary_part{part_id}.csv" if sharded else "summary.csv"
-        summary = write_text_atomic(out_dir / name, summary_csv(rows))
-    if failed:
-        raise _failure(failed, len(rows), summary)
+        rows, errors = _predict_scans(job, mine)
+        if joined:
+            rows = _gathered_rows(rows, sources)
+            errors = [InputError(r["error"]) for r in rows if r.get("error")]
+        writer = not joined or part_id == 0  # under torchrun rank 0 speaks for the job
+        if writer:
+            ood.report_flagged([r["id"] for r in rows if r.get("out_of_distribution")], len(rows))
+        if len(errors) == len(rows):
+            if joined:
+                _leave_group(made_group)
+            raise _failure(errors, len(rows), None)
+        summary = out_dir / name
+        if writer:
+            write_text_atomic(summary, summary_csv(rows))
+    if joined:
+        _leave_group(made_group)  # after rank 0 wrote the summary: no rank exits before
+    if errors:
+        raise _failure(errors, len(rows), summary)
     return summary
+
+
+def _check_ids(sources: Sequence[ScanSource]) -> None:
+    """No two inputs with one id, over all inputs (before sharding): their outputs, and
+    their rows of a merged summary, would overwrite each other."""
+    seen: dict[str, ScanSource] = {}
+    for src in sources:
+        other = seen.setdefault(src.id, src)
+        if other is not src:
+            raise InputError(
+                f"{other.shown} and {src.shown} have the same id '{src.id}'; their outputs "
+                "would overwrite each other (rename one or predict them separately)"
+            )
+
+
+def _join_group() -> bool:
+    """Join the torchrun job's process group (gloo on CPU, NCCL on GPU) unless one is
+    already initialised; True when this call made it (and so must destroy it)."""
+    import torch.distributed as torch_dist
+
+    from volseg.engine.distributed import init_distributed
+
+    made = not (torch_dist.is_available() and torch_dist.is_initialized())
+    init_distributed()
+    return made
+
+
+def _leave_group(made: bool) -> None:
+    """Barrier, then destroy the process group if :func:`_join_group` made it."""
+    from volseg.engine.distributed import barrier, cleanup_distributed
+
+    if made:
+        cleanup_distributed()
+    else:
+        barrier()
+
+
+def _gathered_rows(
+    rows: list[dict[str, Any]], sources: Sequence[ScanSource]
+) -> list[dict[str, Any]]:
+    """Every rank's summary rows (a collective: every rank calls it), in the order of
+    ``sources`` (all inputs, before sharding)."""
+    from volseg.engine.distributed import all_gather_object
+
+    by_id = {row["id"]: row for part in all_gather_object(rows) for row in part}
+    return [by_id[src.id] for src in sources]
+
+
+def _cuda_sync(dev: Any) -> Any:
+    """A function that waits for ``dev``'s queued kernels (phase timing on CUDA)."""
+    import torch
+
+    return lambda: torch.cuda.synchronize(dev)
 
 
 def _device(device: str | None, distributed: bool) -> Any:
@@ -330,18 +453,16 @@ def _device(device: str | None, distributed: bool) -> Any:
     return dev
 
 
-def _failure(
-    failed: list[tuple[ScanSource, InputError]], total: int, summary: Path | None
-) -> InputError:
+def _failure(errors: list[InputError], total: int, summary: Path | None) -> InputError:
     """One error for the failed scans: the first one's message and what became of the rest."""
-    first = str(failed[0][1])
+    first = str(errors[0])
     if summary is None:
         if total == 1:
-            return failed[0][1]
+            return errors[0]
         return InputError(f"{first} (every one of the {total} scans failed; nothing written)")
-    done = total - len(failed)
+    done = total - len(errors)
     return InputError(
-        f"{first} ({len(failed)} of {total} scans failed; the other {done} finished, "
+        f"{first} ({len(errors)} of {total} scans failed; the other {done} finished, "
         f"all listed in {summary})"
     )
 
