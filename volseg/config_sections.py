@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -208,6 +208,12 @@ class FinetuneConfig(TrainConfig):
     drawn with equal probability. 0.1 on the demo: no collapse with short training; with
     the lesion-presence gate, test Dice 0.785 vs 0.727 without healthy scans, because the
     gate is set from the false positives on healthy lungs (docs/study.md)."""
+    painted_fraction: float | None = Field(None, ge=0, lt=1)
+    """The share of training crops taken from copies of the CT-0 training scans with
+    COVID-like lesions painted in (:func:`volseg.data.paint.paint_study`: one copy per
+    category CT-1..CT-3, exact masks, weight 1): real-looking anatomy under lesions whose
+    truth is known. Painted once into ``<run_dir>/finetune/painted/`` from seeds of the run
+    seed and the study id. Never validation or test scans. None: off."""
     n_labeled: int | None = Field(None, ge=0)
     encoder_lr_mult: float = Field(0.5, gt=0)
     dice_weight: float = Field(1.0, ge=0)
@@ -233,6 +239,18 @@ class FinetuneConfig(TrainConfig):
     """Fewest labeled validation scans the review threshold is chosen on."""
     review_dice_floor: float = Field(0.5, gt=0, le=1)
     """A validation scan below this Dice is one review should catch."""
+
+    @model_validator(mode="after")
+    def _shares_leave_room(self) -> FinetuneConfig:
+        """The healthy (when used) and painted shares must leave crops to the lesion scans."""
+        healthy = (self.healthy_fraction or 0.0) if self.use_healthy else 0.0
+        shares = healthy + (self.painted_fraction or 0.0)
+        if shares >= 1.0:
+            raise ValueError(
+                f"healthy_fraction + painted_fraction must be below 1 (got {shares:g}): "
+                "the labeled and pseudo-labeled scans need a share of the crops"
+            )
+        return self
 
 
 class PredictConfig(Section):

@@ -24,7 +24,7 @@ from volseg.models.finetune_net import load_pretrained_encoder
 from volseg.pseudo.qc import QcRow, write_qc
 from volseg.recipe import Recipe
 from volseg.rundir import datalist_path, encoder_path, pseudo_dir, qc_path
-from volseg.stages import finetune_sources
+from volseg.stages import finetune_painted, finetune_sources
 from volseg.stages.common import model_kwargs
 from volseg.stages.finetune import run_finetune
 
@@ -311,6 +311,138 @@ def test_pseudo_fraction_probabilities() -> None:
     assert sampling.source_probabilities(2, 0, 0, ft) is None
     assert sampling.source_probabilities(2, 3, 0, ft, pseudo=False) == pytest.approx(
         [0.5, 0.5, 0, 0, 0]
+    )
+
+
+def test_painted_fraction_probabilities() -> None:
+    from volseg.config import FinetuneConfig
+
+    ft = FinetuneConfig(use_healthy=True, healthy_fraction=0.1, painted_fraction=0.3)
+    # 2 labeled, 1 pseudo, 2 healthy, 3 painted: painted 0.3 / 3, healthy 0.1 / 2, the
+    # lesion scans the other 0.6 evenly
+    probs = sampling.source_probabilities(2, 1, 2, ft, n_painted=3)
+    assert probs == pytest.approx([0.2, 0.2, 0.2, 0.05, 0.05, 0.1, 0.1, 0.1])
+    # healthy drawn like the lesion scans: the 5 of them share the 0.7 the painted leave
+    uniform = FinetuneConfig(painted_fraction=0.3)
+    probs = sampling.source_probabilities(2, 1, 2, uniform, n_painted=3)
+    assert probs == pytest.approx([0.14] * 5 + [0.1] * 3)
+    # with pseudo_fraction: lesion share 0.7, labeled 0.7 * 0.6 / 2, pseudo 0.7 * 0.4 / 3
+    every = FinetuneConfig(pseudo_fraction=0.4, healthy_fraction=0.1, painted_fraction=0.2)
+    probs = sampling.source_probabilities(2, 3, 2, every, n_painted=4)
+    assert probs == pytest.approx([0.21, 0.21] + [0.28 / 3] * 3 + [0.05] * 2 + [0.05] * 4)
+    # true-mask phase: the painted keep 0.3, the labeled take the pseudo-labeled's share
+    phase = FinetuneConfig(pseudo_fraction=0.4, painted_fraction=0.3)
+    probs = sampling.source_probabilities(2, 3, 0, phase, pseudo=False, n_painted=2)
+    assert probs == pytest.approx([0.35, 0.35, 0, 0, 0, 0.15, 0.15])
+    switch = phase.model_copy(update={"pseudo_until": 0.5})
+    [(_, phased)] = sampling.source_phases(2, 3, 0, switch, samples_per_step=1, n_painted=2)
+    assert phased == probs
+    # nothing painted (no CT-0 training scan): the shares without the key, exactly
+    assert sampling.source_probabilities(2, 1, 2, ft) == sampling.source_probabilities(
+        2, 1, 2, ft.model_copy(update={"painted_fraction": None})
+    )
+    assert sampling.source_probabilities(2, 1, 0, uniform) is None
+    with pytest.raises(ValueError, match="without finetune.painted_fraction"):
+        sampling.source_probabilities(2, 1, 0, FinetuneConfig(), n_painted=3)
+    with pytest.raises(InputError, match="painted scans need"):
+        sampling.source_probabilities(0, 0, 0, uniform, n_painted=3)
+    assert sampling.crop_shares((2, 1, 2, 3), probs=[0.2] * 3 + [0.05] * 2 + [0.1] * 3) == (
+        "labeled 40 %, pseudo 20 %, healthy 10 %, painted 30 %"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["finetune.painted_fraction=1.0"],
+        ["finetune.painted_fraction=-0.1"],
+        [
+            "finetune.use_healthy=true",
+            "finetune.healthy_fraction=0.7",
+            "finetune.painted_fraction=0.3",
+        ],
+    ],
+)
+def test_painted_fraction_is_validated(tmp_path: Path, overrides: list[str]) -> None:
+    from volseg.errors import ConfigError
+
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    with pytest.raises(ConfigError, match="painted_fraction"):
+        load_config(tmp_path / "cfg.yaml", overrides, run_dir=tmp_path / "run")
+
+
+def test_painted_sources_are_painted_copies_of_train_ct0_only(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from volseg.data.paint import PAINT_CATEGORIES
+    from volseg.stages.common import load_prepared
+
+    run = _run_copy(prepared_run, tmp_path / "run")
+    cfg = _config(run, tiny_dataset, "finetune.painted_fraction=0.3")
+    prepared = load_prepared(cfg)
+    dl = prepared.datalist
+    assert finetune_painted.painted_sources(_config(run, tiny_dataset), prepared) == []  # off
+    sources = finetune_painted.painted_sources(cfg, prepared)
+    train_ct0 = [s.id for s in dl.healthy("train")]
+    other_ct0 = [s.id for s in dl.healthy(("val", "test"))]
+    assert train_ct0 and other_ct0  # the tiny set has CT-0 scans in every split
+    expected = [
+        f"{sid}_paint{c.lower().replace('-', '')}" for sid in train_ct0 for c in PAINT_CATEGORIES
+    ]
+    assert [s.id for s in sources] == expected
+    records = [json.loads(p.read_text()) for p in finetune_painted.painted_dir(run).glob("*.json")]
+    painted_from = {r["made_from"]["source_id"] for r in records}
+    assert painted_from == set(train_ct0) and not painted_from & set(other_ct0)
+    for src in sources:
+        label, lungs = src.get("label"), src.get("lungs")
+        assert label.any() and not (label.astype(bool) & ~lungs.astype(bool)).any()
+        assert src.weight == 1.0 and src.shape == src.get("image").shape
+    # the copy is on the source scan's working grid, brighter only inside its lungs
+    first = sources[0].volume
+    healthy = prepared.volumes[train_ct0[0]]
+    assert first.shape == healthy.shape and np.allclose(first.affine, healthy.affine)
+    gain = first.image().astype(np.float32) - healthy.image().astype(np.float32)
+    assert gain[first.label().astype(bool)].mean() > 0.05
+
+    # a second call (resume) repaints nothing and gives the same arrays
+    images = {s.id: np.array(s.get("image")) for s in sources}
+    labels = {s.id: np.array(s.get("label")) for s in sources}
+    mtimes = {p: p.stat().st_mtime_ns for p in finetune_painted.painted_dir(run).rglob("*.*")}
+    again = finetune_painted.painted_sources(cfg, prepared)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert all(np.array_equal(images[s.id], s.get("image")) for s in again)
+    # another run seed paints other lesions
+    reseeded = _config(run, tiny_dataset, "finetune.painted_fraction=0.3", "seed=1")
+    other = finetune_painted.painted_sources(reseeded, prepared)
+    assert not np.array_equal(other[0].get("label"), labels[sources[0].id])  # repainted
+
+
+def test_paint_seed_is_stable_and_differs_per_study_and_category() -> None:
+    seed = finetune_painted.paint_seed(0, "study_0001", "CT-1")
+    assert seed == finetune_painted.paint_seed(0, "study_0001", "CT-1")
+    assert 0 <= seed < 2**32
+    others = [
+        finetune_painted.paint_seed(1, "study_0001", "CT-1"),
+        finetune_painted.paint_seed(0, "study_0002", "CT-1"),
+        finetune_painted.paint_seed(0, "study_0001", "CT-2"),
+    ]
+    assert seed not in others and len(set(others)) == 3
+
+
+def test_finetune_with_painted_copies_records_them_and_keeps_the_gate_on_val(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(prepared_run, tmp_path / "run")
+    overrides = ("finetune.painted_fraction=0.3", "finetune.epochs=1")
+    cfg = _config(run, tiny_dataset, *overrides)
+    dl = Datalist.load(datalist_path(run))
+    # the painted copies are the CT-0 training scans' anatomy: the gate is set on val alone
+    assert finetune_sources.gate_healthy_studies(cfg, dl) == dl.healthy("val")
+    run_finetune(cfg)
+    summary = json.loads((run / "finetune" / "summary.json").read_text())
+    assert len(summary["painted_ids"]) == 3 * len(dl.healthy("train"))
+    assert all(
+        i.split("_paint")[0] in {s.id for s in dl.healthy("train")} for i in summary["painted_ids"]
     )
 
 

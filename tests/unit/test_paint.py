@@ -51,6 +51,18 @@ def test_painting_is_deterministic_per_seed(healthy) -> None:
     assert not np.array_equal(a.lesion, c.lesion)
 
 
+def test_a_given_lung_mask_is_painted_into_and_returned(healthy) -> None:
+    own = paint_study(healthy, AFFINE, "CT-2", seed=5).lungs > 0
+    given = own.copy()
+    given[: given.shape[0] // 2] = False  # one lung only: lesions must stay in it
+    study = paint_study(healthy, AFFINE, "CT-2", seed=5, lungs=given.astype(np.uint8))
+    assert np.array_equal(study.lungs > 0, given)
+    assert study.lesion.any() and not (study.lesion.astype(bool) & ~given).any()
+    assert not (study.image != healthy)[~given].any()
+    with pytest.raises(ValueError, match="lung mask shape"):
+        paint_study(healthy, AFFINE, "CT-2", seed=5, lungs=given[:-1])
+
+
 def test_synth_paint_writes_a_mosmed_layout_set(healthy, tmp_path: Path, capfd) -> None:
     from volseg.cli import main
 

@@ -83,17 +83,27 @@ class PaintedStudy:
     involvement_pct: float
 
 
-def paint_study(hu: np.ndarray, affine: np.ndarray, category: str, seed: int) -> PaintedStudy:
-    """Paint lesions of ``category`` (CT-1..CT-4) into the healthy CT ``hu``."""
-    from volseg.data.lungs import lung_mask
+def paint_study(
+    hu: np.ndarray,
+    affine: np.ndarray,
+    category: str,
+    seed: int,
+    lungs: np.ndarray | None = None,
+) -> PaintedStudy:
+    """Paint lesions of ``category`` (CT-1..CT-4) into the healthy CT ``hu``.
+
+    ``lungs``: the scan's lung mask on its grid (e.g. the one ``prepare`` computed); None
+    computes it (:func:`volseg.data.lungs.lung_mask`). A given mask has no side map, so the
+    lungs are split at the midline.
+    """
     from volseg.data.synth_lesions import TARGET_PCT, draw_lesion_model, place_lesions
     from volseg.quantify import spacing_from_affine
 
     if category not in TARGET_PCT:
         raise ValueError(f"category must be one of {', '.join(TARGET_PCT)}, got {category!r}")
     hu = np.asarray(hu, dtype=np.float32)
-    lung = lung_mask(hu, affine)
-    frame = LungFrame.of(lung.mask, lung.sides, affine)
+    mask, sides = _lungs_and_sides(hu, affine, lungs)
+    frame = LungFrame.of(mask, sides, affine)
     spacing = spacing_from_affine(affine)
     rng = np.random.default_rng(seed)
     model = draw_lesion_model(rng, frame, spacing, category)
@@ -119,9 +129,24 @@ def paint_study(hu: np.ndarray, affine: np.ndarray, category: str, seed: int) ->
         image=np.clip(np.rint(image), -3024, 3071).astype(np.int16),
         lesion=truth.astype(np.uint8),
         lesion_types=types,
-        lungs=lung.mask.astype(np.uint8),
+        lungs=mask.astype(np.uint8),
         involvement_pct=achieved,
     )
+
+
+def _lungs_and_sides(
+    hu: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lung mask to paint into and its side map (0 everywhere for a given mask)."""
+    if lungs is None:
+        from volseg.data.lungs import lung_mask
+
+        lung = lung_mask(hu, affine)
+        return lung.mask, lung.sides
+    mask = np.asarray(lungs) > 0
+    if mask.shape != hu.shape:
+        raise ValueError(f"lung mask shape {mask.shape} is not the CT's {hu.shape}")
+    return mask, np.zeros(mask.shape, dtype=np.int8)
 
 
 def paint_dataset(

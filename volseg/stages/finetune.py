@@ -5,6 +5,8 @@ encoder) and ``<run_dir>/gan/qc.csv`` + ``gan/pseudo_masks`` (GAN pseudo-masks).
 under ``<run_dir>/finetune/``::
 
     labeled.json         which labeled training scans were used (``finetune.n_labeled``)
+    painted/             painted copies of the CT-0 training scans and their cache
+                         (``finetune.painted_fraction``)
     checkpoint_last.pt   engine checkpoints (resume), checkpoint_best.pt (best val Dice)
     metrics.jsonl, tb/   training and validation logs
     model.pt             the bundle ``volseg predict -m <run_dir>`` loads (best weights,
@@ -15,7 +17,9 @@ under ``<run_dir>/finetune/``::
                          validation scans, :mod:`volseg.stages.finetune_review`, or why not)
 
 Training data: labeled TRAIN scans (weight 1) and pseudo-labeled TRAIN scans (weight
-``finetune.pseudo_weight``). Pseudo-masks of val-split scans are never trained on, so the
+``finetune.pseudo_weight``), optionally the CT-0 TRAIN scans as lesion-free examples and
+copies of them with painted lesions (``finetune/painted/``,
+:mod:`volseg.stages.finetune_painted`). Pseudo-masks of val-split scans are never trained on, so the
 validation split stays untouched by training. Validation: labeled VAL scans only, on their
 native grid through the one predictor (:mod:`volseg.inference.validation`), so a validation
 Dice is the Dice ``predict`` + ``evaluate`` give. Sampling policy: :mod:`volseg.data.sampling`. Loss: :class:`volseg.losses.FinetuneLoss` with a voxel
@@ -45,6 +49,7 @@ from volseg.io import write_json_atomic
 from volseg.models.finetune_net import FinetuneNet, load_pretrained_encoder
 from volseg.rundir import encoder_path, stage_dir
 from volseg.stages.common import Prepared, load_prepared, model_kwargs, recipe_of
+from volseg.stages.finetune_painted import painted_sources
 from volseg.stages.finetune_review import calibrate_review
 from volseg.stages.finetune_sources import gate_healthy_studies, healthy_sources, pseudo_sources
 from volseg.stages.finetune_stats import training_scan_stats
@@ -204,6 +209,15 @@ def check_finetune(cfg: Config) -> None:
         )
 
 
+def _painted(cfg: Config, prepared: Prepared, main: bool) -> list[Any]:
+    """The painted sources: rank 0 paints and caches them, then the other ranks open them."""
+    from volseg.engine import barrier
+
+    painted = painted_sources(cfg, prepared) if main else []
+    barrier()
+    return painted if main else painted_sources(cfg, prepared)
+
+
 def run_finetune(cfg: Config, resume: bool = True) -> Path:
     """Fine-tune the segmentation network; returns ``<run_dir>/finetune/model.pt``.
 
@@ -253,16 +267,19 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             },
         )
     healthy = healthy_sources(cfg, prepared)
+    painted = _painted(cfg, prepared, main)
     sources = [PatchSource.from_cached(prepared.volumes[s.id], weight=1.0) for s in labeled]
-    sources += pseudo + healthy
+    sources += pseudo + healthy + painted
     from volseg.inference.validation import ScanCase, validate
 
     val_cases = [ScanCase.of(s) for s in dl.labeled("val")]
     log.info(
-        "finetune: %d labeled + %d pseudo-labeled + %d healthy training scans, %d validation scans",
+        "finetune: %d labeled + %d pseudo-labeled + %d healthy + %d painted training scans, "
+        "%d validation scans",
         len(labeled),
         len(pseudo),
         len(healthy),
+        len(painted),
         len(val_cases),
     )
 
@@ -300,14 +317,14 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     )
     counts = (len(labeled), len(pseudo), len(healthy))
     samples_per_step = ft.batch_size * world.world_size
-    phases = source_phases(*counts, ft, samples_per_step)
+    phases = source_phases(*counts, ft, samples_per_step, n_painted=len(painted))
     if phases:
         log.info(
             "finetune: pseudo-labeled crops until step %d, true masks alone after it",
             phases[0][0] // samples_per_step,
         )
-    probs = source_probabilities(*counts, ft)
-    log.info("finetune: share of crops %s", crop_shares(counts, probs))
+    probs = source_probabilities(*counts, ft, n_painted=len(painted))
+    log.info("finetune: share of crops %s", crop_shares((*counts, len(painted)), probs))
     dataset = SegPatchDataset(
         sources,
         cfg.model.patch_size,
@@ -372,6 +389,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
             "n_pseudo": len(pseudo),
             "pseudo_ids": [s.id for s in pseudo],
             "healthy_ids": [s.id for s in healthy],
+            "painted_ids": [s.id for s in painted],
             "val_ids": [c.id for c in val_cases],
         }
         device = next(state.raw("net").parameters()).device

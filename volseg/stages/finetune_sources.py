@@ -87,8 +87,9 @@ def healthy_sources(cfg: Any, prepared: Any) -> list[Any]:
 
 def gate_healthy_studies(cfg: Any, datalist: Any) -> list[Study]:
     """The healthy scans the gate is calibrated on: CT-0 validation scans, plus the CT-0
-    training scans when fine-tuning did not train on them (``use_healthy`` off). Every one
-    is a scan the network never learned from, with an empty reference by definition; never
-    a test scan."""
-    splits = ("val",) if cfg.finetune.use_healthy else ("val", "train")
+    training scans when fine-tuning did not train on them (``use_healthy`` off and no
+    ``painted_fraction``: painted copies are those scans' anatomy). Every one is a scan the
+    network never learned from, with an empty reference by definition; never a test scan."""
+    trained_on = cfg.finetune.use_healthy or cfg.finetune.painted_fraction is not None
+    splits = ("val",) if trained_on else ("val", "train")
     return [s for s in datalist.healthy(splits) if not s.labeled]
