@@ -29,6 +29,7 @@ seed: 0
 data:
   spacing: [5.5, 5.5, 12.0]
   lungs: dataset
+  prepare_workers: 0  # every read in the process the spy watches
   split: {seed: 0, val_fraction: 0.2, test_fraction: 0.25}
 model:
   name: transunet3d

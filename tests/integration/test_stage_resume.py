@@ -141,7 +141,9 @@ def test_gan_pretrain_finetune_killed_mid_stage_resume_bit_identical(
                 continue
             a = load_checkpoint(ref / stage / name)
             b = load_checkpoint(broken / stage / name)
-            assert a["global_step"] == 6, (stage, name)
+            assert a["global_step"] == b["global_step"], (stage, name)
+            if name == "checkpoint_last.pt":
+                assert a["global_step"] == 6, stage
             for key in STATE_KEYS:
                 _assert_same(a.get(key), b.get(key), f"{stage}/{name}:{key}", runs)
         assert _curve(ref / stage) == _curve(broken / stage), stage
