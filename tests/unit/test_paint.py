@@ -69,6 +69,8 @@ def test_synth_paint_writes_a_mosmed_layout_set(healthy, tmp_path: Path, capfd) 
     src = tmp_path / "healthy"
     src.mkdir()
     nib.save(nib.Nifti1Image(healthy, AFFINE), src / "chest_a.nii.gz")
+    lungs = (healthy < -400).astype(np.uint8)  # a mask beside its CT, as in shared/data/real
+    nib.save(nib.Nifti1Image(lungs, AFFINE), src / "chest_a_lungs.nii.gz")
     out = tmp_path / "painted"
     assert main(["synth", "--paint", str(src), "--out", str(out)]) == 0
     for category in ("CT-1", "CT-2", "CT-3"):
@@ -77,7 +79,7 @@ def test_synth_paint_writes_a_mosmed_layout_set(healthy, tmp_path: Path, capfd) 
         assert (out / "truth" / f"{sid}_mask.nii.gz").is_file()
         assert (out / "lesion_types" / f"{sid}_types.nii.gz").is_file()
         assert (out / "lungs" / f"{sid}_lungs.nii.gz").is_file()
-    assert len((out / "manifest.csv").read_text().splitlines()) == 4
+    assert len((out / "manifest.csv").read_text().splitlines()) == 4  # the mask not painted
     assert main(["synth", "--paint", str(src), "--out", str(out)]) == 2  # never overwritten
     assert "exists" in capfd.readouterr().err
     assert main(["synth", "--paint", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
