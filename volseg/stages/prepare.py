@@ -15,9 +15,9 @@ run, naming the first file. Work already done is skipped: a lung mask is kept wh
 image and the lung settings are unchanged, a cache entry while its sources and the
 preprocessing are. The per-study work (check, lung masks, cache) runs in
 ``data.prepare_workers`` processes (:mod:`volseg.data.workers`: unset, one per core as far
-as memory allows), with the same results as in one process. A run that fails on a bad input or an OS error (disk full)
-removes the files it wrote, never those that were there before. Test studies are not
-cached, so no training stage can read them from the cache.
+as memory allows), with the same results as in one process. A run that fails on a bad
+input or an OS error (disk full) removes the files it wrote, never those that were there
+before. Test studies are not cached, so no training stage can read them from the cache.
 """
 
 from __future__ import annotations
