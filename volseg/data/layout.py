@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from volseg.io import strip_nifti_suffix
+from volseg.io import is_nifti, strip_nifti_suffix
 
 CATEGORIES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 STUDIES_DIR = "studies"
@@ -32,6 +32,15 @@ def study_id(path: str | Path) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def is_scan_file(path: str | Path) -> bool:
+    """A visible NIfTI file that is a scan, not a mask or map beside one (``*_mask``,
+    ``*_lungs``, ...): the files ``volseg lungs`` and ``synth --paint`` take from a folder."""
+    name = Path(path).name
+    return (
+        is_nifti(path) and not name.startswith(".") and study_id(path) == strip_nifti_suffix(name)
+    )
 
 
 def image_path(root: Path, category: str, sid: str) -> Path:

@@ -120,8 +120,8 @@ def segment_lungs_paths(
     A single bad file raises :class:`InputError`; in folder mode each bad file is logged and
     skipped, and the list of files that failed is returned.
     """
-    from volseg.data.layout import lungs_path, study_id
-    from volseg.io import is_nifti, strip_nifti_suffix, write_text_atomic
+    from volseg.data.layout import is_scan_file, lungs_path, study_id
+    from volseg.io import is_nifti, write_text_atomic
     from volseg.progress import progress
 
     src, dst = Path(src), Path(dst)
@@ -133,14 +133,7 @@ def segment_lungs_paths(
             segment_lungs_file(src, target, params)
             log.info("wrote %s", target)
         return []
-    files = sorted(
-        f
-        for f in src.rglob("*")
-        if f.is_file()
-        and is_nifti(f)
-        and not f.name.startswith(".")
-        and study_id(f) == strip_nifti_suffix(f.name)  # masks (``*_mask``, ``*_lungs``) skipped
-    )
+    files = sorted(f for f in src.rglob("*") if f.is_file() and is_scan_file(f))
     if not files:
         raise InputError(f"{src}: no .nii/.nii.gz files found")
     if is_nifti(dst):

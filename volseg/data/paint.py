@@ -161,13 +161,14 @@ def paint_dataset(
     import shutil
     import tempfile
 
+    from volseg.data.layout import is_scan_file
     from volseg.errors import InputError
     from volseg.io import cleanup_on_error, naming_errors
 
     healthy, out_dir = Path(healthy), Path(out_dir)
     if not healthy.exists():
         raise InputError(f"{healthy}: not found (--paint)")
-    files = [healthy] if healthy.is_file() else _scans_in(healthy)
+    files = [healthy] if healthy.is_file() else sorted(filter(is_scan_file, healthy.iterdir()))
     if not files:
         raise InputError(f"{healthy}: no NIfTI CT to paint into (--paint)")
     if out_dir.exists():
@@ -187,19 +188,6 @@ def paint_dataset(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
-
-
-def _scans_in(folder: Path) -> list[Path]:
-    """The CTs of a folder: its NIfTI files except masks beside them (``*_lungs``,
-    ``*_mask``), which are not scans to paint into."""
-    from volseg.data.layout import study_id
-    from volseg.io import is_nifti, strip_nifti_suffix
-
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if is_nifti(p) and not p.name.startswith(".") and study_id(p) == strip_nifti_suffix(p.name)
-    )
 
 
 def _write_painted(tmp: Path, files: list[Path], categories: tuple[str, ...], seed: int) -> None:
