@@ -25,8 +25,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.oracle import OracleNet
 from tests.unit.data.test_mosmed import make_mosmed, phantom
-from tests.unit.inference.test_predictor import OracleNet
 from tests.unit.pipeline.test_run import FakePipeline
 from volseg import rundir
 from volseg.cli import build_parser, main

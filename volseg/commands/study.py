@@ -44,6 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: model.recalibration)",
     )
     parser.add_argument(
+        "--seeds",
+        help="run seeds to repeat every cell with, comma-separated (e.g. 0,1,2); each seed "
+        "has its own GAN, pretraining and fine-tuning under seed-<k>/, one split for all "
+        "(default: the config's seed, cells directly in run_dir)",
+    )
+    parser.add_argument(
+        "--painted",
+        type=Path,
+        help="a set written by `volseg synth --paint HEALTHY --out DIR`: each cell's model "
+        "also predicts it (the painted-real-anatomy column)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="show what the study would run, run nothing"
     )
 
@@ -60,14 +72,23 @@ def run(args: argparse.Namespace) -> int:
             args.arms.split(","),
             args.backbones.split(",") if args.backbones else None,
             args.recalibration.split(",") if args.recalibration else None,
+            args.seeds,
         )
         log.info("study in %s: %s", cfg.run_dir, describe_plan(cells))
         for cell in cells:
             state = "" if cell.applicable else " (n/a)"
-            log.info("  %s/%s%s", cell.variant, cell.name, state)
+            log.info("  %s%s", cell.folder.as_posix(), state)
         return 0
     try:
-        study_dir = run_study(cfg, args.labels, args.arms, args.backbones, args.recalibration)
+        study_dir = run_study(
+            cfg,
+            args.labels,
+            args.arms,
+            args.backbones,
+            args.recalibration,
+            seeds=args.seeds,
+            painted=args.painted,
+        )
     except StudyIncomplete:
         _log_table(Path(cfg.run_dir))
         raise

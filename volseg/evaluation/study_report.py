@@ -1,8 +1,10 @@
 """The label-budget study's report: its CSV, markdown tables and plot.
 
-Rows are the study's cells (:func:`volseg.pipeline.study.cell_result`): one per backbone ×
-recalibration × arm × label count, with its test-split Dice and status. The study itself
-(configs, shared stages, running) is :mod:`volseg.pipeline.study`.
+Rows are the study's cells (:func:`volseg.pipeline.study.cell_result`): one per seed ×
+backbone × recalibration × arm × label count, with its test-split Dice and status. The
+tables and the plot pool the seeds (:func:`pool_seeds`); the paired per-scan comparison is
+:mod:`volseg.evaluation.study_paired`. The study itself (configs, shared stages, running)
+is :mod:`volseg.pipeline.study`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ STATUS_FAILED = "failed"
 STATUS_MISSING = "missing"
 
 CSV_COLUMNS = (
+    "seed",
     "backbone",
     "recalibration",
     "arm",
@@ -41,6 +44,10 @@ CSV_COLUMNS = (
     "dice_ci95_high",
     "sensitivity_mean",
     "abs_involvement_error_pct_mean",
+    "painted_n",
+    "painted_dice_mean",
+    "painted_dice_ci95_low",
+    "painted_dice_ci95_high",
     "run_dir",
     "error",
 )
@@ -113,16 +120,70 @@ def comparison_choice(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     return arms[-1], (small[-1] if small else labels[0])
 
 
+POOLED_MEANS = (
+    "dice_mean",
+    "sensitivity_mean",
+    "abs_involvement_error_pct_mean",
+    "painted_dice_mean",
+)
+"""Figures averaged over the seeds of a cell (each seed's test-split mean)."""
+
+
+def _key(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    return (row["backbone"], row["recalibration"], row["arm"], row["n_labeled"])
+
+
+def pool_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell across seeds: the mean over seeds of each seed's mean, ``dice_sd``
+    the sd across seeds and ``n_seeds`` how many finished; single-seed rows are kept."""
+    if len({str(r.get("seed", "")) for r in rows}) <= 1:
+        return [dict(r, n_seeds=1 if r.get("status") == STATUS_DONE else 0) for r in rows]
+    groups: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_key(r), []).append(r)
+    pooled = []
+    for group in groups.values():
+        done = [r for r in group if r.get("status") == STATUS_DONE]
+        row: dict[str, Any] = {k: group[0][k] for k in ("backbone", "recalibration", "arm")}
+        row.update(n_labeled=group[0]["n_labeled"], seed="pooled", n_seeds=len(done))
+        if not done:
+            row["status"] = group[0].get("status")
+            pooled.append(row)
+            continue
+        row["status"] = STATUS_DONE
+        for name in POOLED_MEANS:
+            values = [v for v in (number(r.get(name)) for r in done) if v is not None]
+            row[name] = sum(values) / len(values) if values else None
+        dice = [number(r.get("dice_mean")) for r in done]
+        if len(dice) > 1 and None not in dice:
+            mean = sum(dice) / len(dice)
+            row["dice_sd"] = math.sqrt(sum((d - mean) ** 2 for d in dice) / (len(dice) - 1))
+        for name in ("n_test", "n_labeled_used", "n_labeled_available", "painted_n"):
+            row[name] = done[0].get(name)
+        pooled.append(row)
+    return pooled
+
+
 def render_markdown(rows: Sequence[Mapping[str, Any]], study_dir: Path | None = None) -> str:
-    """``study.md``: a Dice table per network (arms × label counts) and a comparison."""
+    """``study.md``: a Dice table per network (arms × label counts) and a comparison.
+
+    ``rows`` are :func:`pool_seeds` rows: with several seeds the cells are means over
+    seeds ± the sd across seeds, and the CIs are in the paired section instead.
+    """
     labels = _label_columns(rows)
     arms = _ordered((r["arm"] for r in rows), list(ARMS))
-    by_key = {(r["backbone"], r["recalibration"], r["arm"], r["n_labeled"]): r for r in rows}
+    by_key = {_key(r): r for r in rows}
+    seeds = max((int(r.get("n_seeds") or 0) for r in rows), default=0)
+    spread = (
+        f"mean over {seeds} seeds ± sd across seeds"
+        if any(r.get("seed") == "pooled" for r in rows)
+        else "mean ± sd over test cases"
+    )
     lines = ["# Label-budget study", ""]
     if study_dir is not None:
         lines += [f"Study directory: `{study_dir}`", ""]
     lines += [
-        "Test-split Dice, mean ± sd over test cases, by arm (rows) and number of labeled "
+        f"Test-split Dice, {spread}, by arm (rows) and number of labeled "
         "training scans (columns); `n/a`: 0 labels without pseudo-masks has nothing to "
         "train on. Arms: "
         + "; ".join(f"**{a}**: {ARMS[a].description}" for a in arms)
@@ -139,6 +200,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], study_dir: Path | None = 
         if n_test:
             lines += ["", f"Test cases: {', '.join(str(n) for n in sorted(n_test))}."]
         lines.append("")
+        lines += _painted_table(by_key, backbone, recal, arms, labels)
     arm, label = comparison_choice(rows)
     lines += [
         f"## Networks compared ({arm} arm, {label} labeled scans)",
@@ -166,6 +228,35 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], study_dir: Path | None = 
     return "\n".join(lines) + "\n"
 
 
+def _painted_table(
+    by_key: Mapping[tuple[str, str, str, str], Mapping[str, Any]],
+    backbone: str,
+    recal: str,
+    arms: Sequence[str],
+    labels: Sequence[str],
+) -> list[str]:
+    """The painted-real-anatomy Dice of one network (no lines when it was not scored)."""
+    cells = {
+        (arm, t): number(by_key.get((backbone, recal, arm, t), {}).get("painted_dice_mean"))
+        for arm in arms
+        for t in labels
+    }
+    if all(v is None for v in cells.values()):
+        return []
+    n = {by_key[k].get("painted_n") for k in by_key if k[:2] == (backbone, recal)} - {None}
+    lines = [
+        "Painted real anatomy (`--painted`"
+        + (f", {n.pop()} studies" if len(n) == 1 else "")
+        + "): mean Dice",
+        "",
+        "| arm | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(_fmt(cells[(arm, t)]) for t in labels) + " |")
+    return [*lines, ""]
+
+
 def plot_study(rows: Sequence[Mapping[str, Any]], dest: Path) -> Path:
     """``study.png``: test Dice vs labeled scans, a line per arm, a panel per network.
 
@@ -180,7 +271,7 @@ def plot_study(rows: Sequence[Mapping[str, Any]], dest: Path) -> Path:
     ncols = min(3, len(variants))
     nrows = math.ceil(len(variants) / ncols)
     fig = Figure(figsize=(4.5 * ncols, 3.6 * nrows))
-    by_key = {(r["backbone"], r["recalibration"], r["arm"], r["n_labeled"]): r for r in rows}
+    by_key = {_key(r): r for r in rows}
     xs = list(range(len(labels)))
     for i, (backbone, recal) in enumerate(variants):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -220,14 +311,38 @@ def _tick(label: str, rows: Sequence[Mapping[str, Any]], backbone: str, recal: s
     return f"all ({counts.pop()})" if len(counts) == 1 else label
 
 
-def write_results(study_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-    """Write ``study.csv``, ``study.md`` and ``study.png`` atomically; returns their paths."""
-    from volseg.evaluation.report import per_case_csv
+def write_results(
+    study_dir: Path,
+    rows: Sequence[Mapping[str, Any]],
+    categories: Mapping[str, str] | None = None,
+    n_resamples: int = 2000,
+) -> dict[str, Path]:
+    """Write ``study.csv``, ``study.md``, ``study.png`` and, when the study has the
+    reference arm, ``study_paired.csv`` / ``.png`` atomically; returns their paths.
 
+    ``categories``: test study id -> MosMed category, for the paired strata.
+    """
+    from volseg.evaluation.report import per_case_csv
+    from volseg.evaluation.study_paired import (
+        PAIRED_COLUMNS,
+        paired_rows,
+        plot_paired,
+        render_paired_markdown,
+    )
+
+    pooled = pool_seeds(rows)
+    prows = paired_rows(rows, categories or {}, n_resamples)
+    markdown = render_markdown(pooled, study_dir)
+    if prows:
+        markdown += "\n" + render_paired_markdown(prows)
     paths = {
         "csv": write_text_atomic(study_dir / "study.csv", per_case_csv(rows, CSV_COLUMNS)),
-        "png": plot_study(rows, study_dir / "study.png"),
-        "md": write_text_atomic(study_dir / "study.md", render_markdown(rows, study_dir)),
+        "png": plot_study(pooled, study_dir / "study.png"),
+        "md": write_text_atomic(study_dir / "study.md", markdown),
     }
+    if prows:
+        paired_csv = per_case_csv(prows, PAIRED_COLUMNS)
+        paths["paired_csv"] = write_text_atomic(study_dir / "study_paired.csv", paired_csv)
+        paths["paired_png"] = plot_paired(prows, study_dir / "study_paired.png")
     log.info("study: results in %s", ", ".join(str(p) for p in paths.values()))
     return paths

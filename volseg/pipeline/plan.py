@@ -72,7 +72,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "prepare",
         "volseg.stages.prepare:run_prepare",
-        ("data", "seed"),
+        ("data",),  # the split has its own seed (data.split.seed): runs of any seed share it
         clear_on_config_change=False,
         check="volseg.stages.prepare:check_prepare",
     ),

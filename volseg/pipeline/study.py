@@ -22,6 +22,12 @@ Layout of the study directory (``cfg.run_dir``)::
                                     prepare, cache, gan, pretrain are relative symlinks to
                                     the folders above (only those the arm uses)
     study.csv, study.md, study.png  the results
+    study_paired.csv, .png          per-scan differences to the reference arm
+
+With ``seeds``, everything but ``shared/prepare`` and ``shared/cache`` (one split for all
+seeds) is repeated under ``seed-<k>/`` for each seed: its own GAN, pretraining and cells.
+With ``painted`` (a set written by ``volseg synth --paint``), each cell's model also
+predicts that set (``<cell>/painted/``: lesions painted into real anatomy, exact truth).
 
 Every folder is an ordinary run directory driven by the orchestrator
 (:func:`volseg.pipeline.run.run_pipeline`), so its manifests make the study resumable: a
@@ -41,6 +47,7 @@ from pydantic import ValidationError
 
 from volseg.config import Config
 from volseg.errors import ConfigError, InputError, NotBuiltError, VolsegError
+from volseg.evaluation.study_paired import datalist_categories
 from volseg.evaluation.study_report import (  # noqa: F401  (the study's names)
     ARMS,
     COMPARE_MAX_LABELS,
@@ -57,6 +64,7 @@ from volseg.evaluation.study_report import (  # noqa: F401  (the study's names)
     write_results,
 )
 from volseg.pipeline import manifest as mf
+from volseg.pipeline.study_painted import check_painted_set, painted_result, score_painted
 from volseg.pipeline.study_plan import (  # noqa: F401  (the study's names)
     Cell,
     _as_list,
@@ -66,6 +74,7 @@ from volseg.pipeline.study_plan import (  # noqa: F401  (the study's names)
     label_text,
     parse_labels,
     parse_names,
+    parse_seeds,
     plan_study,
 )
 
@@ -105,30 +114,38 @@ def _model_changes(cfg: Config, backbone: str, recalibration: str) -> dict[str, 
     return {"model.name": backbone, "model.recalibration": recalibration}
 
 
-def shared_config(cfg: Config, study_dir: Path) -> Config:
-    """The config of ``shared/`` (prepare and gan; gan enabled)."""
-    return _derive(
-        cfg, {"run_dir": study_dir / SHARED_DIR, "gan.enabled": True, "pretrain.enabled": False}
-    )
+def _seed_changes(seed: int | None) -> dict[str, Any]:
+    return {} if seed is None else {"seed": seed}
 
 
-def base_config(cfg: Config, study_dir: Path, backbone: str, recalibration: str) -> Config:
-    """The config of ``<variant>/base/`` (pretrain, enabled, for this network)."""
-    folder = study_dir / f"{backbone}-{recalibration}" / BASE_DIR
+def shared_config(cfg: Config, study_dir: Path, seed: int | None = None) -> Config:
+    """The config of ``[seed-<k>/]shared/`` (prepare and gan; gan enabled)."""
+    folder = study_dir / ("" if seed is None else f"seed-{seed}") / SHARED_DIR
+    changes = {"run_dir": folder, "gan.enabled": True, "pretrain.enabled": False}
+    return _derive(cfg, {**changes, **_seed_changes(seed)})
+
+
+def base_config(
+    cfg: Config, study_dir: Path, backbone: str, recalibration: str, seed: int | None = None
+) -> Config:
+    """The config of ``[seed-<k>/]<variant>/base/`` (pretrain, enabled, for this network)."""
+    seed_dir = study_dir / ("" if seed is None else f"seed-{seed}")
+    folder = seed_dir / f"{backbone}-{recalibration}" / BASE_DIR
     changes = {"run_dir": folder, "gan.enabled": True, "pretrain.enabled": True}
     changes.update(_model_changes(cfg, backbone, recalibration))
-    return _derive(cfg, changes)
+    return _derive(cfg, {**changes, **_seed_changes(seed)})
 
 
 def arm_config(cfg: Config, study_dir: Path, cell: Cell) -> Config:
-    """The config of one cell: its network, arm switches and ``finetune.n_labeled``.
+    """The config of one cell: its network, arm switches, seed and ``finetune.n_labeled``.
 
     ``gan`` and ``pretrain`` sections differ from the shared runs' only in ``enabled``, and
     only when the arm does not use them, so the linked stages' config hashes match.
     """
     arm = ARMS[cell.arm]
     changes: dict[str, Any] = {
-        "run_dir": study_dir / cell.variant / cell.name,
+        **_seed_changes(cell.seed),
+        "run_dir": study_dir / cell.folder,
         "gan.enabled": arm.pseudo,
         "pretrain.enabled": arm.pretrain,
         "finetune.use_pseudo": arm.pseudo,
@@ -223,63 +240,90 @@ def run_study(
     arms: Sequence[str] | str = tuple(ARMS),
     backbones: Sequence[str] | str | None = None,
     recalibrations: Sequence[str] | str | None = None,
+    seeds: Sequence[int | str] | str | None = None,
+    painted: str | Path | None = None,
 ) -> Path:
     """Run the label-budget study in ``cfg.run_dir``; returns that folder.
 
     ``labels``: numbers of labeled training scans (None or ``"all"``: every one);
     ``arms``: names from :data:`ARMS`; ``backbones`` / ``recalibrations``: networks and
-    recalibration modules to compare (default: the config's). Writes ``study.csv``,
-    ``study.md`` and ``study.png``. A cell whose stages raise a user-level error is
-    recorded ``failed`` and the others still run; then :class:`StudyIncomplete` is raised
-    after the results are written.
+    recalibration modules to compare (default: the config's); ``seeds``: run seeds to
+    repeat every cell with (default: the config's seed alone); ``painted``: a set from
+    ``volseg synth --paint`` each cell's model is also scored on. Writes ``study.csv``,
+    ``study.md``, ``study.png`` and the paired comparison. A cell whose stages raise a
+    user-level error is recorded ``failed`` and the others still run; then
+    :class:`StudyIncomplete` is raised after the results are written.
     """
-    cells = plan_study(cfg, _as_list(labels), _as_list(arms), _opt(backbones), _opt(recalibrations))
+    cells = plan_study(
+        cfg, _as_list(labels), _as_list(arms), _opt(backbones), _opt(recalibrations), seeds
+    )
     study_dir = _check_study_dir(cfg)
+    painted_dir = None if painted is None else check_painted_set(painted)
     todo = [c for c in cells if c.applicable]
     log.info("study: %s", describe_plan(cells))
     study_dir.mkdir(parents=True, exist_ok=True)
 
-    shared = shared_config(cfg, study_dir)
-    needs_gan = any(ARMS[c.arm].pseudo for c in todo)
-    needs_pretrain = any(ARMS[c.arm].pretrain for c in todo)
-    _run_stages(shared, ["prepare", "gan"] if needs_gan else ["prepare"])
+    _run_stages(shared_config(cfg, study_dir), ["prepare"])
     common: dict[str, Path] = {"prepare": study_dir / SHARED_DIR / "prepare"}
     if (study_dir / SHARED_DIR / CACHE_DIR).is_dir():
         common[CACHE_DIR] = study_dir / SHARED_DIR / CACHE_DIR
 
     errors: dict[Cell, str] = {}
-    for variant in dict.fromkeys((c.backbone, c.recalibration) for c in todo):
-        base = base_config(cfg, study_dir, *variant)
-        if needs_pretrain:
-            _link_stages(base, common)
-            _run_stages(base, ["pretrain"])
-        for cell in (c for c in todo if (c.backbone, c.recalibration) == variant):
-            arm = ARMS[cell.arm]
-            run_cfg = arm_config(cfg, study_dir, cell)
-            targets = dict(common)
-            if arm.pseudo:
-                targets["gan"] = study_dir / SHARED_DIR / "gan"
-            if arm.pretrain:
-                targets["pretrain"] = Path(base.run_dir) / "pretrain"
-            log.info("study: %s / %s", cell.variant, cell.name)
-            try:
-                _link_stages(run_cfg, targets)
-                _run_stages(run_cfg, ARM_STAGES)
-            except NotBuiltError:
-                raise
-            except VolsegError as exc:
-                log.error("study: %s/%s failed: %s", cell.variant, cell.name, exc)
-                errors[cell] = str(exc)
+    for seed in dict.fromkeys(c.seed for c in cells):
+        seed_cells = [c for c in todo if c.seed == seed]
+        errors.update(_run_seed(cfg, study_dir, seed, seed_cells, common, painted_dir))
 
     rows = collect_results(study_dir, cells, errors)
-    write_results(study_dir, rows)
+    write_results(study_dir, rows, datalist_categories(study_dir / SHARED_DIR / "prepare"))
     if errors:
         first, message = next(iter(errors.items()))
         raise StudyIncomplete(
             f"{len(errors)} of {len(todo)} study runs failed (see {study_dir / 'study.md'}); "
-            f"first: {first.variant}/{first.name}: {message}"
+            f"first: {first.folder}: {message}"
         )
     return study_dir
+
+
+def _run_seed(
+    cfg: Config,
+    study_dir: Path,
+    seed: int | None,
+    cells: Sequence[Cell],
+    common: Mapping[str, Path],
+    painted_dir: Path | None,
+) -> dict[Cell, str]:
+    """The GAN, pretraining and cells of one seed; returns the failed cells' errors."""
+    shared = shared_config(cfg, study_dir, seed)
+    if seed is not None:  # the seed's shared/ links the one prepare, then runs its own gan
+        _link_stages(shared, common)
+    if any(ARMS[c.arm].pseudo for c in cells):
+        _run_stages(shared, ["gan"])
+    errors: dict[Cell, str] = {}
+    for variant in dict.fromkeys((c.backbone, c.recalibration) for c in cells):
+        base = base_config(cfg, study_dir, *variant, seed)
+        if any(ARMS[c.arm].pretrain for c in cells):
+            _link_stages(base, common)
+            _run_stages(base, ["pretrain"])
+        for cell in (c for c in cells if (c.backbone, c.recalibration) == variant):
+            arm = ARMS[cell.arm]
+            run_cfg = arm_config(cfg, study_dir, cell)
+            targets = dict(common)
+            if arm.pseudo:
+                targets["gan"] = Path(shared.run_dir) / "gan"
+            if arm.pretrain:
+                targets["pretrain"] = Path(base.run_dir) / "pretrain"
+            log.info("study: %s", cell.folder)
+            try:
+                _link_stages(run_cfg, targets)
+                _run_stages(run_cfg, ARM_STAGES)
+                if painted_dir is not None:
+                    score_painted(run_cfg, painted_dir)
+            except NotBuiltError:
+                raise
+            except VolsegError as exc:
+                log.error("study: %s failed: %s", cell.folder, exc)
+                errors[cell] = str(exc)
+    return errors
 
 
 # ----------------------------------------------------------------------------- results
@@ -294,8 +338,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def cell_result(study_dir: Path, cell: Cell, error: str | None = None) -> dict[str, Any]:
     """One CSV row: the cell's test-split figures from its ``evaluate/summary.json``."""
-    run_dir = study_dir / cell.variant / cell.name
+    run_dir = study_dir / cell.folder
     row: dict[str, Any] = {
+        "seed": "" if cell.seed is None else cell.seed,
         "backbone": cell.backbone,
         "recalibration": cell.recalibration,
         "arm": cell.arm,
@@ -326,15 +371,15 @@ def cell_result(study_dir: Path, cell: Cell, error: str | None = None) -> dict[s
             (metrics.get("abs_involvement_error_pct") or {}).get("mean")
         ),
     )
+    row.update(painted_result(run_dir))
     labeled = _read_json(run_dir / "finetune" / "labeled.json") or {}
     if isinstance(labeled.get("ids"), list):
         row["n_labeled_used"] = len(labeled["ids"])
         row["n_labeled_available"] = labeled.get("n_available")
         if cell.n_labeled is not None and len(labeled["ids"]) < cell.n_labeled:
             log.warning(
-                "study: %s/%s used %d labeled scans (only %s available)",
-                cell.variant,
-                cell.name,
+                "study: %s used %d labeled scans (only %s available)",
+                cell.folder,
                 len(labeled["ids"]),
                 labeled.get("n_available"),
             )

@@ -1,5 +1,5 @@
-"""The plan of a label-budget study: its cells (backbone × recalibration × arm × label
-count), parsed from the command line's names and counts. Running them is
+"""The plan of a label-budget study: its cells (seed × backbone × recalibration × arm ×
+label count), parsed from the command line's names and counts. Running them is
 :mod:`volseg.pipeline.study`.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from volseg.config import Config
@@ -25,6 +26,9 @@ class Cell:
     arm: str
     n_labeled: int | None
     """None: every labeled training scan."""
+    seed: int | None = None
+    """The run seed of a study with ``--seeds`` (its cells live under ``seed-<k>/``);
+    None: the config's seed, cells directly in the study folder."""
 
     @property
     def variant(self) -> str:
@@ -35,6 +39,16 @@ class Cell:
     def name(self) -> str:
         """``<arm>-n<N>`` (``n`` followed by ``all`` for every labeled scan)."""
         return f"{self.arm}-n{label_text(self.n_labeled)}"
+
+    @property
+    def seed_folder(self) -> str:
+        """``seed-<k>`` in a study with ``--seeds``, else ``""`` (the study folder itself)."""
+        return "" if self.seed is None else f"seed-{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        """The cell's run directory, relative to the study folder."""
+        return Path(self.seed_folder) / self.variant / self.name
 
     @property
     def applicable(self) -> bool:
@@ -74,6 +88,25 @@ def parse_labels(text: str | Iterable[str | int | None]) -> list[int | None]:
     if not out:
         raise ConfigError("--labels: give at least one label count, e.g. 0,2,5,all")
     return sorted(out, key=_label_key)
+
+
+def parse_seeds(text: str | Iterable[str | int] | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (order kept, duplicates dropped); None stays None."""
+    if text is None:
+        return None
+    items = [str(t).strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    seeds: list[int] = []
+    for token in filter(None, items):
+        try:
+            value = int(token)
+        except ValueError:
+            raise ConfigError(f"--seeds: {token!r} is not a seed (a whole number >= 0)") from None
+        if value < 0:
+            raise ConfigError(f"--seeds: {value} is negative")
+        seeds.append(value)
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed, e.g. 0,1,2")
+    return list(dict.fromkeys(seeds))
 
 
 def parse_names(
@@ -116,8 +149,13 @@ def plan_study(
     arms: Sequence[str],
     backbones: Sequence[str] | None = None,
     recalibrations: Sequence[str] | None = None,
+    seeds: Sequence[int | str] | str | None = None,
 ) -> list[Cell]:
-    """Every cell of the study, in running order (variant, then label count, then arm)."""
+    """Every cell of the study, in running order (seed, variant, label count, then arm).
+
+    ``seeds``: run seeds to repeat the study with (each its own GAN, pretraining and
+    fine-tuning; one split and one ``prepare`` for all); None: the config's seed alone.
+    """
     backbones = list(backbones) if backbones else [cfg.model.name]
     recalibrations = list(recalibrations) if recalibrations else [cfg.model.recalibration]
     arms = parse_names(arms, list(ARMS), "--arms")
@@ -126,8 +164,14 @@ def plan_study(
     )
     backbones = parse_names(backbones, _backbone_choices(), "--backbones", keep_order=True)
     labels = parse_labels(labels)
+    seed_list: list[int | None] = list(parse_seeds(seeds) or [None])
     return [
-        Cell(b, r, a, n) for b in backbones for r in recalibrations for n in labels for a in arms
+        Cell(b, r, a, n, s)
+        for s in seed_list
+        for b in backbones
+        for r in recalibrations
+        for n in labels
+        for a in arms
     ]
 
 
@@ -143,11 +187,12 @@ def describe_plan(cells: Sequence[Cell]) -> str:
     """What a study will run, in stage runs (its cost in units of each stage)."""
     todo = [c for c in cells if c.applicable]
     variants = list(dict.fromkeys(c.variant for c in todo))
-    gan = any(ARMS[c.arm].pseudo for c in todo)
-    pretrain = len(variants) if any(ARMS[c.arm].pretrain for c in todo) else 0
+    seeds = list(dict.fromkeys(c.seed for c in cells))
+    gan = len(seeds) if any(ARMS[c.arm].pseudo for c in todo) else 0
+    pretrain = len(variants) * len(seeds) if any(ARMS[c.arm].pretrain for c in todo) else 0
     skipped = len(cells) - len(todo)
     return (
-        f"{len(variants)} network(s), {len(todo)} fine-tuning runs "
+        f"{len(variants)} network(s), {len(seeds)} seed(s), {len(todo)} fine-tuning runs "
         f"(each finetune + predict + evaluate; {skipped} n/a), "
-        f"1 prepare, {int(gan)} gan, {pretrain} pretrain"
+        f"1 prepare, {gan} gan, {pretrain} pretrain"
     )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.dicom_series import write_ct_series
-from tests.unit.inference.test_predictor import OracleNet
+from tests.oracle import OracleNet
 from volseg.bundle import save_bundle
 from volseg.cli import main
 from volseg.models import registry

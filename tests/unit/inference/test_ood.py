@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from tests.oracle import OracleNet
 from volseg.bundle import load_bundle, save_bundle
 from volseg.inference import ood
 from volseg.models import registry
@@ -144,18 +144,6 @@ def test_training_scan_stats_measure_the_training_split_only(tmp_path: Path) -> 
     assert stats["in_plane_mm"] == [0.7, 0.9] and stats["slice_mm"] == [8.0, 10.0]
     assert stats["lung_hu_percentiles"]["50"]["min"] == -850
     assert stats["lung_hu_percentiles"]["50"]["max"] == -820
-
-
-class OracleNet(nn.Module):
-    """Logits +10 where the windowed intensity is bright (> 0.6), −10 elsewhere."""
-
-    def __init__(self, level: float = 0.6) -> None:
-        super().__init__()
-        self.level = level
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x > self.level, 10.0, -10.0) + 0 * self.dummy
 
 
 def _bundle(path: Path, stats: dict | None) -> Path:

@@ -10,26 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from tests.oracle import OracleNet
 from volseg.bundle import load_bundle, save_bundle
 from volseg.errors import InputError
 from volseg.geometry import WorkingGrid, body_bbox, window_hu
 from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
 from volseg.models import registry
 from volseg.recipe import Recipe
-
-
-class OracleNet(nn.Module):
-    """Logits +10 where the windowed intensity is bright (> 0.6), −10 elsewhere."""
-
-    def __init__(self, level: float = 0.6) -> None:
-        super().__init__()
-        self.level = level
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x > self.level, 10.0, -10.0) + 0 * self.dummy
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.unit.inference.test_predictor import OracleNet
+from tests.oracle import OracleNet
 from volseg.bundle import save_bundle
 from volseg.inference.review import ReviewCase, choose_review_threshold, review_provenance
 from volseg.models import registry

@@ -88,7 +88,7 @@ def test_runs_every_stage_in_order_and_records_manifests(pipe: FakePipeline) -> 
         assert set(record.versions) == {"volseg", "torch", "monai", "python"}
     prepare = pipe.manifest("prepare")
     assert prepare.inputs["dataset"]["files"] == 1
-    assert set(prepare.config_sections) == {"data", "seed"}
+    assert set(prepare.config_sections) == {"data"}
     finetune = pipe.manifest("finetune")
     assert set(finetune.inputs) == {"prepare", "gan", "pretrain"}
     assert finetune.inputs["gan"]["run_id"] == pipe.manifest("gan").run_id

@@ -33,7 +33,20 @@ def expected_dice(cfg: Config) -> float:
     dice += 0.10 if cfg.finetune.use_pseudo else 0.0
     dice += 0.03 if cfg.model.name == "unet3d" else 0.0
     dice += 0.01 if cfg.model.recalibration == "se" else 0.0
+    dice += 0.01 * cfg.seed
     return round(dice, 6)
+
+
+CASES = ("study_0101", "study_0102", "study_0103")
+
+
+def case_dice(cfg: Config, case: str) -> float:
+    """The fake per-case Dice: the cell's Dice and a case offset (pretraining helps case
+    0103 by 0.05 more than the others, so the paired differences differ per case)."""
+    offset = {"study_0101": -0.1, "study_0102": 0.0, "study_0103": 0.1}[case]
+    if case == "study_0103" and cfg.finetune.init == "pretrained":
+        offset += 0.05
+    return expected_dice(cfg) + offset
 
 
 class FakeStudy:
@@ -109,6 +122,8 @@ class FakeStudy:
             },
         }
         (folder / "summary.json").write_text(json.dumps(summary))
+        rows = [f"{case},{case_dice(cfg, case):.6f}" for case in CASES]
+        (folder / "per_case.csv").write_text("case_id,dice\n" + "\n".join(rows) + "\n")
 
     def config(self, *overrides: str) -> Config:
         return load_config(
@@ -317,3 +332,99 @@ def test_command_arm_names_match_library() -> None:
     from volseg.commands.study import ARM_NAMES
 
     assert ARM_NAMES == tuple(st.ARMS)
+
+
+def test_seeds_share_one_prepare_and_repeat_the_rest(fake: FakeStudy) -> None:
+    fake.run("2", arms=["scratch", "full"], seeds="0,1")
+    assert fake.stage_calls("prepare") == ["shared"]
+    assert fake.stage_calls("gan") == ["seed-0/shared", "seed-1/shared"]
+    assert fake.stage_calls("pretrain") == [
+        "seed-0/transunet3d-none/base",
+        "seed-1/transunet3d-none/base",
+    ]
+    assert sorted(fake.stage_calls("finetune")) == [
+        f"seed-{k}/transunet3d-none/{arm}-n2" for k in (0, 1) for arm in ("full", "scratch")
+    ]
+    assert {k: c.seed for k, c in fake.configs.items()} == {
+        f"seed-{k}/transunet3d-none/{arm}-n2": k for k in (0, 1) for arm in ("full", "scratch")
+    }
+    seed1 = fake.study_dir / "seed-1"
+    assert (seed1 / "shared" / "prepare").resolve() == (fake.study_dir / "shared" / "prepare")
+    assert (seed1 / "transunet3d-none" / "full-n2" / "gan").resolve() == seed1 / "shared" / "gan"
+    rows = fake.rows()
+    assert [(r["seed"], r["arm"]) for r in rows] == [
+        ("0", "scratch"),
+        ("0", "full"),
+        ("1", "scratch"),
+        ("1", "full"),
+    ]
+    md = (fake.study_dir / "study.md").read_text()
+    assert "mean over 2 seeds ± sd across seeds" in md
+    # scratch n=2: 0.44 with seed 0, 0.45 with seed 1
+    assert "| scratch | 0.445 ± 0.007 |" in md and "| full | 0.595 ± 0.007 |" in md
+    fake.run("2", arms=["scratch", "full"], seeds="0,1")
+    assert fake.calls == []
+
+
+def test_paired_differences_in_study_outputs(fake: FakeStudy) -> None:
+    fake.run("2", arms=["scratch", "pretrain"], seeds="0,1")
+    paired = list(csv.DictReader((fake.study_dir / "study_paired.csv").open()))
+    assert [(r["arm"], r["stratum"]) for r in paired] == [("pretrain", "all")]
+    row = paired[0]
+    # pretrain adds 0.05 to every case and 0.05 more to study_0103: (0.05 + 0.05 + 0.10) / 3
+    assert float(row["diff_mean"]) == pytest.approx(0.2 / 3)
+    assert row["n_scans"] == "3" and row["n_seeds"] == "2"
+    assert row["diff_per_seed"] == "+0.067/+0.067"
+    assert float(row["diff_ci95_low"]) >= 0.05 - 1e-9 and float(row["diff_ci95_high"]) <= 0.1
+    assert row["ci_excludes_zero"] == "True"
+    md = (fake.study_dir / "study.md").read_text()
+    assert "## Paired per-scan differences to scratch" in md
+    png = fake.study_dir / "study_paired.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_painted_set_is_scored_per_cell(fake: FakeStudy, tmp_path: Path, monkeypatch) -> None:
+    painted = tmp_path / "painted"
+    for name in ("studies/CT-1", "truth", "lungs"):
+        (painted / name).mkdir(parents=True)
+    (painted / "studies" / "CT-1" / "p_ct1.nii.gz").write_bytes(b"x")
+    scored: list[str] = []
+
+    def fake_score(cfg: Config, where: Path) -> Path:
+        assert where == painted.resolve()
+        scored.append(fake.rel(cfg))
+        folder = Path(cfg.run_dir) / "painted" / "evaluate"
+        folder.mkdir(parents=True, exist_ok=True)
+        dice = expected_dice(cfg) - 0.2
+        summary = {"counts": {"pairs": 2}, "metrics": {"dice": {"mean": dice, "ci95": None}}}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        (folder / "per_case.csv").write_text(f"case_id,dice\np_ct1,{dice}\np_ct2,{dice}\n")
+        return folder
+
+    monkeypatch.setattr(st, "score_painted", fake_score)
+    fake.run("2", arms=["scratch", "full"], painted=painted)
+    assert scored == ["transunet3d-none/scratch-n2", "transunet3d-none/full-n2"]
+    rows = {r["arm"]: r for r in fake.rows()}
+    assert float(rows["full"]["painted_dice_mean"]) == pytest.approx(0.59 - 0.2)
+    assert rows["full"]["painted_n"] == "2"
+    md = (fake.study_dir / "study.md").read_text()
+    assert "Painted real anatomy (`--painted`, 2 studies): mean Dice" in md
+    assert "| full | 0.390 |" in md
+    paired = list(csv.DictReader((fake.study_dir / "study_paired.csv").open()))
+    strata = {r["stratum"]: float(r["diff_mean"]) for r in paired}
+    assert strata["painted"] == pytest.approx(0.15) and strata["all"] == pytest.approx(
+        0.15 + 0.05 / 3
+    )
+
+
+def test_painted_set_without_its_layout_is_refused(fake: FakeStudy, tmp_path: Path) -> None:
+    (tmp_path / "p" / "studies").mkdir(parents=True)
+    with pytest.raises(InputError, match="truth: not found; --painted takes"):
+        fake.run("2", arms=["scratch"], painted=tmp_path / "p")
+    assert fake.calls == []
+
+
+def test_bad_seeds_are_config_errors(fake: FakeStudy) -> None:
+    with pytest.raises(ConfigError, match="--seeds: 'x' is not a seed"):
+        fake.run("2", seeds="0,x")
+    assert st.parse_seeds("2, 0,2") == [2, 0]
