@@ -8,7 +8,8 @@ HELP = "write a synthetic MosMed-like chest CT dataset (studies, masks, truth, m
 DESCRIPTION = (
     "Generate synthetic chest CT studies in MosMedData's layout (studies/CT-0..CT-4, masks/ "
     "for a labeled CT-1 block) plus the full truth (lungs/, truth/, manifest.csv). "
-    "Presets: tiny (tests), demo (CPU demo), mosmed (MosMed-sized volumes). "
+    "Presets: tiny (tests), demo (CPU demo), study (the label-budget study: demo volumes, "
+    "140 studies), mosmed (MosMed-sized volumes). "
     "Deterministic in --seed."
 )
 

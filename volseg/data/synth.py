@@ -94,6 +94,13 @@ PRESETS: dict[str, SynthPreset] = {
         counts={"CT-0": 10, "CT-1": 24, "CT-2": 6, "CT-3": 3, "CT-4": 2},
         n_labeled=12,
     ),
+    "study": SynthPreset(  # the label-budget study: enough CT-2+ test scans for their stratum
+        name="study",
+        shape=(128, 128, 28),
+        spacing=(2.8, 2.8, 10.0),
+        counts={"CT-0": 20, "CT-1": 60, "CT-2": 30, "CT-3": 20, "CT-4": 10},
+        n_labeled=12,
+    ),
     "mosmed": SynthPreset(
         name="mosmed",
         shape=(512, 512, 40),

@@ -237,8 +237,8 @@ def plot_paired(prows: Sequence[Mapping[str, Any]], dest: Path) -> Path | None:
 
     strata = list(dict.fromkeys(r["stratum"] for r in prows))
     fig = Figure(figsize=(4.0 * len(strata), 0.45 * _max_rows(prows, strata) + 1.6))
-    for i, stratum in enumerate(strata):
-        ax = fig.add_subplot(1, len(strata), i + 1)
+    axes = fig.subplots(1, len(strata), sharex=True, squeeze=False)[0]  # one Dice scale
+    for ax, stratum in zip(axes, strata, strict=True):
         sub = [r for r in prows if r["stratum"] == stratum]
         ys = list(range(len(sub)))[::-1]
         for y, r in zip(ys, sub, strict=True):
