@@ -161,9 +161,14 @@ def augment_batch(batch: dict[str, torch.Tensor], params: torch.Tensor) -> dict[
         size = (len(rows), 1, *shape)
         grid = F.affine_grid(theta.to(device, torch.float32), list(size), align_corners=False)
     for key in spatial:
-        x = _flipped(batch[key], flips)
-        if grid is not None:
-            x = _warped(x, grid, rows.to(x.device), "bilinear" if key == IMAGE_KEY else "nearest")
-        out[key] = x
+        out[key] = _flipped(batch[key], flips)
+    if grid is not None:
+        rows = rows.to(grid.device)
+        out[IMAGE_KEY] = _warped(out[IMAGE_KEY], grid, rows, "bilinear")
+        masks = [k for k in spatial if k != IMAGE_KEY]
+        if masks:  # one call for all: grid_sample's cost hardly grows with channels
+            warped = _warped(torch.cat([out[k] for k in masks], dim=1), grid, rows, "nearest")
+            parts = warped.split([out[k].shape[1] for k in masks], dim=1)
+            out.update(zip(masks, parts, strict=True))
     out[IMAGE_KEY] = _intensity(out[IMAGE_KEY], params)
     return out
