@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from volseg.data.cache import CachedVolume
-from volseg.data.transforms import DEFAULT_AUGMENT, AugmentRecipe
+from volseg.data.transforms import DEFAULT_AUGMENT, AugmentRecipe, augment_transforms
 from volseg.engine.step_data import StepDataset
 
 INDEX_CAP = 20000
@@ -181,8 +181,8 @@ class SegPatchDataset(_PatchBase):
     the rest on a lung voxel (anywhere without lungs). ``augment`` applies
     :func:`volseg.data.transforms.augment_transforms` with ``augment_recipe``, seeded per
     index; with ``augment_on="device"`` it only draws that augmentation's parameters
-    (:func:`volseg.data.batch_augment.draw_params`, from the same per-index seed) into
-    ``augment``, for :func:`~volseg.data.batch_augment.augment_batch` to apply to the
+    (:func:`volseg.data.batch_augment.draw_params`, from the same per-index seed) under
+    the ``augment`` key, for :func:`~volseg.data.batch_augment.augment_batch` to apply to the
     batch on the training device. Each crop's volume
     is drawn uniformly, or with ``source_probs`` (one probability per source, summing to 1).
     ``source_phases`` changes those probabilities during training: ``(first_index, probs)``
@@ -222,8 +222,6 @@ class SegPatchDataset(_PatchBase):
         self.draw_params = augment and augment_on == "device"
         self.augment = None
         if augment and augment_on == "worker":
-            from volseg.data.transforms import augment_transforms
-
             extra = ("weight",) if self.voxel_weight else ()
             self.augment = augment_transforms(
                 ("image", "label", "lungs"), augment_recipe, extra_nearest=extra
@@ -319,8 +317,6 @@ class UnlabeledPatchDataset(_PatchBase):
         self.views = int(views)
         self.transform = None
         if augment or views:
-            from volseg.data.transforms import augment_transforms
-
             self.transform = augment_transforms(("image",), augment_recipe)
         self.augment = augment
 

@@ -241,3 +241,17 @@ def test_bad_batches_are_refused() -> None:
         augment_batch(_batch(2), _params(3))
     with pytest.raises(ValueError, match="augment_on"):
         SegPatchDataset([_source()], (12, 12, 8), augment_on="gpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_batch_matches_the_cpu_result_apart_from_noise() -> None:
+    batch = _batch(4)
+    rng = np.random.default_rng(5)
+    params = torch.stack([draw_params(rng, AugmentRecipe(affine_prob=0.5)) for _ in range(4)])
+    params[:, Param.NOISE_ON] = 0  # CUDA and CPU generators differ (module docstring)
+    cpu = augment_batch(batch, params)
+    cuda = augment_batch({k: v.cuda() for k, v in batch.items()}, params)
+    assert all(v.is_cuda for v in cuda.values())
+    assert torch.allclose(cuda["image"].cpu(), cpu["image"], atol=1e-5)
+    for key in ("label", "lungs", "weight"):
+        assert (cuda[key].cpu() != cpu[key]).float().mean() < 1e-3, key
