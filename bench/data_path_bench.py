@@ -7,9 +7,14 @@ and draws training batches from the fine-tuning stage's own dataset
 ``model.patch_size`` = 128 x 128 x 32, MONAI augmentation seeded per sample index) through
 the stage's DataLoader (:func:`volseg.engine.make_loader`), batch ``finetune.batch_size``,
 for each DataLoader worker count in ``--workers``; and, in the main process, the crop alone
-and the crop with augmentation. Prints patches/s and, from the one-process rate, how many
-CPU cores would feed the network-alone rate ``--target`` (patches/s; default 46, the
-H100 compile + channels-last figure in bench/README.md).
+and the crop with augmentation. Each row is timed for both augmentation paths
+(``finetune.augment_on``): ``worker`` (MONAI, per sample in the loader) and ``device``
+(the loader crops and draws parameters; :func:`volseg.data.batch_augment.augment_batch`
+augments the batch after it is moved, on the CPU and, when there is one, on CUDA: timed to
+the end of the augmentation). Prints patches/s, the ratio to the worker path at the same
+worker count, and, from the one-process worker-path rate, how many CPU cores would feed
+the network-alone rate ``--target`` (patches/s; default 46, the H100 compile +
+channels-last figure in bench/README.md).
 
     python bench/data_path_bench.py --studies 4 --batches 20 --workers 0 1 2
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,25 +44,57 @@ def write_studies(data: Path, n: int) -> None:
         write_nifti(layout.mask_path(data, sid), study.lesion, study.affine)
 
 
-def stage_dataset(cfg, augment: bool):  # noqa: ANN001, ANN201 (bench helper)
+def stage_dataset(cfg, augment: bool, augment_on: str = "worker"):  # noqa: ANN001, ANN201
     """The fine-tuning stage's patch dataset over every cached labeled study."""
     from volseg.data.patches import SegPatchDataset
     from volseg.stages.common import load_prepared
 
     prepared = load_prepared(cfg)
     vols = [v for v in prepared.volumes.values() if v.has_label]
-    return SegPatchDataset(vols, cfg.model.patch_size, seed=cfg.seed, augment=augment)
+    return SegPatchDataset(
+        vols, cfg.model.patch_size, seed=cfg.seed, augment=augment, augment_on=augment_on
+    )
 
 
-def loader_rate(dataset, batch: int, batches: int, workers: int) -> float:  # noqa: ANN001
-    """Patches/s through the stage's DataLoader (first batch untimed: worker start-up)."""
+def device_step(device: str) -> Callable[[dict], None]:
+    """What the training step does with a device-path batch before the network: move it,
+    augment it there, wait for the device."""
+    import torch
+
+    from volseg.data.batch_augment import PARAMS_KEY, augment_batch
+
+    def step(batch: dict) -> None:
+        params = batch.pop(PARAMS_KEY)
+        moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        augment_batch(moved, params)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def loader_rate(
+    dataset,  # noqa: ANN001
+    batch: int,
+    batches: int,
+    workers: int,
+    step: Callable[[dict], None] | None = None,
+) -> float:
+    """Patches/s through the stage's DataLoader, each batch then handed to ``step`` (first
+    batch untimed: worker start-up, CUDA warm-up)."""
     from volseg.engine import StepSampler, make_loader
 
     loader = make_loader(dataset, StepSampler(0, batches + 1, batch), workers)
     it = iter(loader)
-    next(it)
+    first = next(it)
+    if step is not None:
+        step(first)
     start = time.perf_counter()
-    count = sum(1 for _ in it)
+    count = 0
+    for item in it:
+        if step is not None:
+            step(item)
+        count += 1
     return count * batch / (time.perf_counter() - start)
 
 
@@ -77,27 +115,32 @@ def main() -> None:
         overrides = ["data.split.val_fraction=0.0", "data.split.test_fraction=0.0"]
         cfg = load_config(ROOT / "configs" / "mosmed.yaml", overrides, data_root=data, run_dir=run)
         run_prepare(cfg)
+        import torch
+
         batch = cfg.finetune.batch_size
-        rows = []
-        for augment in (False, True):
-            rate = loader_rate(stage_dataset(cfg, augment), batch, args.batches, 0)
-            rows.append(("crop" + (" + augmentation" if augment else " only"), 0, rate))
-        augmented = stage_dataset(cfg, True)
-        for workers in args.workers:
-            if workers:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        worker = stage_dataset(cfg, True)
+        device = stage_dataset(cfg, True, "device")
+
+        def rate(dataset, workers: int, step=None) -> float:  # noqa: ANN001
+            return loader_rate(dataset, batch, args.batches, workers, step)
+
+        rows = [("crop only", "-", 0, rate(stage_dataset(cfg, False), 0))]
+        for workers in sorted(set(args.workers) | {0}):
+            rows.append(("worker: crop + MONAI", "loader", workers, rate(worker, workers)))
+            rows.append(("device: crop + draw", "-", workers, rate(device, workers)))
+            for where in devices:
+                step = device_step(where)
                 rows.append(
-                    (
-                        "stage data path",
-                        workers,
-                        loader_rate(augmented, batch, args.batches, workers),
-                    )
+                    ("device: + augment_batch", where, workers, rate(device, workers, step))
                 )
-    one_core = rows[1][2]
+    baseline = {w: r for name, _, w, r in rows if name.startswith("worker")}
+    one_core = baseline[0]
     print(f"\npatch {tuple(cfg.model.patch_size)}, batch {batch}, {args.studies} studies")
-    print("| data path | DataLoader workers | patches/s |")
-    print("|---|---:|---:|")
-    for name, workers, rate in rows:
-        print(f"| {name} | {workers} | {rate:.2f} |")
+    print("| data path | augmented on | DataLoader workers | patches/s | x worker path |")
+    print("|---|---|---:|---:|---:|")
+    for name, where, workers, rate in rows:
+        print(f"| {name} | {where} | {workers} | {rate:.2f} | {rate / baseline[workers]:.2f} |")
     print(
         f"\none core (crop + augmentation): {one_core:.2f} patches/s, so about "
         f"{args.target / one_core:.0f} cores to feed {args.target:g} patches/s"

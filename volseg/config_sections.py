@@ -239,6 +239,17 @@ class FinetuneConfig(TrainConfig):
     """Fewest labeled validation scans the review threshold is chosen on."""
     review_dice_floor: float = Field(0.5, gt=0, le=1)
     """A validation scan below this Dice is one review should catch."""
+    augment_on: Literal["worker", "device"] = "worker"
+    """Where the training patches are augmented. ``worker``: MONAI's transforms, per sample
+    in the DataLoader workers (CPU). ``device``: the workers only crop and draw each
+    sample's parameters; the training step flips, rotates/scales (one ``grid_sample``),
+    rescales, shifts and adds noise to the whole batch on the training device
+    (:mod:`volseg.data.batch_augment`), because the per-sample CPU augmentation is what a
+    GPU waits for (bench/README.md: it quarters the patches/s of a core). Same
+    probabilities and ranges (:class:`volseg.data.transforms.AugmentRecipe`) and the same
+    crops, but not the same batches: the random streams and the interpolation code differ,
+    so a run's numbers change when this does. Resume stays exact either way; with
+    ``device`` the noise differs between a CPU and a CUDA run of the same seed."""
 
     @model_validator(mode="after")
     def _shares_leave_room(self) -> FinetuneConfig:

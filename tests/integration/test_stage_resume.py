@@ -150,3 +150,41 @@ def test_gan_pretrain_finetune_killed_mid_stage_resume_bit_identical(
         products = _products(ref / stage)
         assert products, f"{stage} wrote no product to compare"
         _assert_same(products, _products(broken / stage), stage, runs)
+
+
+@pytest.mark.slow
+def test_finetune_with_device_augmentation_killed_mid_stage_resumes_bit_identical(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finetune.augment_on: device``: the batch augmentation's parameters come from the
+    step-indexed samples, so a resumed run still ends where an unbroken one does."""
+    from volseg.data import batch_augment
+
+    calls: list[int] = []
+    real = batch_augment.augment_batch
+
+    def spy(batch: dict, params: torch.Tensor) -> dict:
+        calls.append(len(params))
+        return real(batch, params)
+
+    monkeypatch.setattr(batch_augment, "augment_batch", spy)  # the reference run's steps
+    finetune = "finetune: {epochs: 2"
+    config = CONFIG.replace(finetune, finetune.replace("{", "{augment_on: device, "))
+    assert config.count("augment_on: device") == 1
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config)  # gan and pretrain not run: no pseudo-masks, no encoder
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    for run in (ref, broken):
+        assert main(["prepare", *_args(cfg, tiny_dataset, run)]) == 0
+    assert main(["finetune", *_args(cfg, tiny_dataset, ref)]) == 0
+    assert calls == [2] * 6  # every step's batch went through the device path
+    child = _killed("finetune", _args(cfg, tiny_dataset, broken))
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert load_checkpoint(broken / "finetune" / "checkpoint_last.pt")["global_step"] == KILL_AT
+    assert main(["finetune", *_args(cfg, tiny_dataset, broken)]) == 0
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        a = load_checkpoint(ref / "finetune" / name)
+        b = load_checkpoint(broken / "finetune" / name)
+        for key in STATE_KEYS:
+            _assert_same(a.get(key), b.get(key), f"{name}:{key}", (str(ref), str(broken)))
+    assert _curve(ref / "finetune") == _curve(broken / "finetune")

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from volseg.data.cache import CachedVolume
+from volseg.data.transforms import DEFAULT_AUGMENT, AugmentRecipe, augment_transforms
 from volseg.engine.step_data import StepDataset
 
 INDEX_CAP = 20000
@@ -178,7 +179,11 @@ class SegPatchDataset(_PatchBase):
     ``weight`` is a 0-d tensor, or a ``(1, X, Y, Z)`` map when any source has a voxel map.
     ``pos_fraction`` of the crops are centred on a lesion voxel (when the volume has one),
     the rest on a lung voxel (anywhere without lungs). ``augment`` applies
-    :func:`volseg.data.transforms.augment_transforms`, seeded per index. Each crop's volume
+    :func:`volseg.data.transforms.augment_transforms` with ``augment_recipe``, seeded per
+    index; with ``augment_on="device"`` it only draws that augmentation's parameters
+    (:func:`volseg.data.batch_augment.draw_params`, from the same per-index seed) under
+    the ``augment`` key, for :func:`~volseg.data.batch_augment.augment_batch` to apply to the
+    batch on the training device. Each crop's volume
     is drawn uniformly, or with ``source_probs`` (one probability per source, summing to 1).
     ``source_phases`` changes those probabilities during training: ``(first_index, probs)``
     pairs, in increasing order of sample index; from ``first_index`` on, crops are drawn
@@ -193,7 +198,8 @@ class SegPatchDataset(_PatchBase):
         seed: int = 0,
         pos_fraction: float = 0.67,
         augment: bool = True,
-        augment_kwargs: dict[str, Any] | None = None,
+        augment_recipe: AugmentRecipe = DEFAULT_AUGMENT,
+        augment_on: Literal["worker", "device"] = "worker",
         source_probs: Sequence[float] | None = None,
         source_phases: Sequence[tuple[int, Sequence[float] | None]] = (),
     ) -> None:
@@ -210,13 +216,15 @@ class SegPatchDataset(_PatchBase):
                 raise ValueError(f"{s.id}: no label for a supervised patch dataset")
         self.pos_fraction = float(pos_fraction)
         self.voxel_weight = any(isinstance(s.weight, np.ndarray) for s in self.sources)
+        if augment_on not in ("worker", "device"):
+            raise ValueError(f"augment_on must be 'worker' or 'device', got {augment_on!r}")
+        self.recipe = augment_recipe
+        self.draw_params = augment and augment_on == "device"
         self.augment = None
-        if augment:
-            from volseg.data.transforms import augment_transforms
-
+        if augment and augment_on == "worker":
             extra = ("weight",) if self.voxel_weight else ()
             self.augment = augment_transforms(
-                ("image", "label", "lungs"), extra_nearest=extra, **(augment_kwargs or {})
+                ("image", "label", "lungs"), augment_recipe, extra_nearest=extra
             )
 
     def _checked(self, source_probs: Sequence[float] | None) -> np.ndarray | None:
@@ -269,6 +277,10 @@ class SegPatchDataset(_PatchBase):
         if self.augment is not None:
             self.augment.set_random_state(seed=augment_seed)
             data = _plain(self.augment(data))
+        if self.draw_params:
+            from volseg.data.batch_augment import PARAMS_KEY, draw_params
+
+            data[PARAMS_KEY] = draw_params(np.random.default_rng(augment_seed), self.recipe)
         if not self.voxel_weight:
             data["weight"] = torch.tensor(float(src.weight), dtype=torch.float32)
         return data
@@ -294,7 +306,7 @@ class UnlabeledPatchDataset(_PatchBase):
         lung_fraction: float = 1.0,
         augment: bool = False,
         views: int = 0,
-        augment_kwargs: dict[str, Any] | None = None,
+        augment_recipe: AugmentRecipe = DEFAULT_AUGMENT,
     ) -> None:
         super().__init__(volumes, patch_size, seed)
         if not 0.0 <= lung_fraction <= 1.0:
@@ -305,9 +317,7 @@ class UnlabeledPatchDataset(_PatchBase):
         self.views = int(views)
         self.transform = None
         if augment or views:
-            from volseg.data.transforms import augment_transforms
-
-            self.transform = augment_transforms(("image",), **(augment_kwargs or {}))
+            self.transform = augment_transforms(("image",), augment_recipe)
         self.augment = augment
 
     def _augmented(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

@@ -6,11 +6,14 @@ Preprocessing itself (orientation, spacing, body crop, window) is the recipe's
 
 * :func:`train_transforms` — random patch crops biased to lesions (or to the lungs when
   there is no label), then :func:`augment_transforms`.
-* :func:`augment_transforms` — flips, small rotations/scaling, intensity jitter.
+* :func:`augment_transforms` — flips, small rotations/scaling, intensity jitter, with the
+  probabilities and ranges of an :class:`AugmentRecipe` (shared with the batched device-side
+  path, :mod:`volseg.data.batch_augment`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,23 +33,46 @@ def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
     return keys
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentRecipe:
+    """Probabilities and ranges of the training augmentation: one recipe for both paths,
+    the per-sample MONAI chain (:func:`augment_transforms`) and the batched one on the
+    device (:mod:`volseg.data.batch_augment`), so switching paths keeps the distribution.
+
+    Each step is applied independently with its probability: a flip per spatial axis
+    (``flip_prob``); one affine (``affine_prob``) rotating about the slice axis by up to
+    ``rotate_deg`` degrees either way and scaling each axis by a factor in
+    ``1 ± scale``; on the image only, ``x * (1 + f)`` with ``|f| <= intensity_scale``,
+    ``x + o`` with ``|o| <= intensity_shift`` and Gaussian noise of a standard deviation
+    drawn from ``[0, noise_std]`` (MONAI's ``sample_std``), each with ``intensity_prob``.
+    Intensities are in units of the [0, 1] HU window.
+    """
+
+    flip_prob: float = 0.5
+    affine_prob: float = 0.3
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    intensity_prob: float = 0.5
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+    noise_std: float = 0.02
+
+
+DEFAULT_AUGMENT = AugmentRecipe()
+
+
 def augment_transforms(
     keys: Sequence[str] = ("image", "label", "lungs"),
+    recipe: AugmentRecipe = DEFAULT_AUGMENT,
     *,
-    flip_prob: float = 0.5,
-    rotate_deg: float = 10.0,
-    scale: float = 0.1,
-    affine_prob: float = 0.3,
-    intensity_prob: float = 0.5,
-    noise_std: float = 0.02,
     extra_nearest: Sequence[str] = (),
 ):
     """Random augmentation for patches on the preprocessed grid (channel-first tensors).
 
     Spatial transforms (flips on every axis, small rotations about the slice axis and
-    isotropic-ish scaling) act on all ``keys``; masks and ``extra_nearest`` keys use
+    per-axis scaling) act on all ``keys``; masks and ``extra_nearest`` keys use
     nearest-neighbour. Intensity scale/shift and Gaussian noise act on ``image`` only.
-    Shapes are kept, so patches stay batchable.
+    Shapes are kept, so patches stay batchable. Ranges and probabilities: ``recipe``.
     """
     from monai.transforms import (
         Compose,
@@ -59,12 +85,15 @@ def augment_transforms(
 
     keys = tuple(keys) + tuple(k for k in extra_nearest if k not in keys)
     modes = ["bilinear" if k == IMAGE_KEY else "nearest" for k in keys]
-    rot = float(np.deg2rad(rotate_deg))
-    steps: list[Any] = [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=a) for a in range(3)]
+    rot = float(np.deg2rad(recipe.rotate_deg))
+    scale = recipe.scale
+    steps: list[Any] = [
+        RandFlipd(keys=keys, prob=recipe.flip_prob, spatial_axis=a) for a in range(3)
+    ]
     steps.append(
         RandAffined(
             keys=keys,
-            prob=affine_prob,
+            prob=recipe.affine_prob,
             rotate_range=(0.0, 0.0, rot),
             scale_range=(scale, scale, scale),
             mode=modes,
@@ -72,10 +101,11 @@ def augment_transforms(
         )
     )
     if IMAGE_KEY in keys:
+        p = recipe.intensity_prob
         steps += [
-            RandScaleIntensityd(keys=IMAGE_KEY, factors=0.1, prob=intensity_prob),
-            RandShiftIntensityd(keys=IMAGE_KEY, offsets=0.05, prob=intensity_prob),
-            RandGaussianNoised(keys=IMAGE_KEY, prob=intensity_prob, mean=0.0, std=noise_std),
+            RandScaleIntensityd(keys=IMAGE_KEY, factors=recipe.intensity_scale, prob=p),
+            RandShiftIntensityd(keys=IMAGE_KEY, offsets=recipe.intensity_shift, prob=p),
+            RandGaussianNoised(keys=IMAGE_KEY, prob=p, mean=0.0, std=recipe.noise_std),
         ]
     return Compose(steps)
 

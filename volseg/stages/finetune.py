@@ -224,6 +224,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
     ``resume``: continue an interrupted run from its last checkpoint (a finished run with
     the same settings is a no-op); False starts over.
     """
+    from volseg.data.batch_augment import PARAMS_KEY, augment_batch
     from volseg.data.patches import PatchSource, SegPatchDataset
     from volseg.engine import (
         Trainer,
@@ -330,12 +331,16 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         cfg.model.patch_size,
         seed=cfg.seed,
         augment=True,
+        augment_on=ft.augment_on,
         source_probs=probs,
         source_phases=phases,
     )
 
     def step_fn(batch: dict, state: TrainState, ctx: Any) -> dict[str, Any]:
+        params = batch.pop(PARAMS_KEY, None)  # finetune.augment_on: device
         batch = ctx.to_device(batch)
+        if params is not None:  # to_device again: back to the training memory format
+            batch = ctx.to_device(augment_batch(batch, params))
         with ctx.autocast():
             logits, emb = state.modules["net"](batch["image"])
         label = batch["label"]
