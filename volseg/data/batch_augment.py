@@ -10,8 +10,9 @@ Same :class:`~volseg.data.transforms.AugmentRecipe` and the same order as the MO
 flips, the affine, intensity scale, shift, noise. The affine is MONAI's: its matrices
 (``create_rotate`` / ``create_scale``) in centred voxel coordinates (as ``RandAffine``:
 voxels, not millimetres; a rotation about the slice axis turns the two in-plane axes,
-whose spacings are equal in the shipped configs, so it is a rotation in millimetres too), sampled with ``grid_sample`` as MONAI's torch
-backend does (``align_corners=False``, zeros padding; bilinear image, nearest masks). The
+whose spacings are equal in the shipped configs, so it is a rotation in millimetres too),
+sampled with ``grid_sample`` as MONAI's torch backend does (``align_corners=False``, zeros
+padding; bilinear image, nearest masks). The
 random streams differ from MONAI's, so the two paths give different batches for the same
 seed, drawn from the same distribution. Noise is drawn on the batch's device from a
 generator seeded per sample: reproducible on one device type, different between CPU and

@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
+from tests.oracle import OracleNet
 from volseg.bundle import load_bundle, save_bundle
 from volseg.data.mosmed import discover
 from volseg.inference.predictor import Predictor
@@ -18,28 +17,16 @@ from volseg.models import registry
 from volseg.recipe import Recipe
 
 
-class BrightNet(nn.Module):
-    """Logits +10 where the windowed intensity is above ``level``, −10 elsewhere."""
-
-    def __init__(self, level: float = 0.55) -> None:
-        super().__init__()
-        self.level = level
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x > self.level, 10.0, -10.0) + 0 * self.dummy
-
-
 def test_validation_dice_equals_predict_plus_evaluate_dice(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from volseg.stages.evaluate import run_evaluate
     from volseg.stages.predict import run_predict
 
-    monkeypatch.setitem(registry.MODELS, "bright", BrightNet)
+    monkeypatch.setitem(registry.MODELS, "bright", OracleNet)
     recipe = Recipe((5.5, 5.5, 12.0), (-1000, 400), (32, 32, 16))
     path = save_bundle(
-        tmp_path / "model.pt", BrightNet(), "bright", {"level": 0.55}, recipe, {"overlap": 0.25}
+        tmp_path / "model.pt", OracleNet(0.55), "bright", {"level": 0.55}, recipe, {"overlap": 0.25}
     )
     bundle = load_bundle(path)
     studies = [s for s in discover(tiny_dataset) if s.mask is not None and s.lungs is not None]
