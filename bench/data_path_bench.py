@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,22 @@ def write_studies(data: Path, n: int) -> None:
         sid = f"study_{i + 1:04d}"
         write_nifti(layout.image_path(data, category, sid), study.image, study.affine)
         write_nifti(layout.mask_path(data, sid), study.lesion, study.affine)
+
+
+def prepared_config(tmp: Path, studies: int, overrides: Sequence[str] = ()):  # noqa: ANN201
+    """``configs/mosmed.yaml`` over ``studies`` fresh synthetic studies in ``tmp``, all in
+    the training split, prepared (lung masks and cache) and ready for the stage's dataset."""
+    from volseg.config import load_config
+    from volseg.stages.prepare import run_prepare
+
+    data, run = tmp / "data", tmp / "run"
+    write_studies(data, studies)
+    split = ["data.split.val_fraction=0.0", "data.split.test_fraction=0.0"]
+    cfg = load_config(
+        ROOT / "configs" / "mosmed.yaml", [*split, *overrides], data_root=data, run_dir=run
+    )
+    run_prepare(cfg)
+    return cfg
 
 
 def stage_dataset(cfg, augment: bool, augment_on: str = "worker"):  # noqa: ANN001, ANN201
@@ -106,15 +122,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=46.0)
     args = parser.parse_args()
 
-    from volseg.config import load_config
-    from volseg.stages.prepare import run_prepare
-
     with tempfile.TemporaryDirectory() as tmp:
-        data, run = Path(tmp) / "data", Path(tmp) / "run"
-        write_studies(data, args.studies)
-        overrides = ["data.split.val_fraction=0.0", "data.split.test_fraction=0.0"]
-        cfg = load_config(ROOT / "configs" / "mosmed.yaml", overrides, data_root=data, run_dir=run)
-        run_prepare(cfg)
+        cfg = prepared_config(Path(tmp), args.studies)
         import torch
 
         batch = cfg.finetune.batch_size

@@ -11,6 +11,7 @@ share of the ceiling against the 25 % goal.
 
     python bench/train_bench.py --compile                                   # GPU, 128^3 b2
     python bench/train_bench.py --device cpu --patch 64 64 32 --batch 1 --steps 3 --warmup 1
+    python bench/train_bench.py --compile --patch 128 128 32 --data-path 8   # + the stage's data path
 
 Run it as a script (it imports its siblings ``model_costs`` and ``plain_conv_unet``); it is
 not a test and pytest does not collect it.
@@ -295,6 +296,67 @@ def bench_model(
     return result
 
 
+def stage_fed_rates(
+    factory: Callable[[], nn.Module],
+    *,
+    patch: tuple[int, int, int],
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    studies: int,
+    workers: int,
+    lr: float = 1e-4,
+) -> list[tuple[str, float]]:
+    """Patches/s of one network's training step, in one run: on tensors already on the
+    device (the network alone), then fed by the fine-tuning stage's own DataLoader over
+    ``studies`` prepared synthetic mosmed studies, augmented in the workers (``worker``)
+    and on the device (``device``: :func:`volseg.data.batch_augment.augment_batch`).
+
+    The fed rates count the wall time of ``steps`` steps after ``warmup``, loader waits
+    included: how close the real stage's data path comes to the network-alone rate.
+    """
+    import tempfile
+
+    from data_path_bench import prepared_config, stage_dataset
+
+    from volseg.data.batch_augment import PARAMS_KEY, augment_batch
+    from volseg.engine import StepSampler, make_loader
+
+    model, image, label = training_inputs(factory, patch, batch, device, False)
+    step = make_train_step(model, device, lr)
+    alone = statistics.median(time_steps(step, image, label, steps, warmup))
+    rates = [("network alone (tensors on the device)", batch / alone)]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = prepared_config(Path(tmp), studies, [f"model.patch_size={list(patch)}"])
+        for path in ("worker", "device"):
+            dataset = stage_dataset(cfg, True, path)
+            sampler = StepSampler(0, warmup + steps, batch)
+            start = 0.0
+            for i, item in enumerate(make_loader(dataset, sampler, workers)):
+                if i == warmup:
+                    synchronize(device)
+                    start = time.perf_counter()
+                params = item.pop(PARAMS_KEY, None)
+                moved = {k: v.to(device, non_blocking=True) for k, v in item.items()}
+                if params is not None:
+                    moved = augment_batch(moved, params)
+                step(moved["image"], moved["label"])
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            name = f"stage data path, augment_on {path}, {workers} DataLoader workers"
+            rates.append((name, steps * batch / elapsed))
+    return rates
+
+
+def format_fed_table(rates: list[tuple[str, float]]) -> str:
+    """The network-alone and stage-fed rates, with each one's share of the first."""
+    alone = rates[0][1]
+    lines = ["| training step fed by | patches/s | x network alone |", "|---|---:|---:|"]
+    lines += [f"| {name} | {rate:.2f} | {rate / alone:.2f} |" for name, rate in rates]
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -403,6 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="after the table, profile N steps of the first model (kernel-time table)",
+    )
+    parser.add_argument(
+        "--data-path",
+        type=int,
+        default=0,
+        metavar="STUDIES",
+        help="also time the first model's step fed by the fine-tuning stage's DataLoader "
+        "(worker and device augmentation) over this many prepared synthetic mosmed studies, "
+        "beside the network alone (0: off)",
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, default=4, help="DataLoader workers for --data-path"
     )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -531,6 +605,23 @@ def main(argv: list[str] | None = None) -> int:
                 channels_last=args.channels_last,
             )
         )
+    fed = None
+    if args.data_path > 0 and not args.costs_only:
+        name = args.models[0]
+        fed = stage_fed_rates(
+            factories[name],
+            patch=patch,
+            batch=args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            device=device,
+            studies=args.data_path,
+            workers=args.loader_workers,
+            lr=args.lr,
+        )
+        print()
+        print(f"{name}, eager, fed by the fine-tuning stage's data path:")
+        print(format_fed_table(fed))
     if args.json is not None:
         from volseg.io import write_json_atomic
 
@@ -549,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     for r in results
                 ],
+                "stage_fed": None
+                if fed is None
+                else [{"fed_by": n, "patches_per_s": r} for n, r in fed],
             },
         )
     return 0

@@ -76,6 +76,7 @@ from volseg.pipeline.study_plan import (  # noqa: F401  (the study's names)
     parse_names,
     parse_seeds,
     plan_study,
+    seed_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _seed_changes(seed: int | None) -> dict[str, Any]:
 
 def shared_config(cfg: Config, study_dir: Path, seed: int | None = None) -> Config:
     """The config of ``[seed-<k>/]shared/`` (prepare and gan; gan enabled)."""
-    folder = study_dir / ("" if seed is None else f"seed-{seed}") / SHARED_DIR
+    folder = study_dir / seed_folder(seed) / SHARED_DIR
     changes = {"run_dir": folder, "gan.enabled": True, "pretrain.enabled": False}
     return _derive(cfg, {**changes, **_seed_changes(seed)})
 
@@ -129,8 +130,7 @@ def base_config(
     cfg: Config, study_dir: Path, backbone: str, recalibration: str, seed: int | None = None
 ) -> Config:
     """The config of ``[seed-<k>/]<variant>/base/`` (pretrain, enabled, for this network)."""
-    seed_dir = study_dir / ("" if seed is None else f"seed-{seed}")
-    folder = seed_dir / f"{backbone}-{recalibration}" / BASE_DIR
+    folder = study_dir / seed_folder(seed) / f"{backbone}-{recalibration}" / BASE_DIR
     changes = {"run_dir": folder, "gan.enabled": True, "pretrain.enabled": True}
     changes.update(_model_changes(cfg, backbone, recalibration))
     return _derive(cfg, {**changes, **_seed_changes(seed)})

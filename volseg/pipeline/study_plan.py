@@ -41,14 +41,9 @@ class Cell:
         return f"{self.arm}-n{label_text(self.n_labeled)}"
 
     @property
-    def seed_folder(self) -> str:
-        """``seed-<k>`` in a study with ``--seeds``, else ``""`` (the study folder itself)."""
-        return "" if self.seed is None else f"seed-{self.seed}"
-
-    @property
     def folder(self) -> Path:
         """The cell's run directory, relative to the study folder."""
-        return Path(self.seed_folder) / self.variant / self.name
+        return Path(seed_folder(self.seed)) / self.variant / self.name
 
     @property
     def applicable(self) -> bool:
@@ -57,6 +52,11 @@ class Cell:
 
 
 # ----------------------------------------------------------------------------- options
+
+
+def seed_folder(seed: int | None) -> str:
+    """``seed-<k>`` in a study with ``--seeds``, else ``""`` (the study folder itself)."""
+    return "" if seed is None else f"seed-{seed}"
 
 
 def label_text(n: int | None) -> str:
