@@ -79,7 +79,7 @@ def datalist_categories(prepare_dir: Path) -> dict[str, str]:
 
     try:
         datalist = Datalist.load(prepare_dir / "datalist.json")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, VolsegError):
+    except (OSError, VolsegError):  # Datalist.load names a malformed file as InputError
         return {}
     return {sid: study.category for sid, study in datalist.studies.items()}
 
