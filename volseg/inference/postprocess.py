@@ -10,19 +10,62 @@ from scipy import ndimage as ndi
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
-def remove_small_components(
-    mask: np.ndarray, spacing_mm: Sequence[float], min_volume_mm3: float
+def keep_components(
+    mask: np.ndarray,
+    spacing_mm: Sequence[float],
+    min_volume_mm3: float = 0.0,
+    touching: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Drop 26-connected components smaller than ``min_volume_mm3``."""
+    """The 26-connected components of ``mask`` of at least ``min_volume_mm3`` that, when
+    ``touching`` is given, touch it: hold one of its voxels or lie 26-adjacent to one (so
+    the mask's voxels connected to ``touching``, in it or through the mask).
+
+    One labelling on the mask's bounding box (grown by a voxel): a lesion mask fills a few
+    per cent of a whole-chest scan, so this costs a fraction of labelling every voxel.
+    """
     mask = np.asarray(mask, dtype=bool)
-    if min_volume_mm3 <= 0 or not mask.any():
+    if not mask.any() or (min_volume_mm3 <= 0 and touching is None):
         return mask
-    labels, count = ndi.label(mask, structure=_CONNECTIVITY_26)
-    voxel_mm3 = float(np.prod(spacing_mm))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3
-    keep = sizes >= min_volume_mm3
+    box = _bounding_box(mask, mask.shape, grow=1)
+    labels, count = ndi.label(mask[box], structure=_CONNECTIVITY_26)
+    keep = np.ones(count + 1, dtype=bool)
+    if min_volume_mm3 > 0:
+        voxel_mm3 = float(np.prod(spacing_mm))
+        keep &= np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3 >= min_volume_mm3
+    if touching is not None:
+        keep &= _touching(labels, count, np.asarray(touching)[box] > 0)
     keep[0] = False
-    return keep[labels]
+    out = np.zeros_like(mask)
+    out[box] = keep[labels]
+    return out
+
+
+def _touching(labels: np.ndarray, count: int, anchor: np.ndarray) -> np.ndarray:
+    """Per label of ``labels``, whether its component holds or borders a voxel of
+    ``anchor`` (same box, a voxel wider than the labels on every side the array allows)."""
+    touches = np.zeros(count + 1, dtype=bool)
+    touches[np.unique(labels[anchor])] = True
+    apart = (labels > 0) & ~touches[labels]
+    if apart.any():  # components wholly outside the anchor: does a neighbour lie in it?
+        box = _bounding_box(apart, labels.shape, grow=1)
+        near = ndi.binary_dilation(anchor[box], structure=_CONNECTIVITY_26)
+        touches[np.unique(labels[box][near & apart[box]])] = True
+    return touches
+
+
+def _bounding_box(
+    mask: np.ndarray, shape: Sequence[int], grow: int | Sequence[int]
+) -> tuple[slice, ...]:
+    """The slices of (non-empty) ``mask``'s bounding box grown by ``grow`` voxels (one
+    number, or one per axis), clipped to ``shape``."""
+    reach = [grow] * mask.ndim if isinstance(grow, int) else list(grow)
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        lo, hi = int(hits[0]) - reach[axis], int(hits[-1]) + 1 + reach[axis]
+        box.append(slice(max(lo, 0), min(hi, shape[axis])))
+    return tuple(box)
 
 
 def lesion_region(
@@ -42,14 +85,9 @@ def lesion_region(
         return lungs
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     factor = np.maximum(1, np.floor(block_mm / spacing)).astype(int)
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(lungs.any(axis=other))
-        reach = int(np.ceil(margin_mm / spacing[axis])) + factor[axis]
-        lo, hi = max(hits[0] - reach, 0), min(hits[-1] + 1 + reach, lungs.shape[axis])
-        box.append(slice(lo, hi))
-    crop = lungs[tuple(box)]
+    reach = [int(np.ceil(margin_mm / spacing[a])) + int(factor[a]) for a in range(3)]
+    box = _bounding_box(lungs, lungs.shape, grow=reach)
+    crop = lungs[box]
     size = np.asarray(crop.shape)
     padded = np.zeros(tuple(-(-size // factor) * factor), dtype=bool)
     padded[: size[0], : size[1], : size[2]] = crop
@@ -65,19 +103,5 @@ def lesion_region(
     for axis in range(3):
         near = np.repeat(near, factor[axis], axis=axis)
     region = np.zeros_like(lungs)
-    region[tuple(box)] = near[: size[0], : size[1], : size[2]] | crop
+    region[box] = near[: size[0], : size[1], : size[2]] | crop
     return region
-
-
-def keep_touching(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-    """The voxels of ``mask`` 26-connected to ``anchor`` (inside it or through other voxels
-    of the mask that reach it)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask
-    anchor = np.asarray(anchor) > 0
-    labels, count = ndi.label(mask | anchor, structure=_CONNECTIVITY_26)
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[anchor])] = True
-    keep[0] = False
-    return mask & keep[labels]

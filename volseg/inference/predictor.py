@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
+from volseg.inference.postprocess import keep_components, lesion_region
 from volseg.inference.sliding import sliding_window
 from volseg.inference.timing import PhaseTimes, span
 from volseg.quantify import spacing_from_affine
@@ -264,11 +264,11 @@ def restrict_to_lungs(
     use = lungs is not None and options.restrict_to_lungs
     if use:
         mask = mask & lesion_region(lungs, spacing, options.lung_margin_mm)
-    mask = remove_small_components(mask, spacing, options.min_component_mm3)
     if not use:
+        mask = keep_components(mask, spacing, options.min_component_mm3)
         return mask, None if lungs is None else np.asarray(lungs, dtype=np.uint8)
     inside = np.asarray(lungs) > 0
-    mask = keep_touching(mask, inside)
+    mask = keep_components(mask, spacing, options.min_component_mm3, touching=inside)
     return mask, (inside | mask).astype(np.uint8)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from volseg.inference.postprocess import remove_small_components
+from volseg.inference.postprocess import keep_components
 
 MIN_THRESHOLD = 1e-6
 """Thresholds are kept above this: a zero threshold would mark every voxel."""
@@ -37,7 +37,7 @@ def binarize(
     """``residual >= threshold`` (and > 0) without 26-connected specks under ``min_component_mm3``."""
     residual = np.asarray(residual)
     mask = (residual >= threshold) & (residual > 0)
-    return remove_small_components(mask, spacing, min_component_mm3)
+    return keep_components(mask, spacing, min_component_mm3)
 
 
 def candidate_thresholds(

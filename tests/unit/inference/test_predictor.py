@@ -15,7 +15,7 @@ from tests.oracle import OracleNet
 from volseg.bundle import load_bundle, save_bundle
 from volseg.errors import InputError
 from volseg.geometry import WorkingGrid, body_bbox, window_hu
-from volseg.inference.postprocess import keep_touching, lesion_region, remove_small_components
+from volseg.inference.postprocess import keep_components, lesion_region
 from volseg.models import registry
 from volseg.recipe import Recipe
 
@@ -660,36 +660,63 @@ def _voxels(shape, *points) -> np.ndarray:
     return mask
 
 
-def test_remove_small_components_by_volume_in_mm3() -> None:
+def test_keep_components_by_volume_in_mm3() -> None:
     """2 mm3 voxels. A: two voxels touching at a corner (one 26-connected component, 4 mm3);
     B: five voxels, one of them touching the others only at a corner (10 mm3)."""
     a = [(0, 0, 0), (1, 1, 1)]
     b = [(4, 4, 4), (4, 4, 5), (4, 5, 4), (5, 4, 4), (5, 5, 5)]
     mask = _voxels((6, 6, 6), *a, *b)
     spacing = (1.0, 1.0, 2.0)
-    kept = remove_small_components(mask, spacing, 10.0)
+    kept = keep_components(mask, spacing, 10.0)
     assert kept.dtype == bool
     assert np.array_equal(kept, _voxels((6, 6, 6), *b) > 0)  # 10 mm3 is enough; 4 is not
-    assert np.array_equal(remove_small_components(mask, spacing, 4.0), mask > 0)
-    assert not remove_small_components(mask, spacing, 10.5).any()
-    unchanged = remove_small_components(mask, spacing, 0.0)
+    assert np.array_equal(keep_components(mask, spacing, 4.0), mask > 0)
+    assert not keep_components(mask, spacing, 10.5).any()
+    unchanged = keep_components(mask, spacing, 0.0)
     assert unchanged.dtype == bool and np.array_equal(unchanged, mask > 0)
     # 0.5 mm3 voxels: a single voxel (0.5 mm3) goes at 1 mm3, a pair (1 mm3) stays.
     mask = _voxels((6, 6, 6), (0, 0, 0), (3, 3, 3), (3, 3, 4))
-    kept = remove_small_components(mask, (0.5, 1.0, 1.0), 1.0)
+    kept = keep_components(mask, (0.5, 1.0, 1.0), 1.0)
     assert np.array_equal(kept, _voxels((6, 6, 6), (3, 3, 3), (3, 3, 4)) > 0)
 
 
-def test_keep_touching_follows_26_connectivity() -> None:
+def test_keep_components_touching_follows_26_connectivity() -> None:
     """The anchor touches (2,2,2) at a corner, which touches (3,3,3) at a corner: both kept;
     (5,5,5) touches neither."""
     mask = _voxels((7, 7, 7), (2, 2, 2), (3, 3, 3), (5, 5, 5))
     anchor = _voxels((7, 7, 7), (1, 1, 1))
-    kept = keep_touching(mask, anchor)
+    kept = keep_components(mask, (1.0, 1.0, 1.0), touching=anchor)
     assert kept.dtype == bool
     assert np.array_equal(kept, _voxels((7, 7, 7), (2, 2, 2), (3, 3, 3)) > 0)
-    empty = keep_touching(np.zeros((3, 3, 3), np.uint8), anchor[:3, :3, :3])
+    empty = keep_components(np.zeros((3, 3, 3), np.uint8), (1.0, 1.0, 1.0), touching=anchor[:3, :3, :3])
     assert empty.dtype == bool and not empty.any()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_keep_components_matches_labelling_the_whole_volume(seed) -> None:
+    """Against the plain definition, on every voxel: label ``mask | anchor`` and keep the
+    mask's voxels whose component holds an anchor voxel and whose own mask component is
+    big enough. Random specks and blobs, some against the array's faces."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    shape = (23, 19, 11)
+    mask = ndi.binary_dilation(rng.random(shape) < 0.01, iterations=int(rng.integers(0, 2)))
+    mask |= rng.random(shape) < 0.01
+    anchor = np.zeros(shape, dtype=bool)
+    anchor[2:12, 3:15, 0:6] = True
+    anchor &= ~mask
+    spacing, min_mm3 = (0.7, 0.7, 2.0), 2.0
+    full = np.ones((3, 3, 3), dtype=bool)
+    own, n_own = ndi.label(mask, structure=full)
+    big = np.bincount(own.ravel(), minlength=n_own + 1) * 0.98 >= min_mm3
+    joint, _ = ndi.label(mask | anchor, structure=full)
+    reached = np.isin(joint, np.unique(joint[anchor]))
+    expected = mask & big[own] & reached
+    expected_big = mask & big[own]
+    assert np.array_equal(keep_components(mask, spacing, min_mm3, touching=anchor), expected)
+    assert np.array_equal(keep_components(mask, spacing, min_mm3), expected_big)
+    assert np.array_equal(keep_components(mask, spacing, touching=anchor), mask & reached)
 
 
 @pytest.mark.parametrize(
