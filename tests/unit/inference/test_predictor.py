@@ -688,7 +688,9 @@ def test_keep_components_touching_follows_26_connectivity() -> None:
     kept = keep_components(mask, (1.0, 1.0, 1.0), touching=anchor)
     assert kept.dtype == bool
     assert np.array_equal(kept, _voxels((7, 7, 7), (2, 2, 2), (3, 3, 3)) > 0)
-    empty = keep_components(np.zeros((3, 3, 3), np.uint8), (1.0, 1.0, 1.0), touching=anchor[:3, :3, :3])
+    empty = keep_components(
+        np.zeros((3, 3, 3), np.uint8), (1.0, 1.0, 1.0), touching=anchor[:3, :3, :3]
+    )
     assert empty.dtype == bool and not empty.any()
 
 
