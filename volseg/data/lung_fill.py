@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
+from volseg.geometry import mask_box
+
 if TYPE_CHECKING:
     from volseg.data.lung_params import LungParams
 
@@ -96,14 +98,19 @@ def _fill_holes(
     for z in range(mask.shape[0]):
         if not mask[z].any():
             continue
-        holes, n = ndi.label(ndi.binary_fill_holes(mask[z]) & ~mask[z])
+        box = mask_box(mask[z], grow=1)  # holes lie inside the slice's mask box
+        plane = mask[z][box]
+        holes, n = ndi.label(ndi.binary_fill_holes(plane) & ~plane)
         if n == 0:
             continue
         index = np.arange(1, n + 1)
         area = np.bincount(holes.ravel(), minlength=n + 1)[1:]
-        glassy = np.asarray(ndi.mean(glass[z], holes, index)) >= p.min_ggo_fraction
-        mask[z] |= np.isin(holes, index[(area <= max_pixels) | glassy])
-    return ndi.binary_fill_holes(mask)
+        glassy = np.asarray(ndi.mean(glass[z][box], holes, index)) >= p.min_ggo_fraction
+        plane |= np.isin(holes, index[(area <= max_pixels) | glassy])
+    box = mask_box(mask, grow=1)
+    out = np.zeros_like(mask)
+    out[box] = ndi.binary_fill_holes(mask[box])
+    return out
 
 
 def _fill_hull_dents(lung: np.ndarray, glass: np.ndarray, p: LungParams) -> np.ndarray:
@@ -247,8 +254,14 @@ def _grow(
     if steps <= 0:
         return
     z_every = max(1, int(round(spacing[0] / min(spacing[1:]))))
+    # Growth never leaves free | reached: work on its bounding box (a view into block).
+    region = (block == side) | (allowed & (block == 0))
+    if not region.any():
+        return
+    box = mask_box(region)
+    block = block[box]
     reached = block == side
-    free = allowed & (block == 0)
+    free = allowed[box] & (block == 0)
     cross = _plane_cross()
     for i in range(steps):
         step = ndi.binary_dilation(reached, cross, mask=free | reached)

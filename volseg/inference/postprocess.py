@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from volseg.geometry import mask_box
+
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -26,7 +28,7 @@ def keep_components(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any() or (min_volume_mm3 <= 0 and touching is None):
         return mask
-    box = _bounding_box(mask, mask.shape, grow=1)
+    box = mask_box(mask, grow=1)
     labels, count = ndi.label(mask[box], structure=_CONNECTIVITY_26)
     keep = np.ones(count + 1, dtype=bool)
     if min_volume_mm3 > 0:
@@ -47,25 +49,10 @@ def _touching(labels: np.ndarray, count: int, anchor: np.ndarray) -> np.ndarray:
     touches[np.unique(labels[anchor])] = True
     apart = (labels > 0) & ~touches[labels]
     if apart.any():  # components wholly outside the anchor: does a neighbour lie in it?
-        box = _bounding_box(apart, labels.shape, grow=1)
+        box = mask_box(apart, grow=1)
         near = ndi.binary_dilation(anchor[box], structure=_CONNECTIVITY_26)
         touches[np.unique(labels[box][near & apart[box]])] = True
     return touches
-
-
-def _bounding_box(
-    mask: np.ndarray, shape: Sequence[int], grow: int | Sequence[int]
-) -> tuple[slice, ...]:
-    """The slices of (non-empty) ``mask``'s bounding box grown by ``grow`` voxels (one
-    number, or one per axis), clipped to ``shape``."""
-    reach = [grow] * mask.ndim if isinstance(grow, int) else list(grow)
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        lo, hi = int(hits[0]) - reach[axis], int(hits[-1]) + 1 + reach[axis]
-        box.append(slice(max(lo, 0), min(hi, shape[axis])))
-    return tuple(box)
 
 
 def lesion_region(
@@ -86,7 +73,7 @@ def lesion_region(
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     factor = np.maximum(1, np.floor(block_mm / spacing)).astype(int)
     reach = [int(np.ceil(margin_mm / spacing[a])) + int(factor[a]) for a in range(3)]
-    box = _bounding_box(lungs, lungs.shape, grow=reach)
+    box = mask_box(lungs, grow=reach)
     crop = lungs[box]
     size = np.asarray(crop.shape)
     padded = np.zeros(tuple(-(-size // factor) * factor), dtype=bool)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from volseg.geometry import mask_box
 from volseg.inference.postprocess import keep_components
 
 MIN_THRESHOLD = 1e-6
@@ -95,7 +96,7 @@ def calibrate_threshold(
     for residual, mask, spacing in zip(residuals, masks, spacings, strict=True):
         # Every candidate's mask lies where the residual is positive: label components in
         # that box only, and count the reference voxels outside it in the Dice denominator.
-        box = _support_box(residual)
+        box = mask_box(np.asarray(residual) > 0)
         ref = np.asarray(mask) > 0
         ref_total, ref_box = int(ref.sum()), ref[box]
         for i, t in enumerate(grid):
@@ -107,18 +108,6 @@ def calibrate_threshold(
     best = np.flatnonzero(scores >= scores.max() - 1e-12)
     pick = int(best[len(best) // 2])
     return Calibration(float(grid[pick]), float(scores[pick]), grid.tolist(), scores.tolist())
-
-
-def _support_box(residual: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of the positive voxels of ``residual`` (empty slices if none)."""
-    positive = np.asarray(residual) > 0
-    if not positive.any():
-        return tuple(slice(0, 0) for _ in positive.shape)
-    box = []
-    for axis in range(positive.ndim):
-        hit = np.flatnonzero(positive.any(axis=tuple(a for a in range(positive.ndim) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def healthy_threshold(
