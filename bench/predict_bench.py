@@ -8,7 +8,8 @@ sliding_window_inference (overlap 0.5) -> Invertd -> SaveImage. volseg runs
 on the device, body crop, sliding window, exact inverse). Both use one network (a trained
 bundle, or a randomly initialised one from the registry) and the same ROI. volseg runs twice:
 without lung restriction (the work the reference does) and as the whole job (lung masks,
-restriction, quantification, JSON). Prints per pipeline s/volume, volumes/s, the ratio to
+restriction, quantification, JSON), and the whole job once more under bf16 autocast
+(``precision="bf16"``; on a CPU too). Prints per pipeline s/volume, volumes/s, the ratio to
 the reference, peak memory, Dice against the synthetic truth and against the reference's
 masks, and volseg's seconds per phase (summed over threads, which overlap).
 
@@ -274,6 +275,19 @@ def main() -> None:
     volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm", device, **same)
     volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm_lungs", device)
     reference_pipeline(files[:1], model, args.spacing, hu, args.roi, work / "warm_ref", device)
+    from volseg.inference.predictor import PredictOptions
+
+    with_precision = "precision" in PredictOptions.__dataclass_fields__  # volseg that has it
+    if with_precision:
+        volseg_run(
+            run_predict,
+            "warm",
+            bundle_path,
+            files[:1],
+            work / "warm_bf16",
+            device,
+            precision="bf16",
+        )
 
     plain = volseg_run(
         run_predict,
@@ -296,6 +310,24 @@ def main() -> None:
         overlap=0.5,
         sw_batch_size=4,
     )
+    runs = [plain, whole]
+    folders = [work / "volseg", work / "whole"]
+    if with_precision:
+        runs.append(
+            volseg_run(
+                run_predict,
+                "volseg, whole job, bf16",
+                bundle_path,
+                files,
+                work / "whole_bf16",
+                device,
+                roi_size=tuple(args.roi),
+                overlap=0.5,
+                sw_batch_size=4,
+                precision="bf16",
+            )
+        )
+        folders.append(work / "whole_bf16")
     with measured("MONAI reference", device) as ref:
         reference_pipeline(files, model, args.spacing, hu, args.roi, work / "ref", device)
 
@@ -305,7 +337,7 @@ def main() -> None:
     dices = {
         ref.name: (float(np.mean([dice(b, t) for b, t in zip(theirs, truth, strict=True)])), 1.0)
     }
-    for m, folder in ((plain, work / "volseg"), (whole, work / "whole")):
+    for m, folder in zip(runs, folders, strict=True):
         ours = masks(folder, ids)
         dices[m.name] = (
             float(np.mean([dice(a, t) for a, t in zip(ours, truth, strict=True)])),
@@ -321,7 +353,7 @@ def main() -> None:
         f"predict benchmark: {n} studies 512x512x~40 -> spacing {args.spacing}, "
         f"model {args.model}, roi {args.roi}, {device_name}"
     )
-    print_table(header, [ref, plain, whole], ref, n, dices)
+    print_table(header, [ref, *runs], ref, n, dices)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nwhole process peak (ru_maxrss): {rss:.0f} MB")
 

@@ -270,6 +270,11 @@ class PredictConfig(Section):
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(4, ge=1)
     tta: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """The network's arithmetic: ``auto`` autocasts on a GPU and runs fp32 on a CPU;
+    ``fp32`` everywhere (exact); ``bf16`` everywhere, the CPU included (about twice as fast
+    on CPUs with AVX512-BF16 or AMX; masks differ from fp32's on a few voxels near the
+    threshold, bench/README.md)."""
     threshold: float = Field(0.5, gt=0, lt=1)
     min_component_mm3: float = Field(10.0, ge=0)
     min_involvement_pct: float | None = Field(None, ge=0, lt=100)

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true", default=None, help="flip test-time augmentation"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="network arithmetic: auto (autocast on GPU, fp32 on CPU; the default), fp32, "
+        "or bf16 on any device (about 2x faster on CPUs with AVX512-BF16/AMX)",
+    )
     parser.add_argument("--threshold", type=float, help="probability threshold")
     parser.add_argument("--min-component", type=float, help="drop lesions smaller (mm³)")
     parser.add_argument(
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
         tta=args.tta,
+        precision=args.precision,
         threshold=args.threshold,
         min_component_mm3=args.min_component,
         min_involvement_pct=args.min_involvement,

@@ -4,8 +4,8 @@ Used by ``volseg predict``, fine-tuning validation, the lesion-presence gate's c
 (:mod:`volseg.inference.validation`), and nothing else predicts. Steps (on the model's
 device): the :class:`volseg.recipe.Recipe` (reorient + resample to the working spacing,
 body crop, HU window), :func:`volseg.inference.sliding.sliding_window` (gaussian blending,
-autocast on GPU), optional flip TTA (all eight flips with ``uncertainty``), sigmoid,
-probability mapped back to the native grid, threshold, restriction to the lung mask grown by
+at ``precision``: autocast on GPU by default), optional flip TTA (all eight flips with
+``uncertainty``), sigmoid, probability mapped back to the native grid, threshold, restriction to the lung mask grown by
 ``lung_margin_mm`` (consolidation at the pleura is soft-tissue dense and lies just outside an
 automatic lung mask), removal of small components and of components that do not touch the
 lungs, the gate. The reported lungs are the lung mask plus the lesion: involvement divides by
@@ -50,6 +50,7 @@ class PredictOptions:
     overlap: float
     sw_batch_size: int
     tta: bool
+    precision: str
     threshold: float
     min_component_mm3: float
     min_involvement_pct: float
@@ -187,6 +188,7 @@ class Predictor:
                 opts.roi_size,
                 overlap=opts.overlap,
                 sw_batch_size=opts.sw_batch_size,
+                precision=opts.precision,
             )
             p = torch.sigmoid(logits)
             p = p.flip(dims) if dims else p

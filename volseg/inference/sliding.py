@@ -3,7 +3,7 @@
 Every whole-volume pass of a network goes through :func:`sliding_window` — the segmentation
 network in :class:`volseg.inference.predictor.Predictor` (predict, finetune validation,
 gate calibration) and the GAN's generator for its residual maps — so tiling, blending and
-autocast are the same everywhere. The defaults (ROI = the recipe's patch size, overlap,
+precision are the same everywhere. The defaults (ROI = the recipe's patch size, overlap,
 windows per batch) come from :class:`volseg.recipe.Recipe` and ``predict`` settings.
 """
 
@@ -28,14 +28,14 @@ def sliding_window(
     *,
     overlap: float = DEFAULT_OVERLAP,
     sw_batch_size: int = DEFAULT_SW_BATCH,
-    autocast: bool = True,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """``net`` over a whole ``(B, C, X, Y, Z)`` tensor, tiled by ``roi_size`` windows with
     gaussian blending; float32 output on ``x``'s device. The network runs in eval mode
     (its previous mode restored) without gradients; ``autocast`` on GPU when asked."""
     from monai.inferers import sliding_window_inference
 
-    with eval_mode(net), torch.inference_mode(), autocast_for(x.device, enabled=autocast):
+    with eval_mode(net), torch.inference_mode(), autocast_for(x.device, precision):
         out = sliding_window_inference(
             x,
             roi_size=tuple(int(r) for r in roi_size),

@@ -32,7 +32,7 @@ def restore_volume(
 
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None].to(device)
     out = sliding_window(
-        generator, x, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, autocast=False
+        generator, x, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, precision="fp32"
     )
     return out[0, 0].cpu().numpy()
 

@@ -164,7 +164,7 @@ def run_predict(
     """Predict every scan in ``inputs`` with the bundle at ``model``; returns the summary CSV.
 
     ``overrides`` are :class:`PredictOptions` fields (roi_size, overlap, sw_batch_size, tta,
-    threshold, min_component_mm3, min_involvement_pct); unset (None) ones come from the
+    precision, threshold, min_component_mm3, min_involvement_pct); unset (None) ones come from the
     bundle, then from ``PredictConfig``'s defaults and the recipe. A scan that fails does
     not stop the others; the run then ends with an :class:`InputError` naming it, after the
     summary (finished scans plus the failures) is written. See the module docstring.

@@ -121,3 +121,18 @@ def test_loss_scaling_path_unscales_before_clipping_and_skips_overflow() -> None
     ctx._finish_step()
     assert torch.equal(w.detach(), before)  # overflow: the step is skipped ...
     assert scaler.get_scale() == pytest.approx(512.0)  # ... and the scale backs off once
+
+
+def test_inference_precision_on_cpu() -> None:
+    """``auto`` and ``fp32`` leave a CPU in float32; ``bf16`` autocasts it; anything else
+    is refused by name."""
+    from volseg.engine.device import autocast_for
+
+    cpu = torch.device("cpu")
+    for precision in ("auto", "fp32"):
+        with autocast_for(cpu, precision):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast_for(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16"):
+        autocast_for(cpu, "fp16")
