@@ -3,8 +3,8 @@
 Before any computation every input is checked from its headers (readable 3D NIfTI with a
 usable grid, DICOM series complete and evenly spaced, no two inputs with the same id), so a
 bad header stops the run with one error before anything is written. Scans are pipelined
-(:mod:`volseg.inference.pipeline`): the next scan is decoded and the previous one's files are
-written in background threads while a scan is on the device; a scan whose content is not a
+(:mod:`volseg.inference.pipeline`): the next scan is decoded and lung-masked and the previous
+one's files are written in background threads while a scan is on the device; a scan whose content is not a
 CT in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
 
 Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
@@ -196,6 +196,16 @@ def run_predict(
 
 
 @dataclass
+class _Decoded:
+    """One scan read, with its lung mask, before the device."""
+
+    scan: Scan
+    lung: LungMask | None
+    check: dict[str, Any]
+    seconds: float
+
+
+@dataclass
 class _Computed:
     """One scan between the device and its files."""
 
@@ -223,25 +233,32 @@ class _Job:
     review: dict[str, Any]
     times: PhaseTimes | None
 
-    def decode(self, src: ScanSource) -> Scan:
-        with span(self.times, "decode"):
-            return load_scan(src)
-
-    def compute(self, src: ScanSource, scan: Scan) -> _Computed:
-        """Lung mask, out-of-distribution check and prediction (the caller's thread)."""
+    def decode(self, src: ScanSource) -> _Decoded:
+        """The scan, its lung mask and out-of-distribution check (a decoder thread: the
+        lung mask, CPU work, overlaps the previous scan's network)."""
         start = time.perf_counter()
+        with span(self.times, "decode"):
+            scan = load_scan(src)
         with span(self.times, "lungs"):
             lung = _lungs_for(scan, self.lungs, self.use_lungs)
             check = _ood_check(self.bundle, self.predictor.options, scan, lung)
-        lung_mask = None if lung is None else lung.mask
-        result = self.predictor.predict(scan.array, scan.affine, lung_mask)
+        return _Decoded(scan, lung, check, time.perf_counter() - start)
+
+    def compute(self, src: ScanSource, decoded: _Decoded) -> _Computed:
+        """The prediction (the caller's thread) and the lungs it was measured in."""
+        start = time.perf_counter()
+        scan, lung = decoded.scan, decoded.lung
+        result = self.predictor.predict(
+            scan.array, scan.affine, None if lung is None else lung.mask
+        )
         with span(self.times, "lungs"):
             lung = _with_lesion(lung, result.lungs, scan)
-        return _Computed(scan, result, lung, check, time.perf_counter() - start)
+        seconds = decoded.seconds + time.perf_counter() - start
+        return _Computed(scan, result, lung, decoded.check, seconds)
 
     def write(self, src: ScanSource, done: _Computed) -> dict[str, Any]:
         """The scan's files (a writer thread); its summary row, ``seconds`` being the
-        scan's own compute and write time (not the time it waited in the pipeline)."""
+        scan's own decode, compute and write time (not the time it waited in the pipeline)."""
         start = time.perf_counter()
         with span(self.times, "write"):
             row = write_outputs(
