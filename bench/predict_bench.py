@@ -289,45 +289,20 @@ def main() -> None:
             precision="bf16",
         )
 
-    plain = volseg_run(
-        run_predict,
-        "volseg, no lungs",
-        bundle_path,
-        files,
-        work / "volseg",
-        device,
-        use_lungs=False,
-        **same,
-    )
-    whole = volseg_run(
-        run_predict,
-        "volseg, whole job",
-        bundle_path,
-        files,
-        work / "whole",
-        device,
-        roi_size=tuple(args.roi),
-        overlap=0.5,
-        sw_batch_size=4,
-    )
-    runs = [plain, whole]
-    folders = [work / "volseg", work / "whole"]
+    whole_job = {"roi_size": tuple(args.roi), "overlap": 0.5, "sw_batch_size": 4}
+    pipelines = [  # (name, output folder, run_predict arguments)
+        ("volseg, no lungs", "volseg", {"use_lungs": False, **same}),
+        ("volseg, whole job", "whole", whole_job),
+    ]
     if with_precision:
-        runs.append(
-            volseg_run(
-                run_predict,
-                "volseg, whole job, bf16",
-                bundle_path,
-                files,
-                work / "whole_bf16",
-                device,
-                roi_size=tuple(args.roi),
-                overlap=0.5,
-                sw_batch_size=4,
-                precision="bf16",
-            )
+        pipelines.append(
+            ("volseg, whole job, bf16", "whole_bf16", {**whole_job, "precision": "bf16"})
         )
-        folders.append(work / "whole_bf16")
+    runs = [
+        volseg_run(run_predict, name, bundle_path, files, work / folder, device, **kw)
+        for name, folder, kw in pipelines
+    ]
+    folders = [work / folder for _, folder, _ in pipelines]
     with measured("MONAI reference", device) as ref:
         reference_pipeline(files, model, args.spacing, hu, args.roi, work / "ref", device)
 
