@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 REFERENCE_ARM = "scratch"
 TEST_STRATA = ("all", "CT-0", "CT-1", "CT-2+")
 PAINTED_STRATUM = "painted"
+PAINTED_FOLDER = "painted/evaluate"
+"""A cell's evaluation of the painted set (``volseg.pipeline.study_painted``)."""
 PAIRED_COLUMNS = (
     "backbone",
     "recalibration",
@@ -94,6 +96,8 @@ def _per_seed_cases(
             continue
         if r.get("status") != "done":
             continue
+        if folder == PAINTED_FOLDER and r.get("painted_n") in (None, ""):
+            continue  # no painted result for the cell's current model (study.csv row)
         cases = case_dice(Path(r["run_dir"]) / folder / "per_case.csv")
         if cases:
             out[str(r.get("seed", ""))] = cases
@@ -156,7 +160,7 @@ def paired_rows(
     arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a != reference]
     for key in keys:
         for arm in arms:
-            for folder, strata in (("evaluate", TEST_STRATA), ("painted/evaluate", None)):
+            for folder, strata in (("evaluate", TEST_STRATA), (PAINTED_FOLDER, None)):
                 arm_cases = _per_seed_cases(rows, arm, key, folder)
                 ref_cases = _per_seed_cases(rows, reference, key, folder)
                 seeds, diffs = _differences(arm_cases, ref_cases)

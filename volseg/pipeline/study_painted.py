@@ -116,8 +116,21 @@ def _read(path: Path) -> Any:
         return None
 
 
+def painted_current(run_dir: Path) -> bool:
+    """Whether ``<cell>/painted/`` was scored with the cell's current model (a cell
+    retrained by a later run without ``--painted`` keeps an older model's painted result,
+    which then no longer counts)."""
+    record = _read(run_dir / PAINTED_DIR / RECORD)
+    finetune = mf.read_manifest(run_dir, "finetune")
+    run_id = None if finetune is None else finetune.run_id
+    return isinstance(record, dict) and record.get("finetune_run_id") == run_id
+
+
 def painted_result(run_dir: Path) -> dict[str, Any]:
-    """The cell's painted-set figures for ``study.csv`` (empty without a painted run)."""
+    """The cell's painted-set figures for ``study.csv`` (empty without a current painted
+    run, :func:`painted_current`)."""
+    if not painted_current(run_dir):
+        return {}
     summary = _read(run_dir / PAINTED_DIR / "evaluate" / "summary.json")
     if not isinstance(summary, dict):
         return {}

@@ -76,3 +76,20 @@ def test_unfinished_cells_are_left_out(tmp_path: Path) -> None:
     ]
     (only,) = [r for r in paired_rows(rows, CATEGORIES) if r["stratum"] == "all"]
     assert only["n_seeds"] == 1 and only["diff_mean"] == pytest.approx(0.1)
+
+
+def test_painted_stratum_needs_a_current_painted_result(tmp_path: Path) -> None:
+    """A painted evaluation on disk counts only for rows that carry its figures
+    (``painted_n``: scored with the cell's current model); without them it is ignored."""
+    rows = [
+        _cell(tmp_path, "scratch", 0, {"a": 0.5}),
+        _cell(tmp_path, "full", 0, {"a": 0.7}),
+    ]
+    for row, dice in zip(rows, (0.2, 0.6), strict=True):
+        folder = Path(row["run_dir"]) / "painted" / "evaluate"
+        folder.mkdir(parents=True)
+        (folder / "per_case.csv").write_text(f"case_id,dice\np1,{dice}\n")
+    assert "painted" not in {r["stratum"] for r in paired_rows(rows, CATEGORIES)}
+    current = [{**r, "painted_n": 1} for r in rows]
+    out = {r["stratum"]: r for r in paired_rows(current, CATEGORIES)}
+    assert out["painted"]["diff_mean"] == pytest.approx(0.4)

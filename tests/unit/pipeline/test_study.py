@@ -21,6 +21,7 @@ from volseg.pipeline import manifest as mf
 from volseg.pipeline import plan as plan_mod
 from volseg.pipeline import run as orch
 from volseg.pipeline import study as st
+from volseg.pipeline import study_painted
 
 N_AVAILABLE = 4
 
@@ -388,6 +389,7 @@ def test_painted_set_is_scored_per_cell(fake: FakeStudy, tmp_path: Path, monkeyp
     for name in ("studies/CT-1", "truth", "lungs"):
         (painted / name).mkdir(parents=True)
     (painted / "studies" / "CT-1" / "p_ct1.nii.gz").write_bytes(b"x")
+    (painted / "manifest.csv").write_text("study_id\np_ct1\n")
     scored: list[str] = []
 
     def fake_score(cfg: Config, where: Path) -> Path:
@@ -399,6 +401,8 @@ def test_painted_set_is_scored_per_cell(fake: FakeStudy, tmp_path: Path, monkeyp
         summary = {"counts": {"pairs": 2}, "metrics": {"dice": {"mean": dice, "ci95": None}}}
         (folder / "summary.json").write_text(json.dumps(summary))
         (folder / "per_case.csv").write_text(f"case_id,dice\np_ct1,{dice}\np_ct2,{dice}\n")
+        record = study_painted._record(cfg, where)  # scored with the cell's current model
+        (folder.parent / study_painted.RECORD).write_text(json.dumps(record))
         return folder
 
     monkeypatch.setattr(st, "score_painted", fake_score)

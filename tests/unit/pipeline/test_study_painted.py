@@ -90,3 +90,16 @@ def test_a_failed_rescore_keeps_the_previous_result(painted_set, cell, monkeypat
         score_painted(cell, check_painted_set(painted_set))
     assert (folder / "evaluate" / "summary.json").read_text() == before
     assert [p.name for p in Path(cell.run_dir).iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_painted_result_of_an_older_model_does_not_count(painted_set, cell) -> None:
+    """The cell retrained after its painted set was scored (a new fine-tuning run id, as a
+    later study run without ``--painted`` leaves it): the old figures leave study.csv."""
+    from volseg.pipeline import manifest as mf
+
+    score_painted(cell, check_painted_set(painted_set))
+    run_dir = Path(cell.run_dir)
+    assert painted_result(run_dir)["painted_n"] == 3
+    retrained = mf.Manifest("finetune", "done", "h", {}, {}, "i", run_id=mf.new_run_id())
+    mf.write_manifest(run_dir, retrained)
+    assert painted_result(run_dir) == {}
