@@ -119,22 +119,6 @@ def window_hu(volume: torch.Tensor, hu_window: Sequence[float]) -> torch.Tensor:
     return ((volume - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
 
-def mask_box(mask: np.ndarray, grow: int | Sequence[int] = 0) -> tuple[slice, ...]:
-    """The bounding box of ``mask``'s nonzero voxels grown by ``grow`` voxels (one number,
-    or one per axis), clipped to the array; empty slices when there are none. Work on a
-    sparse mask is done on this box."""
-    mask = np.asarray(mask)
-    if not mask.any():
-        return tuple(slice(0, 0) for _ in mask.shape)
-    reach = [int(grow)] * mask.ndim if isinstance(grow, (int, np.integer)) else list(grow)
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        lo, hi = int(hits[0]) - int(reach[axis]), int(hits[-1]) + 1 + int(reach[axis])
-        box.append(slice(max(lo, 0), min(hi, mask.shape[axis])))
-    return tuple(box)
-
-
 def body_bbox(
     volume: torch.Tensor, threshold: float, margin: int | Sequence[int]
 ) -> tuple[slice, slice, slice]:

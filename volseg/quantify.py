@@ -82,11 +82,12 @@ def type_burden(
 ) -> dict[str, float | None]:
     """Ground-glass and consolidation volume (mL) and share of the lungs (%) of a type map."""
     voxel_ml = voxel_volume_ml(spacing_mm)
-    counts = np.bincount(np.asarray(types, dtype=np.uint8).ravel(), minlength=3)
+    types = np.asarray(types)
     out: dict[str, float | None] = {}
     for name, code in (("ggo", GGO), ("consolidation", CONSOLIDATION)):
-        out[f"{name}_ml"] = float(counts[code]) * voxel_ml
-        out[f"{name}_pct"] = 100.0 * float(counts[code]) / lung_voxels if lung_voxels else None
+        count = int(np.count_nonzero(types == code))
+        out[f"{name}_ml"] = float(count) * voxel_ml
+        out[f"{name}_pct"] = 100.0 * float(count) / lung_voxels if lung_voxels else None
     return out
 
 

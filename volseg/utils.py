@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +128,19 @@ def listing_fingerprint(
             json.dumps(entries, sort_keys=True, default=str).encode()
         ).hexdigest()[:16],
     }
+
+
+def mask_box(mask: np.ndarray, grow: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s nonzero voxels grown by ``grow`` voxels (one number,
+    or one per axis), clipped to the array; empty slices when there are none. Work on a
+    sparse mask is done on this box."""
+    mask = np.asarray(mask)
+    if not mask.any():
+        return tuple(slice(0, 0) for _ in mask.shape)
+    reach = [int(grow)] * mask.ndim if isinstance(grow, (int, np.integer)) else list(grow)
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo, hi = int(hits[0]) - int(reach[axis]), int(hits[-1]) + 1 + int(reach[axis])
+        box.append(slice(max(lo, 0), min(hi, mask.shape[axis])))
+    return tuple(box)

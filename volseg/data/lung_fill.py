@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from volseg.geometry import mask_box
+from volseg.utils import mask_box
 
 if TYPE_CHECKING:
     from volseg.data.lung_params import LungParams

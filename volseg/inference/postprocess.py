@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from volseg.geometry import mask_box
+from volseg.utils import mask_box
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 

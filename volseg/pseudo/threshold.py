@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from volseg.geometry import mask_box
 from volseg.inference.postprocess import keep_components
+from volseg.utils import mask_box
 
 MIN_THRESHOLD = 1e-6
 """Thresholds are kept above this: a zero threshold would mark every voxel."""
