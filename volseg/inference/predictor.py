@@ -5,11 +5,12 @@ Used by ``volseg predict``, fine-tuning validation, the lesion-presence gate's c
 device): the :class:`volseg.recipe.Recipe` (reorient + resample to the working spacing,
 body crop, HU window), :func:`volseg.inference.sliding.sliding_window` (gaussian blending,
 at ``precision``: autocast on GPU by default), optional flip TTA (all eight flips with
-``uncertainty``), sigmoid, probability mapped back to the native grid, threshold, restriction to the lung mask grown by
-``lung_margin_mm`` (consolidation at the pleura is soft-tissue dense and lies just outside an
-automatic lung mask), removal of small components and of components that do not touch the
-lungs, the gate. The reported lungs are the lung mask plus the lesion: involvement divides by
-lung that holds air and lung that lost it. The output grid is the input grid by construction.
+``uncertainty``), sigmoid, probability mapped back to the native grid, threshold,
+restriction to the lung mask grown by ``lung_margin_mm`` (consolidation at the pleura is
+soft-tissue dense and lies just outside an automatic lung mask), removal of small components
+and of components that do not touch the lungs (one labelling,
+:func:`volseg.inference.postprocess.keep_components`), the gate. The reported lungs are the
+lung mask plus the lesion: involvement divides by lung that holds air and lung that lost it. The output grid is the input grid by construction.
 """
 
 from __future__ import annotations

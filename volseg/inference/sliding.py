@@ -32,7 +32,8 @@ def sliding_window(
 ) -> torch.Tensor:
     """``net`` over a whole ``(B, C, X, Y, Z)`` tensor, tiled by ``roi_size`` windows with
     gaussian blending; float32 output on ``x``'s device. The network runs in eval mode
-    (its previous mode restored) without gradients; ``autocast`` on GPU when asked."""
+    (its previous mode restored) without gradients, at ``precision``
+    (:data:`volseg.engine.device.PRECISIONS`; ``auto``: autocast on a GPU, fp32 on a CPU)."""
     from monai.inferers import sliding_window_inference
 
     with eval_mode(net), torch.inference_mode(), autocast_for(x.device, precision):
