@@ -10,7 +10,8 @@ restriction to the lung mask grown by ``lung_margin_mm`` (consolidation at the p
 soft-tissue dense and lies just outside an automatic lung mask), removal of small components
 and of components that do not touch the lungs (one labelling,
 :func:`volseg.inference.postprocess.keep_components`), the gate. The reported lungs are the
-lung mask plus the lesion: involvement divides by lung that holds air and lung that lost it. The output grid is the input grid by construction.
+lung mask plus the lesion: involvement divides by lung that holds air and lung that lost it.
+The output grid is the input grid by construction.
 """
 
 from __future__ import annotations
