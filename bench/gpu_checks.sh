@@ -33,6 +33,7 @@ else
   train_models=()  # TransUNet3D, MONAI UNet and the nnU-Net-style PlainConvUNet
   predict_extra=()
 fi
+decode_workers=$(( $(nproc) > 4 ? 4 : 1 ))  # a row with decoding in worker processes
 
 wanted() { [[ " ${STEPS:-train norm predict} " == *" $1 "* ]]; }
 
@@ -61,8 +62,10 @@ for norm in group batch; do
     --json "$out/norm_$norm.json"
 done
 
-# Issue 18: predict end to end (no lungs, whole job, whole job bf16) against the MONAI
+# Issue 18: predict end to end (no lungs, whole job, whole job bf16, whole job with decoding
+# and lung masks in worker processes) against the MONAI
 # reference chain in the same run.
-wanted predict && step predict 180 python bench/predict_bench.py --studies "$studies" "${predict_extra[@]}"
+wanted predict && step predict 180 python bench/predict_bench.py --studies "$studies" \
+  "${predict_extra[@]}" --decode-workers "$decode_workers"
 
 echo "results in $out (steps.log lists each step's exit code and wall time)"

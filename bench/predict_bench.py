@@ -230,6 +230,12 @@ def main() -> None:
     parser.add_argument("--decoders", type=int, default=0, help="decode threads (0: volseg's)")
     parser.add_argument("--writers", type=int, default=0, help="write threads (0: volseg's)")
     parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=0,
+        help="also run the whole job with decoding and lung masks in N worker processes",
+    )
+    parser.add_argument(
         "--bundle",
         default=None,
         help="a trained model bundle or run dir (its spacing is used); default: random net",
@@ -297,6 +303,11 @@ def main() -> None:
     if with_precision:
         pipelines.append(
             ("volseg, whole job, bf16", "whole_bf16", {**whole_job, "precision": "bf16"})
+        )
+    if args.decode_workers:
+        name = f"volseg, whole job, {args.decode_workers} decode processes"
+        pipelines.append(
+            (name, "whole_procs", {**whole_job, "decode_workers": args.decode_workers})
         )
     runs = [
         volseg_run(run_predict, name, bundle_path, files, work / folder, device, **kw)

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep lesions within this distance of the lung mask (mm; 0: strictly inside)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=0,
+        help="decode and lung-mask scans in N worker processes (default 0: one thread)",
+    )
     parser.add_argument("--num-parts", type=int, default=1, help="split inputs into K parts")
     parser.add_argument("--part-id", type=int, default=0, help="which part to run (0-based)")
 
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         num_parts=args.num_parts,
         part_id=args.part_id,
         device=args.device,
+        decode_workers=args.decode_workers,
         roi_size=roi,
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,

@@ -2,8 +2,10 @@
 
 On a CPU the network has the cores most of the time; decoding (gzip inflate, int16 to
 float32) and writing (gzip deflate of masks and maps) are mostly C code that releases the
-GIL, so threads let them overlap with the network of the neighbouring scans. Memory stays
-bounded: at most ``decoders`` scans decoded ahead and ``writers`` scans waiting to be written
+GIL, so threads let them overlap with the network of the neighbouring scans. (``volseg
+predict`` also lung-masks in the decode step; its ``--decode-workers`` passes a process pool
+as ``decode_pool``, for machines with cores to spare: on 2 cores that is slower,
+bench/README.md.) Memory stays bounded: at most ``decoders`` scans decoded ahead and ``writers`` scans waiting to be written
 besides the one being computed.
 
 Results come back in input order, whichever stage finishes first. An :class:`InputError`
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from volseg.errors import InputError
@@ -34,17 +36,21 @@ def pipelined(
     *,
     decoders: int = 1,
     writers: int = 1,
+    decode_pool: Executor | None = None,
 ) -> Iterator[tuple[S, W | InputError]]:
     """Yield ``(item, write(item, compute(item, decode(item))))`` per item, in order, or
     ``(item, error)`` for an item whose stage raised an :class:`InputError`.
 
     ``decode`` and ``write`` run in pools of ``decoders`` and ``writers`` threads,
-    ``compute`` in the calling thread.
+    ``compute`` in the calling thread. ``decode_pool`` replaces the decoder threads (e.g.
+    a process pool of ``decoders`` workers: then ``decode`` and the items must pickle, and
+    what ``decode`` returns is pickled back); it is shut down at the end.
     """
     if decoders < 1 or writers < 1:
         raise ValueError("pipelined needs at least one decoder and one writer thread")
+    decode_executor = decode_pool or ThreadPoolExecutor(decoders, thread_name_prefix="decode")
     with (
-        ThreadPoolExecutor(decoders, thread_name_prefix="decode") as decode_pool,
+        decode_executor as decode_pool,
         ThreadPoolExecutor(writers, thread_name_prefix="write") as write_pool,
     ):
         try:
@@ -61,7 +67,7 @@ def pipelined(
 
 
 def _ahead(
-    pool: ThreadPoolExecutor, decode: Callable[[S], D], items: Sequence[S], depth: int
+    pool: Executor, decode: Callable[[S], D], items: Sequence[S], depth: int
 ) -> Iterator[tuple[S, Future[D]]]:
     """``(item, future of decode(item))`` in order, keeping ``depth`` decodes submitted
     ahead of the one handed out."""
@@ -79,7 +85,7 @@ def _compute(
     decoded: Future[D],
     compute: Callable[[S, D], C],
     write: Callable[[S, C], W],
-    pool: ThreadPoolExecutor,
+    pool: Executor,
 ) -> Future[W] | InputError:
     """Wait for the decode, compute here, and queue the write; the error instead if one."""
     try:

@@ -30,6 +30,12 @@ class PhaseTimes:
         self.sync = sync
         self._lock = threading.Lock()
 
+    def add(self, phase: str, seconds: float) -> None:
+        """Charge ``seconds`` measured elsewhere (another process) to ``phase``."""
+        with self._lock:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+            self.counts[phase] = self.counts.get(phase, 0) + 1
+
     @contextlib.contextmanager
     def span(self, phase: str) -> Iterator[None]:
         """Charge the block's wall time to ``phase``."""
@@ -39,10 +45,7 @@ class PhaseTimes:
         finally:
             if self.sync is not None:
                 self.sync()
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
-                self.counts[phase] = self.counts.get(phase, 0) + 1
+            self.add(phase, time.perf_counter() - start)
 
 
 def span(times: PhaseTimes | None, phase: str) -> contextlib.AbstractContextManager[None]:

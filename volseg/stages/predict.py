@@ -24,10 +24,13 @@ is written). When no scan finishes, nothing is written.
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +105,14 @@ def _check_out_dir(out_dir: Path) -> None:
         raise InputError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
 
 
-def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | None:
-    """The scan's lung mask with its QC: given (``--lungs``) or computed; warnings logged."""
+def _lungs_for(
+    scan: Scan, lungs: Path | None, use_lungs: bool
+) -> tuple[LungMask | None, list[str]]:
+    """The scan's lung mask with its QC: given (``--lungs``) or computed; and the warnings
+    to log (returned, not logged: this may run in a decoder process)."""
     if not use_lungs:
-        return None
-    result = None
+        return None, []
+    result, notes = None, []
     if lungs is not None:
         file = lungs if lungs.is_file() else lungs_path(lungs, scan.id)
         if file.exists():
@@ -115,12 +121,10 @@ def _lungs_for(scan: Scan, lungs: Path | None, use_lungs: bool) -> LungMask | No
                 raise InputError(f"{file}: lung mask geometry differs from {scan.source.path}")
             result = LungMask.of_mask(mask > 0, scan.array, scan.affine)
         else:
-            log.warning("%s: no lung mask at %s, computing one", scan.id, file)
+            notes.append(f"no lung mask at {file}, computing one")
     if result is None:
         result = lung_mask_for(scan.array, scan.affine)
-    for warning in result.warnings:
-        log.warning("%s: %s", scan.id, warning)
-    return result
+    return result, notes + list(result.warnings)
 
 
 def _with_lesion(lung: LungMask | None, used: np.ndarray | None, scan: Scan) -> LungMask | None:
@@ -131,16 +135,51 @@ def _with_lesion(lung: LungMask | None, used: np.ndarray | None, scan: Scan) -> 
     return LungMask.of_mask(used, scan.array, scan.affine)
 
 
-def _ood_check(bundle: Any, options: Any, scan: Scan, lung: LungMask | None) -> dict[str, Any]:
+def _ood_check(settings: _DecodeSettings, scan: Scan, lung: LungMask | None) -> dict[str, Any]:
     """The scan's ``out_of_distribution`` block against the bundle's training scans."""
-    if not options.ood_check:
+    if not settings.options.ood_check:
         return ood.unavailable(OOD_OFF)
-    if bundle.training_stats is None:
+    if settings.training_stats is None:
         return ood.unavailable()
     features = ood.scan_features(
-        scan.array, scan.affine, None if lung is None else lung.mask, bundle.recipe.hu_window
+        scan.array, scan.affine, None if lung is None else lung.mask, settings.hu_window
     )
-    return ood.check_scan(bundle.training_stats, features, ood.OodMargins.of(options))
+    return ood.check_scan(settings.training_stats, features, ood.OodMargins.of(settings.options))
+
+
+@dataclass(frozen=True)
+class _DecodeSettings:
+    """What decoding a scan needs (picklable: decoders may be worker processes)."""
+
+    lungs: Path | None
+    use_lungs: bool
+    training_stats: Any
+    hu_window: tuple[float, float]
+    options: Any  # PredictOptions
+
+
+@dataclass
+class _Decoded:
+    """One scan read, with its lung mask and OOD check, before the device; the seconds
+    its decode and lung phases took (charged to the run's timings by the compute step)."""
+
+    scan: Scan
+    lung: LungMask | None
+    check: dict[str, Any]
+    warnings: list[str]  # the lung mask's, logged by the compute step
+    decode_s: float
+    lungs_s: float
+
+
+def decode_scan(src: ScanSource, settings: _DecodeSettings) -> _Decoded:
+    """The scan, its lung mask and out-of-distribution check: CPU work that overlaps the
+    previous scan's network (in a decoder thread or worker process)."""
+    start = time.perf_counter()
+    scan = load_scan(src)
+    read = time.perf_counter()
+    lung, warnings = _lungs_for(scan, settings.lungs, settings.use_lungs)
+    check = _ood_check(settings, scan, lung)
+    return _Decoded(scan, lung, check, warnings, read - start, time.perf_counter() - read)
 
 
 def run_predict(
@@ -160,6 +199,7 @@ def run_predict(
     part_id: int = 0,
     device: str | None = None,
     timings: PhaseTimes | None = None,
+    decode_workers: int = 0,
     **overrides: Any,
 ) -> Path:
     """Predict every scan in ``inputs`` with the bundle at ``model``; returns the summary CSV.
@@ -170,7 +210,11 @@ def run_predict(
     not stop the others; the run then ends with an :class:`InputError` naming it, after the
     summary (finished scans plus the failures) is written. See the module docstring.
     ``timings`` collects the seconds per phase (:mod:`volseg.inference.timing`).
+    ``decode_workers``: decode and lung-mask scans in that many worker processes instead
+    of one thread (for machines with cores to spare beside the device; 0: the thread).
     """
+    if decode_workers < 0:
+        raise InputError(f"--decode-workers must be >= 0, got {decode_workers}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -192,18 +236,9 @@ def run_predict(
             part_id=part_id,
             device=device,
             timings=timings,
+            decode_workers=decode_workers,
             **overrides,
         )
-
-
-@dataclass
-class _Decoded:
-    """One scan read, with its lung mask, before the device."""
-
-    scan: Scan
-    lung: LungMask | None
-    check: dict[str, Any]
-    seconds: float
 
 
 @dataclass
@@ -234,27 +269,29 @@ class _Job:
     review: dict[str, Any]
     times: PhaseTimes | None
 
-    def decode(self, src: ScanSource) -> _Decoded:
-        """The scan, its lung mask and out-of-distribution check (a decoder thread: the
-        lung mask, CPU work, overlaps the previous scan's network)."""
-        start = time.perf_counter()
-        with span(self.times, "decode"):
-            scan = load_scan(src)
-        with span(self.times, "lungs"):
-            lung = _lungs_for(scan, self.lungs, self.use_lungs)
-            check = _ood_check(self.bundle, self.predictor.options, scan, lung)
-        return _Decoded(scan, lung, check, time.perf_counter() - start)
+    @property
+    def decode_settings(self) -> _DecodeSettings:
+        bundle = self.bundle
+        window = tuple(float(v) for v in bundle.recipe.hu_window)
+        return _DecodeSettings(
+            self.lungs, self.use_lungs, bundle.training_stats, window, self.predictor.options
+        )
 
     def compute(self, src: ScanSource, decoded: _Decoded) -> _Computed:
         """The prediction (the caller's thread) and the lungs it was measured in."""
         start = time.perf_counter()
+        if self.times is not None:
+            self.times.add("decode", decoded.decode_s)
+            self.times.add("lungs", decoded.lungs_s)
         scan, lung = decoded.scan, decoded.lung
+        for warning in decoded.warnings:
+            log.warning("%s: %s", scan.id, warning)
         result = self.predictor.predict(
             scan.array, scan.affine, None if lung is None else lung.mask
         )
         with span(self.times, "lungs"):
             lung = _with_lesion(lung, result.lungs, scan)
-        seconds = decoded.seconds + time.perf_counter() - start
+        seconds = decoded.decode_s + decoded.lungs_s + time.perf_counter() - start
         return _Computed(scan, result, lung, decoded.check, seconds)
 
     def write(self, src: ScanSource, done: _Computed) -> dict[str, Any]:
@@ -288,15 +325,33 @@ WRITERS = 1
 second one measured no faster on 2 CPU cores (bench/README.md)."""
 
 
+def _decoder_process() -> None:
+    """A decoder worker process: one compute thread (the parent's network has the rest)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _predict_scans(
-    job: _Job, sources: Sequence[ScanSource]
+    job: _Job, sources: Sequence[ScanSource], decode_workers: int = 0
 ) -> tuple[list[dict[str, Any]], list[InputError]]:
     """Every scan through the pipeline: one summary row each, in order (failures with their
     ``error``), and the failures' errors."""
     rows: list[dict[str, Any]] = []
     errors: list[InputError] = []
+    decode = functools.partial(decode_scan, settings=job.decode_settings)
+    pool = None
+    if decode_workers > 0:  # fresh interpreters: no inherited device or thread state
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(decode_workers, context, initializer=_decoder_process)
     results = pipelined(
-        sources, job.decode, job.compute, job.write, decoders=DECODERS, writers=WRITERS
+        sources,
+        decode,
+        job.compute,
+        job.write,
+        decoders=decode_workers or DECODERS,
+        writers=WRITERS,
+        decode_pool=pool,
     )
     for src, row in progress(results, total=len(sources), desc="predict", unit="scan"):
         if isinstance(row, InputError):
@@ -325,6 +380,7 @@ def _predict_sources(
     part_id: int,
     device: str | None,
     timings: PhaseTimes | None,
+    decode_workers: int,
     **overrides: Any,
 ) -> Path:
     """:func:`run_predict` once its inputs are listed (and archives unpacked)."""
@@ -375,7 +431,7 @@ def _predict_sources(
     )
     name = f"summary_part{part_id}.csv" if num_parts > 1 and not joined else "summary.csv"
     with cleanup_on_error(out_dir):
-        rows, errors = _predict_scans(job, mine)
+        rows, errors = _predict_scans(job, mine, decode_workers)
         if joined:
             rows = _gathered_rows(rows, sources)
             errors = [InputError(r["error"]) for r in rows if r.get("error")]

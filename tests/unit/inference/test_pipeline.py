@@ -159,3 +159,38 @@ def test_pipelined_predict_masks_equal_the_sequential_predictor(
         np.testing.assert_array_equal(prob, alone.probability)
     assert set(times.seconds) == set(PHASES)
     assert all(times.counts[p] >= 3 for p in PHASES)  # every phase timed for every scan
+
+
+def test_decoder_processes_give_the_same_outputs_and_errors(
+    unet_bundle: Path, tmp_path: Path
+) -> None:
+    """``decode_workers=1`` (decode and lung masks in a spawned worker process) writes the
+    masks and JSON of the thread decoder, times every phase, and a scan that fails to
+    decode there is reported by name while the others are predicted."""
+    files = _scans(tmp_path / "in", 2)
+    bad = tmp_path / "in" / "blank.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 8), np.int16), np.diag([*SPACING, 1.0])), bad)
+    inputs = [files[0], bad, files[1]]
+    outs = {}
+    for workers in (0, 1):
+        times = PhaseTimes()
+        out = tmp_path / f"out{workers}"
+        with pytest.raises(InputError, match="blank"):
+            run_predict(unet_bundle, inputs, out, decode_workers=workers, timings=times)
+        outs[workers] = out
+        assert all(times.counts[p] >= 2 for p in PHASES)
+    for f in files:
+        sid = f.name.replace(".nii.gz", "")
+        masks = [np.asarray(nib.load(o / f"{sid}_mask.nii.gz").dataobj) for o in outs.values()]
+        np.testing.assert_array_equal(*masks)
+        reports = [(o / f"{sid}.json").read_text().replace(str(o), "") for o in outs.values()]
+        assert reports[0] == reports[1]
+    summaries = [(o / "summary.csv").read_text().splitlines() for o in outs.values()]
+    assert [line.split(",")[0] for line in summaries[1]] == [
+        "id",
+        files[0].name[:-7],
+        "blank",
+        files[1].name[:-7],
+    ]
+    with pytest.raises(InputError, match="decode-workers"):
+        run_predict(unet_bundle, files, tmp_path / "x", decode_workers=-1)
