@@ -144,8 +144,23 @@ class GanConfig(TrainConfig):
     """Keyword arguments of ``Generator3D`` (e.g. ``widths``, ``strides``)."""
     discriminator_params: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of ``PatchDiscriminator3D``."""
-    corruptor_params: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of ``LesionCorruptor`` (spacing and HU window come from ``data``)."""
+    paint_categories: tuple[Literal["CT-1", "CT-2", "CT-3", "CT-4"], ...] = (
+        "CT-1",
+        "CT-2",
+        "CT-3",
+        "CT-4",
+    )
+    """Involvement bands the GAN's healthy crops are painted to, one drawn per crop (the
+    share of the crop's lung): the lesion model of ``volseg synth`` and ``synth --paint``
+    (:func:`volseg.data.paint.paint_patch`)."""
+
+    @field_validator("paint_categories")
+    @classmethod
+    def _some_category(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one of CT-1, CT-2, CT-3, CT-4")
+        return value
+
     lesion_l1_weight: float = Field(4.0, ge=0)
     """Extra restoration-L1 weight on corrupted voxels (1 + this, versus 1 elsewhere)."""
     val_crops: int = Field(8, ge=1)

@@ -138,7 +138,7 @@ def test_gan_batches_are_step_indexed_and_corrupt_only_the_lungs(
 
     from volseg.config import load_config
     from volseg.stages.common import load_prepared
-    from volseg.stages.gan_train import GanPatchDataset, make_corruptor, training_volumes
+    from volseg.stages.gan_train import GanPatchDataset, make_painter, training_volumes
 
     cfg_path, run = gan_run
     cfg = load_config(cfg_path, data_root=tiny_dataset, run_dir=run)
@@ -146,7 +146,7 @@ def test_gan_batches_are_step_indexed_and_corrupt_only_the_lungs(
     healthy, covid = training_volumes(prepared)
     train_ids = {s.id for s in prepared.datalist.studies_in("train")}
     assert {v.id for v in healthy + covid} <= train_ids
-    data = GanPatchDataset(healthy, covid, (32, 32, 8), make_corruptor(cfg), seed=3)
+    data = GanPatchDataset(healthy, covid, (32, 32, 8), make_painter(cfg), seed=3)
     a, b, c = data[5], data[5], data[6]
     assert set(a) == {"clean", "corrupted", "blob", "lungs", "covid"}
     for key in a:

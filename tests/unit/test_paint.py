@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.chest_phantom import chest_phantom
-from volseg.data.paint import paint_study
+from volseg.data.paint import paint_patch, paint_study
 from volseg.quantify import grade_from_involvement
 
 AFFINE = np.diag([-1.4, -1.4, 8.0, 1.0])
@@ -61,6 +61,50 @@ def test_a_given_lung_mask_is_painted_into_and_returned(healthy) -> None:
     assert not (study.image != healthy)[~given].any()
     with pytest.raises(ValueError, match="lung mask shape"):
         paint_study(healthy, AFFINE, "CT-2", seed=5, lungs=given[:-1])
+
+
+def _crop_lungs(shape: tuple[int, int, int]) -> np.ndarray:
+    lungs = np.zeros(shape, dtype=bool)
+    lungs[4:28, 6:26, 1:7] = True  # a lung block that meets non-lung on every side
+    return lungs
+
+
+@pytest.mark.parametrize("category", ["CT-1", "CT-3"])
+def test_a_painted_crop_changes_only_its_lungs_and_reaches_the_band(category) -> None:
+    """The GAN's crops get the same lesion model: painted only in the lung, only where the
+    weight map says, never darker, and with about the band's share of the crop's lung."""
+    rng = np.random.default_rng(0)
+    hu = (-850.0 + 20.0 * rng.standard_normal((32, 32, 8))).astype(np.float32)
+    lungs = _crop_lungs(hu.shape)
+    shares = []
+    for seed in range(6):
+        before = hu.copy()
+        image, weight = paint_patch(
+            hu, lungs, (2.8, 2.8, 10.0), category, np.random.default_rng(seed)
+        )
+        assert np.array_equal(hu, before)  # the input is not modified
+        changed = image != hu
+        assert not (changed & ~lungs).any() and not (weight[~lungs] > 0).any()
+        assert np.array_equal(changed, weight > 0)
+        assert (image >= hu).all()
+        assert np.median(image[weight > 0.5] - hu[weight > 0.5]) > 100
+        shares.append(100.0 * (weight > 0.5).sum() / lungs.sum())
+    low, high = {"CT-1": (3.0, 20.0), "CT-3": (54.0, 71.0)}[category]
+    assert low - 3 <= np.median(shares) <= high + 3
+
+
+def test_a_painted_crop_is_deterministic_and_a_lungless_one_untouched() -> None:
+    hu = np.full((32, 32, 8), -850.0, dtype=np.float32)
+    lungs = _crop_lungs(hu.shape)
+    a = paint_patch(hu, lungs, (2.8, 2.8, 10.0), "CT-2", np.random.default_rng(4))
+    b = paint_patch(hu, lungs, (2.8, 2.8, 10.0), "CT-2", np.random.default_rng(4))
+    c = paint_patch(hu, lungs, (2.8, 2.8, 10.0), "CT-2", np.random.default_rng(5))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[1], c[1])
+    image, weight = paint_patch(
+        hu, np.zeros_like(lungs), (2.8, 2.8, 10.0), "CT-2", np.random.default_rng(4)
+    )
+    assert np.array_equal(image, hu) and not weight.any()
 
 
 def test_synth_paint_writes_a_mosmed_layout_set(healthy, tmp_path: Path, capfd) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from volseg.data.synth_lesions import Lesions
+
 log = logging.getLogger(__name__)
 
 GGO_ABOVE_LUNG_HU = 150.0
@@ -118,11 +120,7 @@ def paint_study(
         if abs(achieved - model.target_pct) < 0.25 or achieved <= 0:
             break
         pct = float(np.clip(pct * model.target_pct / achieved, 0.05, 99.0))
-    smooth = ndimage.gaussian_filter(hu, 1.0)
-    target = np.maximum(lesions.hu, np.minimum(smooth, -500.0) + GGO_ABOVE_LUNG_HU)
-    w = lesions.weight * frame.lungs
-    painted = np.maximum(hu, smooth + (target - smooth) * w + (hu - smooth) * (1.0 - 0.5 * w))
-    image = np.where(frame.lungs, painted, hu)
+    image, _ = blend_lesions(hu, frame.lungs, lesions)
     types = truth.astype(np.uint8)
     types[truth & lesions.consolidation] = 2
     return PaintedStudy(
@@ -132,6 +130,61 @@ def paint_study(
         lungs=mask.astype(np.uint8),
         involvement_pct=achieved,
     )
+
+
+def blend_lesions(
+    hu: np.ndarray, lungs: np.ndarray, lesions: Lesions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blend ``lesions`` into the lungs of ``hu``: ``(image, weight)`` float32.
+
+    Ground glass only raises a voxel and is at least :data:`GGO_ABOVE_LUNG_HU` above the
+    (lightly smoothed) lung it covers; the scan's fine noise is kept, halved where a lesion
+    is fully developed. ``weight`` is the blend weight, zero outside the lungs.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    smooth = ndimage.gaussian_filter(hu, 1.0)
+    target = np.maximum(lesions.hu, np.minimum(smooth, -500.0) + GGO_ABOVE_LUNG_HU)
+    w = lesions.weight * lungs
+    painted = np.maximum(hu, smooth + (target - smooth) * w + (hu - smooth) * (1.0 - 0.5 * w))
+    return np.where(lungs, painted, hu).astype(np.float32), w.astype(np.float32)
+
+
+MIN_PATCH_LUNG_VOXELS = 8
+"""A crop with fewer lung voxels is left unpainted (too little lung to place lesions in)."""
+PATCH_WEIGHT_FLOOR = 0.05
+"""Blend weights below this (a rise of about 20 HU or less) are left unpainted in a crop."""
+
+
+def paint_patch(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    spacing: tuple[float, float, float],
+    category: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint lesions of ``category`` into a crop ``hu`` (its lungs ``lungs``, voxel size
+    ``spacing`` in mm): ``(painted HU, weight)`` float32, weight 0 where nothing was painted.
+
+    The same lesion model and blend as :func:`paint_study`, with the crop as the whole
+    lung: the category's involvement band is the share of the crop's lung, the sub-pleural
+    bias is toward the crop's lung border (its faces are not a border), and the
+    posterior/basal biases follow the crop's axes (RAS). The GAN stage corrupts its
+    healthy crops with it.
+    """
+    from volseg.data.synth_lesions import draw_lesion_model, place_lesions
+
+    hu = np.asarray(hu, dtype=np.float32)
+    lungs = np.asarray(lungs) > 0
+    if int(lungs.sum()) < MIN_PATCH_LUNG_VOXELS:
+        return hu.copy(), np.zeros(hu.shape, dtype=np.float32)
+    affine = np.diag([*map(float, spacing), 1.0])
+    frame = LungFrame.of(lungs, np.zeros(lungs.shape, dtype=np.int8), affine)
+    model = draw_lesion_model(rng, frame, tuple(spacing), category)
+    lesions = place_lesions(model, frame, model.target_pct)
+    image, weight = blend_lesions(hu, frame.lungs, lesions)
+    weight[weight < PATCH_WEIGHT_FLOOR] = 0.0
+    image = np.where(weight > 0, image, hu)
+    return image, weight
 
 
 def _lungs_and_sides(

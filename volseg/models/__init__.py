@@ -6,7 +6,6 @@ explicit keyword arguments (never a config object); see ``docs/models.md``.
 
 from __future__ import annotations
 
-from volseg.models.corruption import LesionCorruptor
 from volseg.models.gan3d import Generator3D, PatchDiscriminator3D
 from volseg.models.heads import ProjectorHead, VoxelProjectionHead
 from volseg.models.recalibrated import Recalibrated, recalibrated
@@ -30,7 +29,6 @@ __all__ = [
     "HEADS",
     "MODELS",
     "Generator3D",
-    "LesionCorruptor",
     "PatchDiscriminator3D",
     "ProjectorHead",
     "Recalibrated",

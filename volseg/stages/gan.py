@@ -238,17 +238,16 @@ def make_pseudo_masks(
 
 
 def check_gan(cfg: Config) -> None:
-    """What the GAN needs from the config (generator, discriminator and lesion painter
-    arguments), checked without writing or allocating."""
+    """What the GAN needs from the config (generator and discriminator arguments), checked
+    without writing or allocating."""
     import torch
 
-    from volseg.stages.gan_train import build_networks, make_corruptor
+    from volseg.stages.gan_train import build_networks
 
     if not cfg.gan.enabled:
         return
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         build_networks(cfg)
-    make_corruptor(cfg)
 
 
 def run_gan(cfg: Config, resume: bool = True) -> Path:

@@ -1,8 +1,8 @@
 """Training the healthy-lung GAN (after Shabani et al., Comput Biol Med 2022).
 
 The generator learns to restore healthy lung: healthy (CT-0) training crops are corrupted
-with synthetic lesions (:class:`~volseg.models.LesionCorruptor`) and ``G`` must give back the
-clean crop (restoration L1, heavier on the corrupted voxels). A 3D PatchGAN discriminator
+with lesions from the project's one lesion model (:class:`CropPainter`) and ``G`` must give
+back the clean crop (restoration L1, heavier on the corrupted voxels). A 3D PatchGAN discriminator
 sees clean healthy crops as real and every generator output as fake: the restored healthy
 crops and ``G`` applied to unlabeled COVID crops of the training split, so ``G`` also learns
 to make real COVID lungs look healthy. Both optimizers step through the engine's
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from volseg.engine import (
 )
 from volseg.errors import ConfigError, InputError
 from volseg.losses import AdversarialLoss, RestorationL1Loss
-from volseg.models import LesionCorruptor, build_gan_model
+from volseg.models import build_gan_model
 from volseg.stages.common import Prepared
 from volseg.utils import eval_mode
 
@@ -55,17 +56,40 @@ DICE_METRIC = "val_pseudo_dice"
 ADAM_BETAS = (0.5, 0.999)
 
 
-def make_corruptor(cfg: Config) -> LesionCorruptor:
-    """The lesion painter, on the working grid's spacing and HU window."""
-    params: dict[str, Any] = {
-        "spacing": tuple(cfg.data.spacing),
-        "hu_window": tuple(cfg.data.hu_window),
-        **cfg.gan.corruptor_params,
-    }
-    try:
-        return LesionCorruptor(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"gan.corruptor_params: {exc}") from None
+@dataclass(frozen=True)
+class CropPainter:
+    """Paints COVID-19-like lesions into healthy GAN crops on the [0, 1] HU window: the
+    project's one lesion model (:func:`volseg.data.paint.paint_patch`), on the working
+    grid's spacing, one of ``categories`` drawn per crop."""
+
+    spacing: tuple[float, float, float]
+    hu_window: tuple[float, float]
+    categories: tuple[str, ...]
+
+    def __call__(
+        self, clean: torch.Tensor, lungs: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``clean`` and ``lungs`` ``(1, X, Y, Z)`` -> ``(corrupted, weight)``, weight > 0
+        exactly where the crop was painted (never outside its lungs)."""
+        from volseg.data.paint import paint_patch
+
+        lo, hi = self.hu_window
+        category = self.categories[int(rng.integers(len(self.categories)))]
+        hu = lo + clean[0].numpy().astype(np.float32) * (hi - lo)
+        painted, weight = paint_patch(hu, lungs[0].numpy() > 0, self.spacing, category, rng)
+        corrupted = np.clip((painted - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        corrupted = np.where(weight > 0, corrupted, clean[0].numpy())
+        return torch.from_numpy(corrupted[None]), torch.from_numpy(weight[None])
+
+
+def make_painter(cfg: Config) -> CropPainter:
+    """The GAN's lesion painter from ``data.spacing``, ``data.hu_window`` and
+    ``gan.paint_categories``."""
+    return CropPainter(
+        spacing=tuple(float(s) for s in cfg.data.spacing),
+        hu_window=tuple(float(v) for v in cfg.data.hu_window),
+        categories=tuple(cfg.gan.paint_categories),
+    )
 
 
 def build_networks(cfg: Config) -> tuple[nn.Module, nn.Module]:
@@ -96,19 +120,19 @@ class GanPatchDataset(StepDataset):
         healthy: Sequence[CachedVolume],
         covid: Sequence[CachedVolume],
         patch_size: Sequence[int],
-        corruptor: LesionCorruptor,
+        painter: CropPainter,
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
         self.healthy = UnlabeledPatchDataset(healthy, patch_size, seed)
         self.covid = UnlabeledPatchDataset(covid, patch_size, seed) if covid else None
-        self.corruptor = corruptor
+        self.painter = painter
 
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         crop = self.healthy.sample(index, rng)
         clean, lungs = crop["image"], crop["lungs"]
-        corrupted, blob = self.corruptor(clean[None], lungs[None], self.torch_generator(rng))
-        out = {"clean": clean, "corrupted": corrupted[0], "blob": blob[0], "lungs": lungs}
+        corrupted, blob = self.painter(clean, lungs, rng)
+        out = {"clean": clean, "corrupted": corrupted, "blob": blob, "lungs": lungs}
         if self.covid is not None:
             out["covid"] = self.covid.sample(index, rng)["image"]
         return out
@@ -237,13 +261,13 @@ def selection_volumes(cfg: Config, prepared: Prepared) -> list[CachedVolume]:
 
 
 def validation_batch(
-    cfg: Config, prepared: Prepared, corruptor: LesionCorruptor
+    cfg: Config, prepared: Prepared, painter: CropPainter
 ) -> dict[str, torch.Tensor]:
     """A fixed batch of corrupted healthy crops: validation scans, else training scans."""
     dl = prepared.datalist
     volumes = _volumes(prepared, dl.healthy("val")) or _volumes(prepared, dl.healthy("train"))
     data = GanPatchDataset(
-        volumes, [], cfg.gan.patch_size, corruptor, seed=derive_seed(cfg.seed, 0x6A4)
+        volumes, [], cfg.gan.patch_size, painter, seed=derive_seed(cfg.seed, 0x6A4)
     )
     return default_collate([data[i] for i in range(cfg.gan.val_crops)])
 
@@ -254,7 +278,7 @@ def train_gan(cfg: Config, prepared: Prepared, resume: bool = True) -> FitResult
     log.info("gan: training on %d healthy and %d unlabeled COVID scans", len(healthy), len(covid))
     if not covid:
         log.warning("gan: no unlabeled COVID training scans; the discriminator sees only healthy")
-    corruptor = make_corruptor(cfg)
+    painter = make_painter(cfg)
     seed_everything(cfg.seed)  # the same initial weights on every rank and every fresh run
     gen, disc = build_networks(cfg)
     opts = {
@@ -270,10 +294,10 @@ def train_gan(cfg: Config, prepared: Prepared, resume: bool = True) -> FitResult
         model_args={GENERATOR: dict(gen.init_args), DISCRIMINATOR: dict(disc.init_args)},
     )
     dice_volumes = selection_volumes(cfg, prepared)
-    steps = GanSteps(cfg, validation_batch(cfg, prepared, corruptor), dice_volumes)
+    steps = GanSteps(cfg, validation_batch(cfg, prepared, painter), dice_volumes)
     best, mode = (DICE_METRIC, "max") if dice_volumes else (RESTORE_METRIC, "min")
     log.info("gan: the checkpoint with the best %s makes the pseudo-masks", best)
-    data = GanPatchDataset(healthy, covid, cfg.gan.patch_size, corruptor, seed=cfg.seed)
+    data = GanPatchDataset(healthy, covid, cfg.gan.patch_size, painter, seed=cfg.seed)
     trainer = Trainer(
         state,
         steps.step,
