@@ -105,6 +105,10 @@ def test_a_painted_crop_is_deterministic_and_a_lungless_one_untouched() -> None:
         hu, np.zeros_like(lungs), (2.8, 2.8, 10.0), "CT-2", np.random.default_rng(4)
     )
     assert np.array_equal(image, hu) and not weight.any()
+    sliver = np.zeros_like(lungs)
+    sliver[10, 5:20, 3] = True  # one voxel wide: all of it on one side of the crop's midline
+    image, weight = paint_patch(hu, sliver, (2.8, 2.8, 10.0), "CT-2", np.random.default_rng(4))
+    assert (weight > 0.5).any() and not (weight[~sliver] > 0).any()
 
 
 def test_synth_paint_writes_a_mosmed_layout_set(healthy, tmp_path: Path, capfd) -> None:

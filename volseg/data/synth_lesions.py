@@ -130,6 +130,9 @@ def place_lesions(model: LesionModel, chest: LungGeometry, render_pct: float) ->
     thr = np.zeros(lungs.shape, dtype=np.float32)
     for s in (1, -1):
         values = model.score[eligible & (chest.side == s)]
+        if values.size < 2:  # no lung on this side (a crop): nothing grows there
+            thr[chest.side == s] = np.inf
+            continue
         want = want_right if s == 1 else n_total - want_right
         want = int(np.clip(want, 1, values.size - 1))
         thr[chest.side == s] = np.partition(values, values.size - want)[values.size - want]
