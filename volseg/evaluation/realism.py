@@ -8,6 +8,9 @@ units, so a synthetic scan and a real one resampled to the same voxel size
 - the dependent gradient: median lung HU of the posterior fifth minus the anterior fifth
   of each lung's antero-posterior extent (a supine patient's dependent lung is denser);
 - the vessel volume fraction: share of lung voxels above -500 HU;
+- the vessel density: cross-sections of vessels (in-plane connected regions above
+  ``VESSEL_HU``) per cm2 of lung core (lung at least ``CORE_MARGIN_MM`` in-plane from its
+  edge), over the slices: how many vessels the inner lung shows, whatever their calibre;
 - the body (non-lung tissue) HU distribution;
 - image noise in the air around the patient: its standard deviation, and its
   correlation at one voxel in-plane (white noise 0, a soft reconstruction kernel near 1);
@@ -20,6 +23,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+VESSEL_HU = -350.0
+"""A lung voxel above this is vessel (or lesion) in the vessel density."""
+CORE_MARGIN_MM = 6.0
+"""The lung core of the vessel density lies this far in-plane inside the lung edge, away
+from the partial volume of chest wall, diaphragm and mediastinum."""
 
 _LUNG_BINS = np.arange(-1024.0, 201.0, 8.0)
 _BODY_BINS = np.arange(-200.0, 301.0, 5.0)
@@ -35,6 +44,7 @@ class Features:
     lung_hu_p90: float
     dependent_gradient_hu: float
     vessel_fraction: float
+    vessels_per_cm2: float
     noise_hu: float
     noise_correlation: float
     lung_hist: np.ndarray  # density over _LUNG_BINS
@@ -68,6 +78,7 @@ def features(hu: np.ndarray, lungs: np.ndarray, affine: np.ndarray) -> Features:
         lung_hu_p90=p90,
         dependent_gradient_hu=_dependent_gradient(hu, lungs),
         vessel_fraction=float((values > -500.0).mean()),
+        vessels_per_cm2=_vessel_density(hu, lungs, spacing),
         noise_hu=noise,
         noise_correlation=corr,
         lung_hist=_density(values, _LUNG_BINS),
@@ -82,6 +93,7 @@ def distances(a: Features, b: Features) -> dict[str, float]:
         "body_hu_w1": wasserstein(a.body_hist, b.body_hist, _BODY_BINS),
         "dependent_gradient_hu": abs(a.dependent_gradient_hu - b.dependent_gradient_hu),
         "vessel_fraction": abs(a.vessel_fraction - b.vessel_fraction),
+        "vessels_per_cm2": abs(a.vessels_per_cm2 - b.vessels_per_cm2),
         "noise_hu": abs(a.noise_hu - b.noise_hu),
         "noise_correlation": abs(a.noise_correlation - b.noise_correlation),
     }
@@ -132,6 +144,25 @@ def _dependent_gradient(hu: np.ndarray, lungs: np.ndarray) -> float:
         if ant.any() and post.any():
             out.append(float(np.median(h[post]) - np.median(h[ant])))
     return float(np.mean(out)) if out else float("nan")
+
+
+def _vessel_density(
+    hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]
+) -> float:
+    """Vessel cross-sections per cm2 of lung core (anatomical ``(z, y, x)`` arrays)."""
+    plane = np.zeros((3, 3, 3), dtype=bool)
+    plane[1] = True
+    core = lungs.copy()
+    for axis, step in ((1, spacing[1]), (2, spacing[2])):
+        reach = int(round(CORE_MARGIN_MM / step))
+        if reach > 0:
+            line = np.ones((1, 1, 1), dtype=bool).repeat(2 * reach + 1, axis=axis)
+            core = ndi.binary_erosion(core, line, border_value=0)
+    area_cm2 = float(core.sum()) * spacing[1] * spacing[2] / 100.0
+    if area_cm2 < 1.0:
+        return float("nan")
+    _, count = ndi.label((hu > VESSEL_HU) & core, structure=plane)
+    return count / area_cm2
 
 
 def _air_noise(hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:
