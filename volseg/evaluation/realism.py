@@ -150,14 +150,13 @@ def _vessel_density(
     hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]
 ) -> float:
     """Vessel cross-sections per cm2 of lung core (anatomical ``(z, y, x)`` arrays)."""
+    from volseg.data.lung_fill import ball_mm
+
+    # An in-plane disk: a slice spacing beyond the radius keeps the ball to its own slice.
+    disk = ball_mm(CORE_MARGIN_MM, (CORE_MARGIN_MM + 1.0, spacing[1], spacing[2]))
+    core = ndi.binary_erosion(lungs, disk, border_value=0)
     plane = np.zeros((3, 3, 3), dtype=bool)
     plane[1] = True
-    core = lungs.copy()
-    for axis, step in ((1, spacing[1]), (2, spacing[2])):
-        reach = int(round(CORE_MARGIN_MM / step))
-        if reach > 0:
-            line = np.ones((1, 1, 1), dtype=bool).repeat(2 * reach + 1, axis=axis)
-            core = ndi.binary_erosion(core, line, border_value=0)
     area_cm2 = float(core.sum()) * spacing[1] * spacing[2] / 100.0
     if area_cm2 < 1.0:
         return float("nan")
