@@ -307,6 +307,8 @@ def stage_fed_rates(
     studies: int,
     workers: int,
     lr: float = 1e-4,
+    compile_model: bool = False,
+    channels_last: bool = False,
 ) -> list[tuple[str, float]]:
     """Patches/s of one network's training step, in one run: on tensors already on the
     device (the network alone), then fed by the fine-tuning stage's own DataLoader over
@@ -315,6 +317,9 @@ def stage_fed_rates(
 
     The fed rates count the wall time of ``steps`` steps after ``warmup``, loader waits
     included: how close the real stage's data path comes to the network-alone rate.
+    ``compile_model`` and ``channels_last`` set the step up as ``finetune.compile`` and
+    ``finetune.channels_last`` do (``configs/mosmed.yaml`` has both), for all three rows; a
+    failed compile falls back to eager, logged.
     """
     import tempfile
 
@@ -323,9 +328,17 @@ def stage_fed_rates(
     from volseg.data.batch_augment import PARAMS_KEY, augment_batch
     from volseg.engine import StepSampler, make_loader
 
-    model, image, label = training_inputs(factory, patch, batch, device, False)
+    model, image, label = training_inputs(factory, patch, batch, device, channels_last)
     step = make_train_step(model, device, lr)
+    if compile_model:
+        try:
+            compiled = make_train_step(torch.compile(model), device, lr)
+            time_steps(compiled, image, label, 1, max(warmup, 1))  # compiles here
+            step = compiled
+        except Exception as exc:  # noqa: BLE001 - any compile failure falls back to eager
+            log.warning("stage data path: torch.compile failed (%s); eager instead", exc)
     alone = statistics.median(time_steps(step, image, label, steps, warmup))
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     rates = [("network alone (tensors on the device)", batch / alone)]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = prepared_config(Path(tmp), studies, [f"model.patch_size={list(patch)}"])
@@ -341,7 +354,10 @@ def stage_fed_rates(
                 moved = {k: v.to(device, non_blocking=True) for k, v in item.items()}
                 if params is not None:
                     moved = augment_batch(moved, params)
-                step(moved["image"], moved["label"])
+                step(
+                    moved["image"].contiguous(memory_format=fmt),
+                    moved["label"].contiguous(memory_format=fmt),
+                )
             synchronize(device)
             elapsed = time.perf_counter() - start
             name = f"stage data path, augment_on {path}, {workers} DataLoader workers"
@@ -618,9 +634,15 @@ def main(argv: list[str] | None = None) -> int:
             studies=args.data_path,
             workers=args.loader_workers,
             lr=args.lr,
+            compile_model=args.compile,
+            channels_last=args.channels_last,
+        )
+        setup = ", ".join(
+            [("compile" if args.compile else "eager")]
+            + (["channels-last"] if args.channels_last else [])
         )
         print()
-        print(f"{name}, eager, fed by the fine-tuning stage's data path:")
+        print(f"{name}, {setup}, fed by the fine-tuning stage's data path:")
         print(format_fed_table(fed))
     if args.json is not None:
         from volseg.io import write_json_atomic
