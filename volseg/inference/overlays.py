@@ -26,7 +26,8 @@ def write_overlays(
     max_slices: int = 6,
     reference: np.ndarray | None = None,
 ) -> list[Path]:
-    """Write up to ``max_slices`` axial PNGs, the slices with the most lesion first.
+    """Write up to ``max_slices`` axial PNGs (:func:`overlay_slices`: the slices with the
+    most lesion, or three through the lungs when there is none).
 
     Displayed in radiological convention (patient's right on the viewer's left, anterior
     up), orientation taken from the affine. ``reference`` (a mask on the same grid) is
@@ -44,11 +45,7 @@ def write_overlays(
     lung = view.mask(lungs)
     ref = view.mask(reference)
     total_ml = float(lesion.sum()) * view.voxel_ml
-    per_slice = lesion.sum(axis=(0, 1))
-    if per_slice.max() > 0:
-        order = [int(k) for k in np.argsort(-per_slice) if per_slice[k] > 0][:max_slices]
-    else:
-        order = [int(k) for k in np.linspace(0, view.ct.shape[2] - 1, min(3, view.ct.shape[2]))]
+    order = overlay_slices(lesion, lung, max_slices)
     written = []
     for k in sorted(set(order)):
         ct = view.ct
@@ -66,6 +63,22 @@ def write_overlays(
         plt.close(fig)
         written.append(dest)
     return written
+
+
+def overlay_slices(lesion: np.ndarray, lung: np.ndarray | None, max_slices: int) -> list[int]:
+    """Axial slices (last axis) to show: up to ``max_slices`` with the most lesion, most
+    first; with no lesion, three spread over the lungs (a quarter, half and three quarters
+    of the way through the slices that hold lung, so a whole-chest or chest-abdomen scan
+    shows lung, not the abdomen), or over the whole volume without a lung mask."""
+    per_slice = lesion.sum(axis=(0, 1))
+    if per_slice.max() > 0:
+        return [int(k) for k in np.argsort(-per_slice) if per_slice[k] > 0][:max_slices]
+    with_lung = np.flatnonzero(lung.any(axis=(0, 1))) if lung is not None else np.array([])
+    if with_lung.size:
+        picks = with_lung[np.round(np.array([0.25, 0.5, 0.75]) * (with_lung.size - 1)).astype(int)]
+        return sorted({int(k) for k in picks})
+    n = lesion.shape[2]
+    return [int(k) for k in np.linspace(0, n - 1, min(3, n))]
 
 
 class RasView:
