@@ -67,18 +67,16 @@ def write_overlays(
 
 def overlay_slices(lesion: np.ndarray, lung: np.ndarray | None, max_slices: int) -> list[int]:
     """Axial slices (last axis) to show: up to ``max_slices`` with the most lesion, most
-    first; with no lesion, three spread over the lungs (a quarter, half and three quarters
-    of the way through the slices that hold lung, so a whole-chest or chest-abdomen scan
-    shows lung, not the abdomen), or over the whole volume without a lung mask."""
+    first; with no lesion, three spread over the lungs' extent (as the evaluation montage
+    spreads them over a lesion's), so a whole-chest or chest-abdomen scan shows lung, not
+    the abdomen; over the whole volume without a lung mask."""
+    from volseg.evaluation.montage import montage_slices
+
     per_slice = lesion.sum(axis=(0, 1))
     if per_slice.max() > 0:
         return [int(k) for k in np.argsort(-per_slice) if per_slice[k] > 0][:max_slices]
-    with_lung = np.flatnonzero(lung.any(axis=(0, 1))) if lung is not None else np.array([])
-    if with_lung.size:
-        picks = with_lung[np.round(np.array([0.25, 0.5, 0.75]) * (with_lung.size - 1)).astype(int)]
-        return sorted({int(k) for k in picks})
-    n = lesion.shape[2]
-    return [int(k) for k in np.linspace(0, n - 1, min(3, n))]
+    shown = lung if lung is not None else lesion
+    return montage_slices(shown, shown, 3)
 
 
 class RasView:

@@ -603,16 +603,16 @@ def test_overlays_outline_the_reference_when_given(oracle_bundle: Path, tmp_path
 
 def test_overlay_slices_show_lesion_first_else_the_lungs() -> None:
     """With lesion: its slices, most lesion first, at most max_slices. Without: three slices
-    a quarter, half and three quarters through the slices holding lung (lung in slices
-    20..39 of 60: 25, 30, 34), never the lung-free abdomen; without lungs, the volume's
-    first, middle and last."""
+    a quarter, half and three quarters through the lungs' extent (lung in slices 20..39 of
+    60: 24.75, 29.5, 34.25 rounded), never the lung-free abdomen; without lungs, the same
+    through the volume (14.75, 29.5, 44.25)."""
     from volseg.inference.overlays import overlay_slices
 
     lesion = np.zeros((8, 8, 60), np.uint8)
     lung = np.zeros_like(lesion)
     lung[2:6, 2:6, 20:40] = 1
-    assert overlay_slices(lesion, lung, 6) == [25, 30, 34]  # round(0.25 / 0.5 / 0.75 * 19)
-    assert overlay_slices(lesion, None, 6) == [0, 29, 59]  # linspace 0, 29.5, 59, truncated
+    assert overlay_slices(lesion, lung, 6) == [25, 30, 34]
+    assert overlay_slices(lesion, None, 6) == [15, 30, 44]
     lesion[3, 3, 33] = 1
     lesion[3:5, 3, 21] = 1
     lesion[3:6, 3, 37] = 1
