@@ -6,6 +6,7 @@
 # default network (issue 19), and predict end to end against the MONAI reference (issue 18).
 #
 #   bash bench/gpu_checks.sh OUT_DIR            # on the GPU machine, after scripts/install.sh
+#                                               # (offline: carried wheels, bench/README.md)
 #   QUICK=1 bash bench/gpu_checks.sh OUT_DIR    # a CPU smoke run of the same steps, tiny sizes
 #   STEPS="train predict" bash bench/gpu_checks.sh OUT_DIR   # some of the steps (train, predict, norm)
 #
@@ -15,8 +16,9 @@
 # The train step is at configs/mosmed.yaml's settings (BatchNorm, compile, channels-last).
 #
 # Each step has its own time limit and writes its table to OUT_DIR/<step>.txt (train.json
-# beside it; eight files in all, what a device call brings back); a step that fails or runs out of time is logged in
-# OUT_DIR/steps.log and the next one still runs. The results go into bench/README.md.
+# beside it; eight files in all, what a device call brings back); a step that fails or
+# runs out of time is logged in OUT_DIR/steps.log and the next one still runs. The results
+# go into bench/README.md.
 set -u
 out=${1:?usage: bash bench/gpu_checks.sh OUT_DIR}
 mkdir -p "$out"
