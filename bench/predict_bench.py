@@ -51,9 +51,9 @@ def make_studies(out: Path, count: int, seed: int) -> list[Path]:
 
 
 def repeated_inputs(files: list[Path], repeat: int, folder: Path) -> list[Path]:
-    """``files`` ``repeat`` times over, as hard links named ``<id>_r<k>.nii.gz`` in ``folder``
-    (copy 0 first, in order): enough studies to time a fast pipeline past its start-up
-    without synthesising more. Copy 0 of each keeps its place at the head of the list."""
+    """``files`` ``repeat`` times over, as hard links named ``<id>_r<k>.nii.gz`` in ``folder``,
+    copy 0 of every file first and in order: enough studies to time a fast pipeline past its
+    start-up without synthesising more."""
     if repeat == 1:
         return files
     folder.mkdir(parents=True, exist_ok=True)
@@ -270,6 +270,8 @@ def main() -> None:
         help="a trained model bundle or run dir (its spacing is used); default: random net",
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     logging.basicConfig(level=logging.WARNING)
 
     from volseg.bundle import load_bundle, resolve_bundle_path, save_bundle
@@ -279,8 +281,6 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="volseg-bench-"))
     files = make_studies(work / "data", args.studies, seed=0)
-    if args.repeat < 1:
-        parser.error("--repeat must be >= 1")
     inputs = repeated_inputs(files, args.repeat, work / "repeated")
     device = torch.device(args.device)
     if args.bundle:
