@@ -61,10 +61,10 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, log its status and wall time
 { nvidia-smi; echo "nproc $(nproc)"; "$py" -c 'import torch; print("torch", torch.__version__)'; } \
   > "$out/nvidia-smi.txt" 2>&1 || true
 
-if wanted predict; then  # the predict bench's studies, written while the train step runs
+if wanted predict; then  # the predict bench's studies, in 2 processes while the train step runs
   rm -rf "$predict_work"; mkdir -p "$predict_work"
   "$py" -c 'import sys; from volseg.data.synth import synthesize_dataset
-synthesize_dataset(sys.argv[1], preset="mosmed", seed=0)' "$predict_work/data" \
+synthesize_dataset(sys.argv[1], preset="mosmed", seed=0, workers=2)' "$predict_work/data" \
     > "$out/synth.txt" 2>&1 &
   synth_pid=$!
 fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -288,8 +289,9 @@ def test_study_deterministic_by_seed() -> None:
 def test_cli_writes_same_dataset_and_refuses_existing(
     tiny_dataset: Path, tmp_path: Path, capsys
 ) -> None:
-    out = tmp_path / "cli"
-    assert main(["synth", "--preset", "tiny", "--out", str(out), "--seed", "0"]) == 0
+    out = tmp_path / "cli"  # made in this process; the fixture's in a pool of workers
+    args = ["synth", "--preset", "tiny", "--out", str(out), "--seed", "0", "--workers", "0"]
+    assert main(args) == 0
     assert (out / layout.MANIFEST).read_text() == (tiny_dataset / layout.MANIFEST).read_text()
     for path in sorted(tiny_dataset.rglob("*.nii.gz")):
         ours, _, _ = _load(out / path.relative_to(tiny_dataset))
@@ -299,6 +301,51 @@ def test_cli_writes_same_dataset_and_refuses_existing(
     assert main(["synth", "--preset", "tiny", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--overwrite" in err and str(out) in err
+
+
+def test_sites_reconstruct_at_their_own_voxel_size(tmp_path: Path) -> None:
+    """A preset with ``site_voxels``: each site's scans have its voxels over the same field
+    of view, with lungs and lesions of the same physical size, and the truth on their grid."""
+    preset = replace(TINY, name="tiny-voxels", site_voxels=((5.5, 5.5, 18.0), (2.75, 2.75, 6.0)))
+    assert preset.grid(None) == ((64, 64, 16), (5.5, 5.5, 18.0), 3)
+    assert preset.grid((2.75, 2.75, 6.0)) == ((128, 128, 48), (2.75, 2.75, 6.0), 1)
+    out = synthesize_dataset(tmp_path / "d", preset, seed=0, workers=0)
+    info = json.loads((out / SYNTH_JSON).read_text())
+    assert [s["voxel_mm"] for s in info["sites"]] == [[5.5, 5.5, 18.0], [2.75, 2.75, 6.0]]
+    lung_ml = {}
+    for row in _manifest(out):
+        files = _study_files(out, row)
+        image, affine, _ = _load(files["image"])
+        truth, truth_affine, _ = _load(files["truth"])
+        expected = preset.grid(preset.site_voxel(int(row["site"])))
+        assert image.shape == truth.shape == expected[0], row["study_id"]
+        assert np.allclose(spacing_from_affine(affine), expected[1])
+        assert np.array_equal(affine, truth_affine)
+        lung_ml.setdefault(row["site"], []).append(float(row["lung_ml"]))
+    assert set(lung_ml) == {"0", "1"}
+    # same anatomy model at either voxel size: lung volumes of one population
+    ratio = np.median(lung_ml["1"]) / np.median(lung_ml["0"])
+    assert 0.7 < ratio < 1.4, lung_ml
+
+
+def test_cli_voxels_per_site_and_bad_voxels(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "v"
+    args = ["synth", "--preset", "tiny", "--out", str(out), "--voxels", "11,11,18;5.5,5.5,9"]
+    assert main(args + ["--workers", "2"]) == 0
+    info = json.loads((out / SYNTH_JSON).read_text())
+    assert info["params"]["site_voxels"] == [[11.0, 11.0, 18.0], [5.5, 5.5, 9.0]]
+    shapes = {
+        row["site"]: _load(_study_files(out, row)["image"])[0].shape for row in _manifest(out)
+    }
+    assert shapes == {"0": (32, 32, 16), "1": (64, 64, 32)}
+    capsys.readouterr()
+    for bad in ("1,1", "1,1,0", "a,b,c", "1,1,1;", "0.1,0.1,0.1"):
+        bad_out = tmp_path / "bad"
+        argv = ["synth", "--preset", "tiny", "--out", str(bad_out), "--voxels", bad]
+        assert main(argv) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--voxels" in err, (bad, err)
+        assert not bad_out.exists(), bad
 
 
 def test_overwrite_replaces_old_dataset(tmp_path: Path) -> None:

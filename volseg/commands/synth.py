@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+MIN_VOXEL_MM, MAX_VOXEL_MM = 0.3, 20.0  # thinner renders need tens of GB; thicker is no CT
+
 HELP = "write a synthetic MosMed-like chest CT dataset (studies, masks, truth, manifest)"
 DESCRIPTION = (
     "Generate synthetic chest CT studies in MosMedData's layout (studies/CT-0..CT-4, masks/ "
@@ -24,6 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace a dataset already in --out"
     )
     parser.add_argument(
+        "--voxels",
+        metavar="X,Y,Z[;X,Y,Z...]",
+        help="voxel size(s) in mm the scanner sites reconstruct at, in turn, over the "
+        "preset's field of view (default: the preset's own), e.g. '1.4,1.4,5;2.8,2.8,10' "
+        "to train on scans that must be resampled as real ones are",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes to make the studies in (default: the cores that fit in memory; "
+        "0: this one); the dataset is the same for any number",
+    )
+    parser.add_argument(
         "--paint",
         metavar="HEALTHY",
         help="instead: paint lesions (CT-1, CT-2, CT-3) into the healthy CT file or folder "
@@ -31,16 +47,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_voxels(text: str) -> tuple[tuple[float, float, float], ...]:
+    """``"X,Y,Z;X,Y,Z"`` (mm) as voxel sizes; InputError naming --voxels otherwise."""
+    from volseg.errors import InputError
+
+    voxels = []
+    for part in text.split(";"):
+        try:
+            size = tuple(float(v) for v in part.split(","))
+        except ValueError:
+            size = ()
+        if len(size) != 3 or not all(MIN_VOXEL_MM <= v <= MAX_VOXEL_MM for v in size):
+            raise InputError(
+                f"--voxels {text!r}: each voxel size must be three numbers X,Y,Z in mm "
+                f"between {MIN_VOXEL_MM} and {MAX_VOXEL_MM}, separated by ';'"
+            )
+        voxels.append(size)
+    return tuple(voxels)  # type: ignore[return-value]
+
+
 def run(args: argparse.Namespace) -> int:
-    from volseg.data.synth import synthesize_dataset
+    from dataclasses import replace
+
+    from volseg.data.synth import get_preset, synthesize_dataset
+    from volseg.errors import InputError
 
     if args.paint is not None:
         from volseg.data.paint import paint_dataset
-        from volseg.errors import InputError
 
         if args.seed < 0:
             raise InputError(f"--seed must be >= 0, got {args.seed}")
         paint_dataset(args.paint, args.out, seed=args.seed)
         return 0
-    synthesize_dataset(args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers {args.workers}: must be 0 or more")
+    preset = get_preset(args.preset)
+    if args.voxels is not None:
+        preset = replace(preset, site_voxels=parse_voxels(args.voxels))
+    synthesize_dataset(
+        args.out, preset=preset, seed=args.seed, overwrite=args.overwrite, workers=args.workers
+    )
     return 0

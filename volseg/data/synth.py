@@ -16,7 +16,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,9 @@ MANIFEST_COLUMNS = (
 )
 MAX_ATTEMPTS = 8
 GGO_ABOVE_LUNG_HU = 150.0  # the least density a ground-glass haze adds to its lung
+RENDER_BYTES_PER_VOXEL = 115.0
+"""Peak memory of one study's render per sub-slice voxel (its float fields and copies):
+90 B measured on a mosmed CT-3 study, 113 B on a demo one (``ru_maxrss``, 2026-12-04)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,9 @@ class SynthPreset:
     ``n_labeled`` how many CT-1 studies get a published mask; ``render_dz`` the thickest
     sub-slice (mm) used to model partial volume across the slice; ``n_sites`` how many
     scanners (:mod:`volseg.data.synth_site`) the studies are spread over (the labeled ones
-    all come from the first).
+    all come from the first); ``site_voxels`` the voxel sizes (mm) the sites reconstruct at,
+    in turn (empty: all at ``spacing``), so that a model also sees scans it has to shrink or
+    stretch to its working grid, as every real CT of another slice thickness is.
     """
 
     name: str
@@ -67,6 +72,7 @@ class SynthPreset:
     render_dz: float = 6.0
     center_mm: tuple[float, float, float] = (0.0, 0.0, -160.0)
     n_sites: int = 3
+    site_voxels: tuple[tuple[float, float, float], ...] = ()
 
     @property
     def n_studies(self) -> int:
@@ -75,7 +81,24 @@ class SynthPreset:
     @property
     def subslices(self) -> int:
         """Sub-slices rendered per output slice."""
-        return max(1, math.ceil(self.spacing[2] / self.render_dz - 1e-9))
+        return self.grid(None)[2]
+
+    def site_voxel(self, site: int) -> tuple[float, float, float] | None:
+        """Voxel size (mm) of scanner ``site``: ``site_voxels`` in turn, None = ``spacing``."""
+        return self.site_voxels[site % len(self.site_voxels)] if self.site_voxels else None
+
+    def grid(
+        self, voxel_mm: tuple[float, float, float] | None
+    ) -> tuple[tuple[int, int, int], tuple[float, float, float], int]:
+        """``(shape, spacing, sub-slices)`` of a scan with ``voxel_mm`` voxels (None: the
+        preset's own) over the preset's field of view (``shape`` x ``spacing`` mm)."""
+        spacing = tuple(float(v) for v in (voxel_mm or self.spacing))
+        shape = tuple(
+            max(1, round(n * d / v))
+            for n, d, v in zip(self.shape, self.spacing, spacing, strict=True)
+        )
+        subslices = max(1, math.ceil(spacing[2] / self.render_dz - 1e-9))
+        return shape, spacing, subslices  # type: ignore[return-value]
 
 
 PRESETS: dict[str, SynthPreset] = {
@@ -166,11 +189,11 @@ def synthesize_study(
     rng = np.random.default_rng(seed)
     site = site or draw_site(np.random.default_rng([seed, 1]))
     patient = draw_patient(rng)
-    k = preset.subslices
-    affine = las_affine(preset.shape, preset.spacing, preset.center_mm)
+    shape, spacing, k = preset.grid(site.voxel_mm)
+    affine = las_affine(shape, spacing, preset.center_mm)
     r_affine = subdivide_slices(affine, k)
-    r_shape = (preset.shape[0], preset.shape[1], preset.shape[2] * k)
-    r_spacing = (preset.spacing[0], preset.spacing[1], preset.spacing[2] / k)
+    r_shape = (shape[0], shape[1], shape[2] * k)
+    r_spacing = (spacing[0], spacing[1], spacing[2] / k)
     anat = sample_anatomy(rng, r_affine, r_shape, patient.habitus)
     chest = render_chest(anat, rng, r_affine, r_shape, patient, site)
     findings = ["effusion"] if add_effusion(rng, chest, r_spacing) else []
@@ -181,7 +204,7 @@ def synthesize_study(
     findings += mimics.names
 
     lesions = None
-    lesion = np.zeros(preset.shape, dtype=bool)
+    lesion = np.zeros(shape, dtype=bool)
     for attempt in range(MAX_ATTEMPTS):
         if grade == 0:
             break
@@ -200,7 +223,7 @@ def synthesize_study(
     # Composite the lung: parenchyma, non-COVID findings, lesions, vessels; then airways.
     lung_hu = chest.parenchyma + (mimics.hu - chest.parenchyma) * mimics.weight
     labels = chest.labels
-    types = np.zeros(preset.shape, dtype=np.uint8)
+    types = np.zeros(shape, dtype=np.uint8)
     if lesions is not None:
         # Ground glass is a haze over the patient's own lung: at least GGO_ABOVE_LUNG_HU
         # denser than the healthy parenchyma around it, however dense that is (expiration,
@@ -221,15 +244,15 @@ def synthesize_study(
 
     # Thick slices, the site's reconstruction kernel, its noise, streaks, padding.
     image = average_subslices(hu, k)
-    blur = _blur_px(site.kernel_mm, preset.spacing[0])
+    blur = _blur_px(site.kernel_mm, spacing[0])
     image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0.0))
     noise = ndimage.gaussian_filter(
         rng.standard_normal(image.shape).astype(np.float32), sigma=(blur, blur, 0.0)
     )
-    noise *= site.noise_at(float(np.prod(preset.spacing))) / max(float(noise.std()), 1e-6)
-    image = add_streaks(rng, image + noise, preset.spacing)
+    noise *= site.noise_at(float(np.prod(spacing))) / max(float(noise.std()), 1e-6)
+    image = add_streaks(rng, image + noise, spacing)
     if site.padding_hu is not None:
-        image[_outside_circle(preset.shape)] = site.padding_hu
+        image[_outside_circle(shape)] = site.padding_hu
     image = np.clip(np.rint(image), -3024, 3071).astype(np.int16)
     labels_out = _pure_labels(labels, k, MIXED)
     return SynthStudy(
@@ -336,8 +359,12 @@ def synthesize_dataset(
     seed: int = 0,
     *,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Write a whole synthetic dataset in MosMed layout into ``out_dir``; returns it.
+
+    The studies are made in ``workers`` processes (None: as many as there are cores and
+    memory; 0: this one); each is seeded on its own, so the files do not depend on it.
 
     Refuses (InputError) a folder that already holds a dataset unless ``overwrite``. The
     dataset is written into a hidden staging folder inside ``out_dir`` and moved into place
@@ -367,7 +394,7 @@ def synthesize_dataset(
             staging = Path(tempfile.mkdtemp(prefix=".synth-", suffix=".tmp", dir=out_dir))
         try:
             with naming_errors(out_dir, staging):
-                info = _write_dataset(staging, preset, seed)
+                info = _write_dataset(staging, preset, seed, workers)
                 replace_entries(staging, out_dir, _DATASET_ENTRIES)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -383,44 +410,32 @@ def synthesize_dataset(
     return out_dir
 
 
-def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
+def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int | None) -> dict:
     """Every study, mask, truth file and the manifest into ``out_dir``; returns synth.json."""
+    from functools import partial
+
     from volseg import __version__
     from volseg.data.synth_site import draw_site
-    from volseg.io import write_json_atomic, write_nifti, write_text_atomic
+    from volseg.data.workers import PROCESS_BYTES, map_ordered, worker_count
+    from volseg.io import write_json_atomic, write_text_atomic
     from volseg.progress import progress
-    from volseg.quantify import quantify
 
-    rows = []
     start = time.perf_counter()
     plan = study_plan(preset)
-    sites = [draw_site(np.random.default_rng([seed, 2, i])) for i in range(preset.n_sites)]
-    for number, (sid, category, labeled) in enumerate(progress(plan, desc="synth"), start=1):
-        t0 = time.perf_counter()
-        site = 0 if labeled else (number - 1) % len(sites)  # labeled scans: one scanner
-        study = synthesize_study(preset, category, study_seed(seed, number), sites[site])
-        write_nifti(layout.image_path(out_dir, category, sid), study.image, study.affine)
-        write_nifti(layout.lungs_path(out_dir / layout.LUNGS_DIR, sid), study.lungs, study.affine)
-        write_nifti(layout.truth_path(out_dir, sid), study.lesion, study.affine)
-        write_nifti(layout.truth_types_path(out_dir, sid), study.lesion_types, study.affine)
-        if labeled:
-            write_nifti(layout.mask_path(out_dir, sid), study.lesion, study.affine)
-        q = quantify(study.lesion, study.lungs, study.spacing)
-        rows.append(
-            {
-                "study_id": sid,
-                "category": category,
-                "labeled": int(labeled),
-                "involvement_pct": f"{study.involvement_pct:.6f}",
-                "lesion_ml": f"{q['lesion_volume_ml']:.4f}",
-                "lung_ml": f"{q['lung_volume_ml']:.4f}",
-                "site": site,
-                "findings": ";".join(study.findings),
-            }
-        )
-        log.debug(
-            "%s %s %.2f%% in %.2f s", sid, category, study.involvement_pct, time.perf_counter() - t0
-        )
+    sites = [
+        replace(draw_site(np.random.default_rng([seed, 2, i])), voxel_mm=preset.site_voxel(i))
+        for i in range(preset.n_sites)
+    ]
+    jobs = [  # the labeled scans all come from one scanner
+        (number, sid, category, labeled, 0 if labeled else (number - 1) % len(sites))
+        for number, (sid, category, labeled) in enumerate(plan, start=1)
+    ]
+    grids = [preset.grid(site.voxel_mm) for site in sites]
+    render = max(math.prod(shape) * k for shape, _, k in grids)
+    peak = PROCESS_BYTES + RENDER_BYTES_PER_VOXEL * render
+    count = worker_count(workers, len(jobs), peak)
+    write = partial(_write_study, out_dir, preset, seed, sites)
+    rows = list(progress(map_ordered(write, jobs, count), desc="synth"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -438,3 +453,40 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int) -> dict:
     }
     write_json_atomic(out_dir / SYNTH_JSON, info)
     return info | {"seconds": time.perf_counter() - start}
+
+
+def _write_study(
+    out_dir: Path,
+    preset: SynthPreset,
+    seed: int,
+    sites: list[ScanSite],
+    job: tuple[int, str, str, bool, int],
+) -> dict[str, object]:
+    """Synthesise study ``job`` = (number, id, category, labeled, site), write its files
+    into ``out_dir`` and return its manifest row."""
+    from volseg.io import write_nifti
+    from volseg.quantify import quantify
+
+    number, sid, category, labeled, site = job
+    t0 = time.perf_counter()
+    study = synthesize_study(preset, category, study_seed(seed, number), sites[site])
+    write_nifti(layout.image_path(out_dir, category, sid), study.image, study.affine)
+    write_nifti(layout.lungs_path(out_dir / layout.LUNGS_DIR, sid), study.lungs, study.affine)
+    write_nifti(layout.truth_path(out_dir, sid), study.lesion, study.affine)
+    write_nifti(layout.truth_types_path(out_dir, sid), study.lesion_types, study.affine)
+    if labeled:
+        write_nifti(layout.mask_path(out_dir, sid), study.lesion, study.affine)
+    q = quantify(study.lesion, study.lungs, study.spacing)
+    log.debug(
+        "%s %s %.2f%% in %.2f s", sid, category, study.involvement_pct, time.perf_counter() - t0
+    )
+    return {
+        "study_id": sid,
+        "category": category,
+        "labeled": int(labeled),
+        "involvement_pct": f"{study.involvement_pct:.6f}",
+        "lesion_ml": f"{q['lesion_volume_ml']:.4f}",
+        "lung_ml": f"{q['lung_volume_ml']:.4f}",
+        "site": site,
+        "findings": ";".join(study.findings),
+    }

@@ -36,6 +36,7 @@ class ScanSite:
     kernel_mm: float  # in-plane Gaussian sigma of the reconstruction kernel
     blood_hu: float  # heart, aorta and pulmonary vessels
     padding_hu: float | None  # value outside the reconstruction circle, or None
+    voxel_mm: tuple[float, float, float] | None = None  # reconstructed voxel; None: the preset's
 
     def noise_at(self, voxel_mm3: float) -> float:
         """Noise std (HU) at a voxel of ``voxel_mm3``."""
