@@ -367,6 +367,35 @@ def test_overwrite_replaces_old_dataset(tmp_path: Path) -> None:
     assert layout.mask_path(tmp_path, "study_0002").exists()
 
 
+def test_failed_study_in_a_worker_leaves_the_old_dataset(tmp_path: Path, monkeypatch) -> None:
+    """A study that fails in a worker process stops the dataset: the one already in the
+    folder stays as it was and no staging folder is left behind."""
+    import volseg.data.synth as synth
+
+    small = SynthPreset(
+        name="small",
+        shape=(32, 32, 8),
+        spacing=(11.0, 11.0, 36.0),
+        counts={"CT-0": 2, "CT-1": 2},
+        n_labeled=1,
+    )
+    synthesize_dataset(tmp_path, preset=small, seed=1, workers=0)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    make = synth.synthesize_study
+
+    def failing(preset, category, seed, site=None):
+        if category == "CT-1":
+            raise RuntimeError("disk on fire")
+        return make(preset, category, seed, site)
+
+    monkeypatch.setattr(synth, "synthesize_study", failing)  # inherited by forked workers
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        synthesize_dataset(tmp_path, preset=small, seed=2, overwrite=True, workers=2)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synth-")]
+
+
 def test_unknown_preset_is_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown synth preset"):
         synthesize_dataset(tmp_path, preset="huge")
