@@ -348,14 +348,20 @@ def test_cli_voxels_per_site_and_bad_voxels(tmp_path: Path, capsys) -> None:
         assert not bad_out.exists(), bad
 
 
-def test_overwrite_replaces_old_dataset(tmp_path: Path) -> None:
-    small = SynthPreset(
+def _small_preset(studies_per_category: int) -> SynthPreset:
+    """A preset of a few CT-0 and CT-1 studies on a 32 x 32 x 8 grid (fast)."""
+    n = studies_per_category
+    return SynthPreset(
         name="small",
         shape=(32, 32, 8),
         spacing=(11.0, 11.0, 36.0),
-        counts={"CT-0": 1, "CT-1": 1},
+        counts={"CT-0": n, "CT-1": n},
         n_labeled=1,
     )
+
+
+def test_overwrite_replaces_old_dataset(tmp_path: Path) -> None:
+    small = _small_preset(studies_per_category=1)
     stale = tmp_path / layout.TRUTH_DIR / "study_0099_mask.nii.gz"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
@@ -372,13 +378,7 @@ def test_failed_study_in_a_worker_leaves_the_old_dataset(tmp_path: Path, monkeyp
     folder stays as it was and no staging folder is left behind."""
     import volseg.data.synth as synth
 
-    small = SynthPreset(
-        name="small",
-        shape=(32, 32, 8),
-        spacing=(11.0, 11.0, 36.0),
-        counts={"CT-0": 2, "CT-1": 2},
-        n_labeled=1,
-    )
+    small = _small_preset(studies_per_category=2)
     synthesize_dataset(tmp_path, preset=small, seed=1, workers=0)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     make = synth.synthesize_study
