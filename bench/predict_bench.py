@@ -3,7 +3,7 @@
 File in -> mask file out on full-size synthetic MosMed-like studies (512 x 512 x ~40,
 0.7 x 0.7 x 8 mm, int16, LAS). The reference is the textbook MONAI chain:
 LoadImaged -> EnsureChannelFirstd -> Orientationd -> Spacingd -> ScaleIntensityRanged ->
-sliding_window_inference (overlap 0.5) -> Invertd -> SaveImage. volseg runs
+sliding_window_inference (--overlap, 0.5 by default) -> Invertd -> SaveImage. volseg runs
 ``volseg.stages.predict.run_predict`` (decode ahead and write behind in threads, resampling
 on the device, body crop, sliding window, exact inverse). Both use one network (a trained
 bundle, or a randomly initialised one from the registry) and the same ROI. volseg runs twice:
@@ -67,7 +67,9 @@ def repeated_inputs(files: list[Path], repeat: int, folder: Path) -> list[Path]:
     return out
 
 
-def reference_pipeline(files, model, spacing, hu_window, roi, out_dir: Path, device) -> float:
+def reference_pipeline(
+    files, model, spacing, hu_window, roi, out_dir: Path, device, overlap: float = 0.5
+) -> float:
     """The MONAI-reference predict chain; returns wall seconds for all files."""
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
@@ -118,9 +120,9 @@ def reference_pipeline(files, model, spacing, hu_window, roi, out_dir: Path, dev
         data = pre({"image": str(f)})
         with torch.inference_mode():
             x = data["image"].unsqueeze(0).to(device)
-            data["pred"] = sliding_window_inference(x, roi, 4, model, overlap=0.5, mode="gaussian")[
-                0
-            ].cpu()
+            data["pred"] = sliding_window_inference(
+                x, roi, 4, model, overlap=overlap, mode="gaussian"
+            )[0].cpu()
         item = post(data)
         saver(item["pred"], meta_data=item["pred"].meta)
     return time.perf_counter() - start
@@ -253,6 +255,9 @@ def main() -> None:
     parser.add_argument("--model", default="unet3d")
     parser.add_argument("--params", default="{}", help="network constructor arguments (JSON)")
     parser.add_argument("--roi", type=int, nargs=3, default=[96, 96, 32])
+    parser.add_argument(
+        "--overlap", type=float, default=0.5, help="sliding-window overlap, every pipeline"
+    )
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 5.0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", default=None)
@@ -301,7 +306,8 @@ def main() -> None:
         )
         trained = load_bundle(bundle_path, device)
     model = trained.model
-    same = {"roi_size": tuple(args.roi), "overlap": 0.5, "sw_batch_size": 4, "min_component_mm3": 0}
+    whole_job = {"roi_size": tuple(args.roi), "overlap": args.overlap, "sw_batch_size": 4}
+    same = {**whole_job, "min_component_mm3": 0}
     if args.decoders or args.writers:  # pipeline widths to try (the defaults were chosen so)
         import volseg.stages.predict as predict_stage
 
@@ -312,7 +318,9 @@ def main() -> None:
     # warm-up every path on the first file (imports, cuDNN autotune)
     volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm", device, **same)
     volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm_lungs", device)
-    reference_pipeline(files[:1], model, args.spacing, hu, args.roi, work / "warm_ref", device)
+    reference_pipeline(
+        files[:1], model, args.spacing, hu, args.roi, work / "warm_ref", device, args.overlap
+    )
     from volseg.inference.predictor import PredictOptions
 
     with_precision = "precision" in PredictOptions.__dataclass_fields__  # volseg that has it
@@ -327,7 +335,6 @@ def main() -> None:
             precision="bf16",
         )
 
-    whole_job = {"roi_size": tuple(args.roi), "overlap": 0.5, "sw_batch_size": 4}
     pipelines = [  # (name, output folder, run_predict arguments)
         ("volseg, no lungs", "volseg", {"use_lungs": False, **same}),
         ("volseg, whole job", "whole", whole_job),
@@ -347,7 +354,9 @@ def main() -> None:
     ]
     folders = [work / folder for _, folder, _ in pipelines]
     with measured("MONAI reference", device) as ref:
-        reference_pipeline(files, model, args.spacing, hu, args.roi, work / "ref", device)
+        reference_pipeline(
+            files, model, args.spacing, hu, args.roi, work / "ref", device, args.overlap
+        )
     ref.volumes = len(files)
 
     ids = [f.name.replace(".nii.gz", "") for f in files]
@@ -371,7 +380,7 @@ def main() -> None:
     header = (
         f"predict benchmark: {len(files)} studies 512x512x~40 (volseg: each x{args.repeat}) "
         f"-> spacing {args.spacing}, "
-        f"model {args.model}, roi {args.roi}, {device_name}"
+        f"model {args.model}, roi {args.roi}, overlap {args.overlap}, {device_name}"
     )
     print_table(header, [ref, *runs], ref, dices)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
