@@ -346,6 +346,9 @@ def test_cli_voxels_per_site_and_bad_voxels(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--voxels" in err, (bad, err)
         assert not bad_out.exists(), bad
+    argv = ["synth", "--paint", str(out / "studies"), "--out", str(bad_out), "--voxels", "1,1,1"]
+    assert main(argv) == 2
+    assert "--voxels" in capsys.readouterr().err and not bad_out.exists()
 
 
 def _small_preset(studies_per_category: int) -> SynthPreset:

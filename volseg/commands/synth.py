@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.seed < 0:
             raise InputError(f"--seed must be >= 0, got {args.seed}")
+        if args.voxels is not None:
+            raise InputError("--voxels makes synthetic scans; --paint keeps the healthy scans' own")
         paint_dataset(args.paint, args.out, seed=args.seed)
         return 0
     if args.workers is not None and args.workers < 0:
