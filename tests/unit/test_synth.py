@@ -399,6 +399,18 @@ def test_failed_study_in_a_worker_leaves_the_old_dataset(tmp_path: Path, monkeyp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synth-")]
 
 
+def test_voxels_too_fine_for_the_memory_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    import volseg.data.workers as workers
+
+    monkeypatch.setattr(workers, "available_memory_bytes", lambda: 2e9)
+    out = tmp_path / "fine"
+    argv = ["synth", "--preset", "tiny", "--out", str(out), "--voxels", "0.5,0.5,0.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GB of memory" in err and "larger voxels" in err
+    assert not out.exists()
+
+
 def test_unknown_preset_is_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown synth preset"):
         synthesize_dataset(tmp_path, preset="huge")

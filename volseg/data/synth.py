@@ -416,7 +416,12 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int |
 
     from volseg import __version__
     from volseg.data.synth_site import draw_site
-    from volseg.data.workers import PROCESS_BYTES, map_ordered, worker_count
+    from volseg.data.workers import (
+        PROCESS_BYTES,
+        available_memory_bytes,
+        map_ordered,
+        worker_count,
+    )
     from volseg.io import write_json_atomic, write_text_atomic
     from volseg.progress import progress
 
@@ -433,6 +438,13 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int |
     grids = [preset.grid(site.voxel_mm) for site in sites]
     render = max(math.prod(shape) * k for shape, _, k in grids)
     peak = PROCESS_BYTES + RENDER_BYTES_PER_VOXEL * render
+    memory = available_memory_bytes()
+    if memory is not None and peak > memory:
+        raise InputError(
+            f"synth preset {preset.name!r}: one study at its finest voxels needs about "
+            f"{peak / 1e9:.1f} GB of memory, {memory / 1e9:.1f} GB are available; "
+            "choose larger voxels"
+        )
     count = worker_count(workers, len(jobs), peak)
     write = partial(_write_study, out_dir, preset, seed, sites)
     rows = list(progress(map_ordered(write, jobs, count), desc="synth"))
