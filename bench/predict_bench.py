@@ -277,6 +277,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if not 0 <= args.overlap < 1:
+        parser.error("--overlap must be in [0, 1)")
     logging.basicConfig(level=logging.WARNING)
 
     from volseg.bundle import load_bundle, resolve_bundle_path, save_bundle
@@ -317,7 +319,9 @@ def main() -> None:
 
     # warm-up every path on the first file (imports, cuDNN autotune)
     volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm", device, **same)
-    volseg_run(run_predict, "warm", bundle_path, files[:1], work / "warm_lungs", device)
+    volseg_run(
+        run_predict, "warm", bundle_path, files[:1], work / "warm_lungs", device, **whole_job
+    )
     reference_pipeline(
         files[:1], model, args.spacing, hu, args.roi, work / "warm_ref", device, args.overlap
     )
@@ -332,6 +336,7 @@ def main() -> None:
             files[:1],
             work / "warm_bf16",
             device,
+            **whole_job,
             precision="bf16",
         )
 

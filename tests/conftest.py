@@ -45,4 +45,4 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from volseg.data.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("tiny_dataset") / "data"
-    return synthesize_dataset(root, preset="tiny", seed=0)
+    return synthesize_dataset(root, preset="tiny", seed=0, workers=2)  # made in a pool

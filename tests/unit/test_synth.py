@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 from dataclasses import replace
 from pathlib import Path
 
@@ -286,17 +287,21 @@ def test_study_deterministic_by_seed() -> None:
     assert not np.array_equal(a.image, c.image)
 
 
+def _assert_same_files(a: Path, b: Path) -> None:
+    """``a`` and ``b`` hold the same files, byte for byte."""
+    files = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
 def test_cli_writes_same_dataset_and_refuses_existing(
     tiny_dataset: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "cli"  # made in this process; the fixture's in a pool of workers
     args = ["synth", "--preset", "tiny", "--out", str(out), "--seed", "0", "--workers", "0"]
     assert main(args) == 0
-    assert (out / layout.MANIFEST).read_text() == (tiny_dataset / layout.MANIFEST).read_text()
-    for path in sorted(tiny_dataset.rglob("*.nii.gz")):
-        ours, _, _ = _load(out / path.relative_to(tiny_dataset))
-        ref, _, _ = _load(path)
-        assert np.array_equal(ours, ref), path.name
+    _assert_same_files(out, tiny_dataset)
     capsys.readouterr()
     assert main(["synth", "--preset", "tiny", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -307,21 +312,28 @@ def test_sites_reconstruct_at_their_own_voxel_size(tmp_path: Path) -> None:
     """A preset with ``site_voxels``: each site's scans have its voxels over the same field
     of view, with lungs and lesions of the same physical size, and the truth on their grid."""
     preset = replace(TINY, name="tiny-voxels", site_voxels=((5.5, 5.5, 18.0), (2.75, 2.75, 6.0)))
-    assert preset.grid(None) == ((64, 64, 16), (5.5, 5.5, 18.0), 3)
+    assert preset.grid(None) == ((64, 64, 16), (5.5, 5.5, 18.0), 3)  # 18 mm: 3 sub-slices
     assert preset.grid((2.75, 2.75, 6.0)) == ((128, 128, 48), (2.75, 2.75, 6.0), 1)
     out = synthesize_dataset(tmp_path / "d", preset, seed=0, workers=0)
     info = json.loads((out / SYNTH_JSON).read_text())
     assert [s["voxel_mm"] for s in info["sites"]] == [[5.5, 5.5, 18.0], [2.75, 2.75, 6.0]]
-    lung_ml = {}
+    expected = {"0": ((64, 64, 16), (5.5, 5.5, 18.0)), "1": ((128, 128, 48), (2.75, 2.75, 6.0))}
+    lung_ml: dict[str, list[float]] = {}
+    field_of_view = set()
     for row in _manifest(out):
+        shape, spacing = expected[row["site"]]
         files = _study_files(out, row)
+        files["types"] = layout.truth_types_path(out, row["study_id"])
         image, affine, _ = _load(files["image"])
-        truth, truth_affine, _ = _load(files["truth"])
-        expected = preset.grid(preset.site_voxel(int(row["site"])))
-        assert image.shape == truth.shape == expected[0], row["study_id"]
-        assert np.allclose(spacing_from_affine(affine), expected[1])
-        assert np.array_equal(affine, truth_affine)
+        assert image.shape == shape and np.allclose(spacing_from_affine(affine), spacing)
+        for name in ("lungs", "truth", "types"):
+            data, other_affine, _ = _load(files[name])
+            assert data.shape == shape and np.array_equal(other_affine, affine), name
+        # the outer corners of the first and last voxels: the same box in the world
+        corners = affine @ np.array([[-0.5, -0.5, -0.5, 1.0], [*(np.array(shape) - 0.5), 1.0]]).T
+        field_of_view.add(tuple(np.round(corners[:3].ravel(), 3)))
         lung_ml.setdefault(row["site"], []).append(float(row["lung_ml"]))
+    assert len(field_of_view) == 1, field_of_view
     assert set(lung_ml) == {"0", "1"}
     # same anatomy model at either voxel size: lung volumes of one population
     ratio = np.median(lung_ml["1"]) / np.median(lung_ml["0"])
@@ -329,9 +341,11 @@ def test_sites_reconstruct_at_their_own_voxel_size(tmp_path: Path) -> None:
 
 
 def test_cli_voxels_per_site_and_bad_voxels(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "v"
-    args = ["synth", "--preset", "tiny", "--out", str(out), "--voxels", "11,11,18;5.5,5.5,9"]
-    assert main(args + ["--workers", "2"]) == 0
+    out, serial = tmp_path / "v", tmp_path / "v0"
+    args = ["synth", "--preset", "tiny", "--voxels", "11,11,18;5.5,5.5,9"]
+    assert main(args + ["--out", str(out), "--workers", "2"]) == 0
+    assert main(args + ["--out", str(serial), "--workers", "0"]) == 0
+    _assert_same_files(out, serial)
     info = json.loads((out / SYNTH_JSON).read_text())
     assert info["params"]["site_voxels"] == [[11.0, 11.0, 18.0], [5.5, 5.5, 9.0]]
     shapes = {
@@ -346,9 +360,15 @@ def test_cli_voxels_per_site_and_bad_voxels(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--voxels" in err, (bad, err)
         assert not bad_out.exists(), bad
-    argv = ["synth", "--paint", str(out / "studies"), "--out", str(bad_out), "--voxels", "1,1,1"]
-    assert main(argv) == 2
-    assert "--voxels" in capsys.readouterr().err and not bad_out.exists()
+    for extra, flag in (
+        (["--voxels", "5,5,5;6,6,6;7,7,7"], "--voxels"),  # tiny has 2 sites
+        (["--workers", "-1"], "--workers"),
+        (["--paint", str(out / "studies"), "--voxels", "1,1,1"], "--voxels"),
+        (["--paint", str(out / "studies"), "--workers", "2"], "--workers"),
+    ):
+        assert main(["synth", "--preset", "tiny", "--out", str(bad_out), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err and not bad_out.exists(), (extra, err)
 
 
 def _small_preset(studies_per_category: int) -> SynthPreset:
@@ -376,6 +396,10 @@ def test_overwrite_replaces_old_dataset(tmp_path: Path) -> None:
     assert layout.mask_path(tmp_path, "study_0002").exists()
 
 
+@pytest.mark.skipif(
+    multiprocessing.get_start_method() != "fork",
+    reason="the patched function reaches the workers only when they are forked",
+)
 def test_failed_study_in_a_worker_leaves_the_old_dataset(tmp_path: Path, monkeypatch) -> None:
     """A study that fails in a worker process stops the dataset: the one already in the
     folder stays as it was and no staging folder is left behind."""

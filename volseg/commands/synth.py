@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-MIN_VOXEL_MM, MAX_VOXEL_MM = 0.3, 20.0  # thinner renders need tens of GB; thicker is no CT
-
 HELP = "write a synthetic MosMed-like chest CT dataset (studies, masks, truth, manifest)"
 DESCRIPTION = (
     "Generate synthetic chest CT studies in MosMedData's layout (studies/CT-0..CT-4, masks/ "
@@ -29,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--voxels",
         metavar="X,Y,Z[;X,Y,Z...]",
         help="voxel size(s) in mm the scanner sites reconstruct at, in turn, over the "
-        "preset's field of view (default: the preset's own), e.g. '1.4,1.4,5;2.8,2.8,10' "
-        "to train on scans that must be resampled as real ones are",
+        "preset's field of view (default: the preset's own), the first for the site of the "
+        "labeled scans; at most one per site (tiny 2, demo and study 3, mosmed 2), e.g. "
+        "'1.4,1.4,5;2.8,2.8,10' to train on scans that must be resampled as real ones are",
     )
     parser.add_argument(
         "--workers",
@@ -49,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_voxels(text: str) -> tuple[tuple[float, float, float], ...]:
     """``"X,Y,Z;X,Y,Z"`` (mm) as voxel sizes; InputError naming --voxels otherwise."""
+    from volseg.data.synth import MAX_VOXEL_MM, MIN_VOXEL_MM
     from volseg.errors import InputError
 
     voxels = []
@@ -72,20 +72,27 @@ def run(args: argparse.Namespace) -> int:
     from volseg.data.synth import get_preset, synthesize_dataset
     from volseg.errors import InputError
 
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers {args.workers}: must be 0 or more")
     if args.paint is not None:
         from volseg.data.paint import paint_dataset
 
         if args.seed < 0:
             raise InputError(f"--seed must be >= 0, got {args.seed}")
-        if args.voxels is not None:
-            raise InputError("--voxels makes synthetic scans; --paint keeps the healthy scans' own")
+        for flag, value in (("--voxels", args.voxels), ("--workers", args.workers)):
+            if value is not None:
+                raise InputError(f"{flag} applies to a synthetic dataset, not to --paint")
         paint_dataset(args.paint, args.out, seed=args.seed)
         return 0
-    if args.workers is not None and args.workers < 0:
-        raise InputError(f"--workers {args.workers}: must be 0 or more")
     preset = get_preset(args.preset)
     if args.voxels is not None:
-        preset = replace(preset, site_voxels=parse_voxels(args.voxels))
+        voxels = parse_voxels(args.voxels)
+        if len(voxels) > preset.n_sites:
+            raise InputError(
+                f"--voxels: {len(voxels)} voxel sizes for the {preset.n_sites} sites of "
+                f"preset {preset.name!r}"
+            )
+        preset = replace(preset, site_voxels=voxels)
     synthesize_dataset(
         args.out, preset=preset, seed=args.seed, overwrite=args.overwrite, workers=args.workers
     )

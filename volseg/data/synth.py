@@ -17,8 +17,9 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -46,9 +47,18 @@ MANIFEST_COLUMNS = (
 )
 MAX_ATTEMPTS = 8
 GGO_ABOVE_LUNG_HU = 150.0  # the least density a ground-glass haze adds to its lung
+MIN_VOXEL_MM, MAX_VOXEL_MM = 0.3, 20.0  # thinner renders need tens of GB; thicker is no CT
 RENDER_BYTES_PER_VOXEL = 115.0
 """Peak memory of one study's render per sub-slice voxel (its float fields and copies):
 90 B measured on a mosmed CT-3 study, 113 B on a demo one (``ru_maxrss``, 2026-12-04)."""
+
+
+class Grid(NamedTuple):
+    """The voxel grid of one synthetic scan."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]  # mm
+    subslices: int  # rendered per output slice, for partial volume across it
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,18 @@ class SynthPreset:
     n_sites: int = 3
     site_voxels: tuple[tuple[float, float, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        for voxel in self.site_voxels:
+            if len(voxel) != 3 or not all(MIN_VOXEL_MM <= float(v) <= MAX_VOXEL_MM for v in voxel):
+                raise ValueError(
+                    f"site_voxels: {voxel!r} is not three sizes between {MIN_VOXEL_MM} and "
+                    f"{MAX_VOXEL_MM} mm"
+                )
+        if len(self.site_voxels) > self.n_sites:
+            raise ValueError(
+                f"site_voxels: {len(self.site_voxels)} voxel sizes for {self.n_sites} sites"
+            )
+
     @property
     def n_studies(self) -> int:
         return sum(self.counts.values())
@@ -81,24 +103,22 @@ class SynthPreset:
     @property
     def subslices(self) -> int:
         """Sub-slices rendered per output slice."""
-        return self.grid(None)[2]
+        return self.grid(None).subslices
 
     def site_voxel(self, site: int) -> tuple[float, float, float] | None:
         """Voxel size (mm) of scanner ``site``: ``site_voxels`` in turn, None = ``spacing``."""
         return self.site_voxels[site % len(self.site_voxels)] if self.site_voxels else None
 
-    def grid(
-        self, voxel_mm: tuple[float, float, float] | None
-    ) -> tuple[tuple[int, int, int], tuple[float, float, float], int]:
-        """``(shape, spacing, sub-slices)`` of a scan with ``voxel_mm`` voxels (None: the
-        preset's own) over the preset's field of view (``shape`` x ``spacing`` mm)."""
+    def grid(self, voxel_mm: tuple[float, float, float] | None) -> Grid:
+        """The grid of a scan with ``voxel_mm`` voxels (None: the preset's own) over the
+        preset's field of view (``shape`` x ``spacing`` mm, centred on ``center_mm``)."""
         spacing = tuple(float(v) for v in (voxel_mm or self.spacing))
         shape = tuple(
             max(1, round(n * d / v))
             for n, d, v in zip(self.shape, self.spacing, spacing, strict=True)
         )
         subslices = max(1, math.ceil(spacing[2] / self.render_dz - 1e-9))
-        return shape, spacing, subslices  # type: ignore[return-value]
+        return Grid(shape, spacing, subslices)  # type: ignore[arg-type]
 
 
 PRESETS: dict[str, SynthPreset] = {
@@ -173,7 +193,9 @@ def synthesize_study(
     preset: SynthPreset | str, category: str, seed: int, site: ScanSite | None = None
 ) -> SynthStudy:
     """Generate one study of ``category`` whose true involvement lies in that category,
-    acquired at ``site`` (a scanner drawn from the seed when not given)."""
+    acquired at ``site`` (a scanner drawn from the seed when not given) on the grid of
+    ``site.voxel_mm`` (the preset's own when None; a drawn site has none, so
+    ``preset.site_voxels`` applies through the sites :func:`synthesize_dataset` makes)."""
     from scipy import ndimage
 
     from volseg.data.synth_anatomy import MIXED, TISSUE, render_chest, sample_anatomy
@@ -412,14 +434,13 @@ def synthesize_dataset(
 
 def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int | None) -> dict:
     """Every study, mask, truth file and the manifest into ``out_dir``; returns synth.json."""
-    from functools import partial
-
     from volseg import __version__
     from volseg.data.synth_site import draw_site
     from volseg.data.workers import (
-        PROCESS_BYTES,
+        MEMORY_SHARE,
         available_memory_bytes,
         map_ordered,
+        study_peak_bytes,
         worker_count,
     )
     from volseg.io import write_json_atomic, write_text_atomic
@@ -432,18 +453,19 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int |
         for i in range(preset.n_sites)
     ]
     jobs = [  # the labeled scans all come from one scanner
-        (number, sid, category, labeled, 0 if labeled else (number - 1) % len(sites))
+        _Job(number, sid, category, labeled, 0 if labeled else (number - 1) % len(sites))
         for number, (sid, category, labeled) in enumerate(plan, start=1)
     ]
     grids = [preset.grid(site.voxel_mm) for site in sites]
-    render = max(math.prod(shape) * k for shape, _, k in grids)
-    peak = PROCESS_BYTES + RENDER_BYTES_PER_VOXEL * render
+    render = max(math.prod(g.shape) * g.subslices for g in grids)
+    peak = study_peak_bytes(render, RENDER_BYTES_PER_VOXEL)
     memory = available_memory_bytes()
-    if memory is not None and peak > memory:
+    if memory is not None and peak > memory * MEMORY_SHARE:
+        voxels = "voxels (--voxels)" if preset.site_voxels else "voxels or a smaller preset"
         raise InputError(
             f"synth preset {preset.name!r}: one study at its finest voxels needs about "
             f"{peak / 1e9:.1f} GB of memory, {memory / 1e9:.1f} GB are available; "
-            "choose larger voxels"
+            f"choose larger {voxels}"
         )
     count = worker_count(workers, len(jobs), peak)
     write = partial(_write_study, out_dir, preset, seed, sites)
@@ -467,15 +489,20 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int |
     return info | {"seconds": time.perf_counter() - start}
 
 
+class _Job(NamedTuple):
+    """One study of a dataset: its number (seed), id, category, published mask, site."""
+
+    number: int
+    sid: str
+    category: str
+    labeled: bool
+    site: int
+
+
 def _write_study(
-    out_dir: Path,
-    preset: SynthPreset,
-    seed: int,
-    sites: list[ScanSite],
-    job: tuple[int, str, str, bool, int],
+    out_dir: Path, preset: SynthPreset, seed: int, sites: list[ScanSite], job: _Job
 ) -> dict[str, object]:
-    """Synthesise study ``job`` = (number, id, category, labeled, site), write its files
-    into ``out_dir`` and return its manifest row."""
+    """Synthesise study ``job``, write its files into ``out_dir``; returns its manifest row."""
     from volseg.io import write_nifti
     from volseg.quantify import quantify
 

@@ -1,4 +1,5 @@
-"""Per-study work (dataset check, lung masks, cache) in worker processes, memory-bounded.
+"""Per-study work (dataset check, lung masks, cache, synthesis) in worker processes,
+memory-bounded.
 
 ``prepare`` decodes every study several times; at MosMed scale (1,110 studies) that is the
 wait, and each study is independent. :func:`map_ordered` runs one function per item in a
@@ -31,9 +32,10 @@ MEMORY_SHARE = 0.8
 """Share of the available memory the workers may use together."""
 
 
-def study_peak_bytes(voxels: int) -> float:
-    """Estimated peak resident memory of one worker on a study of ``voxels`` voxels."""
-    return PROCESS_BYTES + BYTES_PER_VOXEL * voxels
+def study_peak_bytes(voxels: int, bytes_per_voxel: float = BYTES_PER_VOXEL) -> float:
+    """Estimated peak resident memory of one worker on a study of ``voxels`` voxels, at
+    ``bytes_per_voxel`` (default: prepare's check, lung mask and cache entry)."""
+    return PROCESS_BYTES + bytes_per_voxel * voxels
 
 
 def available_memory_bytes() -> float | None:
@@ -51,9 +53,11 @@ def available_memory_bytes() -> float | None:
 def worker_count(requested: int | None, tasks: int | None, peak_bytes: float) -> int:
     """Processes to use: ``requested`` (0 = this process), or when None the cores, bounded
     by the available memory at ``peak_bytes`` per worker and by the number of ``tasks``
-    (None: not known yet). Returns 0 when one process would do."""
-    if tasks is not None and tasks < 2:
-        return 0
+    (None: not known yet). Returns 0 when one process would do, and in a daemonic process."""
+    import multiprocessing
+
+    if (tasks is not None and tasks < 2) or multiprocessing.current_process().daemon:
+        return 0  # a daemonic process (a DataLoader worker, say) may not start children
     if requested is not None:
         return requested if tasks is None else min(requested, tasks)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -27,6 +27,17 @@ def test_requested_count_is_kept_but_not_above_the_tasks() -> None:
     assert worker_count(4, 0, 0.0) == 0
 
 
+def test_a_daemonic_process_works_alone(four_cores, monkeypatch) -> None:
+    """A DataLoader worker (daemonic) may not start processes: everything runs in it."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    assert worker_count(None, 100, 0.0) == 4
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    assert worker_count(None, 100, 0.0) == 0
+    assert worker_count(3, 10, 0.0) == 0
+
+
 def test_automatic_count_is_bounded_by_cores_tasks_and_memory(four_cores, monkeypatch) -> None:
     monkeypatch.setattr(workers, "available_memory_bytes", lambda: 10e9)
     assert worker_count(None, 100, 1e9) == 4  # cores
