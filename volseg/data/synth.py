@@ -469,7 +469,7 @@ def _write_dataset(out_dir: Path, preset: SynthPreset, seed: int, workers: int |
         )
     count = worker_count(workers, len(jobs), peak)
     write = partial(_write_study, out_dir, preset, seed, sites)
-    rows = list(progress(map_ordered(write, jobs, count), desc="synth"))
+    rows = list(progress(map_ordered(write, jobs, count, uses_torch=False), desc="synth"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()

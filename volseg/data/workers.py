@@ -79,22 +79,31 @@ def workers_for(requested: int | None, images: Sequence[str | os.PathLike]) -> i
     return worker_count(None, len(images), study_peak_bytes(voxels))
 
 
-def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterable[R]:
+def map_ordered(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, *, uses_torch: bool = True
+) -> Iterable[R]:
     """``fn`` over ``items`` in ``workers`` processes (0: in this one), results in order.
 
     The result has a length, so a progress bar over it knows its total. Each worker
-    computes single-threaded (torch), so ``workers`` processes use about ``workers`` cores.
+    computes single-threaded (torch), so ``workers`` processes use about ``workers`` cores;
+    ``uses_torch=False`` (work without torch) spares each worker importing it (about 1 s).
     An exception in ``fn`` is raised when its item's turn comes; the pool then shuts down
     without starting the items not yet begun.
     """
-    return _Ordered(fn, list(items), workers)
+    return _Ordered(fn, list(items), workers, _single_threaded if uses_torch else None)
 
 
 class _Ordered(Generic[T, R]):
     """The sized, lazily computed result of :func:`map_ordered`."""
 
-    def __init__(self, fn: Callable[[T], R], items: list[T], workers: int) -> None:
-        self.fn, self.items, self.workers = fn, items, workers
+    def __init__(
+        self,
+        fn: Callable[[T], R],
+        items: list[T],
+        workers: int,
+        initializer: Callable[[], None] | None,
+    ) -> None:
+        self.fn, self.items, self.workers, self.initializer = fn, items, workers, initializer
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,7 +116,7 @@ class _Ordered(Generic[T, R]):
 
         log.info("%d items in %d worker processes", len(self.items), self.workers)
         # The platform's default start method, as torch's DataLoader uses (fork on Linux).
-        pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_single_threaded)
+        pool = ProcessPoolExecutor(max_workers=self.workers, initializer=self.initializer)
         try:
             futures = [pool.submit(self.fn, item) for item in self.items]
             for future in futures:
