@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="X,Y,Z[;X,Y,Z...]",
         help="voxel size(s) in mm the scanner sites reconstruct at, in turn, over the "
         "preset's field of view (default: the preset's own), the first for the site of the "
-        "labeled scans; at most one per site (tiny 2, demo and study 3, mosmed 2), e.g. "
+        "labeled scans; at most one per site ("
+        + ", ".join(f"{name} {preset.n_sites}" for name, preset in PRESETS.items())
+        + "), e.g. "
         "'1.4,1.4,5;2.8,2.8,10' to train on scans that must be resampled as real ones are",
     )
     parser.add_argument(
