@@ -48,24 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_voxels(text: str) -> tuple[tuple[float, float, float], ...]:
-    """``"X,Y,Z;X,Y,Z"`` (mm) as voxel sizes; InputError naming --voxels otherwise."""
-    from volseg.data.synth import MAX_VOXEL_MM, MIN_VOXEL_MM
-    from volseg.errors import InputError
-
-    voxels = []
-    for part in text.split(";"):
-        try:
-            size = tuple(float(v) for v in part.split(","))
-        except ValueError:
-            size = ()
-        if len(size) != 3 or not all(MIN_VOXEL_MM <= v <= MAX_VOXEL_MM for v in size):
-            raise InputError(
-                f"--voxels {text!r}: each voxel size must be three numbers X,Y,Z in mm "
-                f"between {MIN_VOXEL_MM} and {MAX_VOXEL_MM}, separated by ';'"
-            )
-        voxels.append(size)
-    return tuple(voxels)  # type: ignore[return-value]
+def parse_voxels(text: str) -> tuple[tuple[float, ...], ...]:
+    """``"X,Y,Z;X,Y,Z"`` as voxel sizes (mm); ValueError for a part that is not numbers.
+    Their count and range are :class:`volseg.data.synth.SynthPreset`'s to check."""
+    return tuple(tuple(float(v) for v in part.split(",")) for part in text.split(";"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     preset = get_preset(args.preset)
     if args.voxels is not None:
-        voxels = parse_voxels(args.voxels)
-        if len(voxels) > preset.n_sites:
+        try:
+            preset = replace(preset, site_voxels=parse_voxels(args.voxels))
+        except ValueError as exc:
             raise InputError(
-                f"--voxels: {len(voxels)} voxel sizes for the {preset.n_sites} sites of "
-                f"preset {preset.name!r}"
-            )
-        preset = replace(preset, site_voxels=voxels)
+                f"--voxels {args.voxels!r}: {exc} (expected X,Y,Z in mm, one per site, "
+                f"separated by ';'; preset {preset.name!r} has {preset.n_sites} sites)"
+            ) from None
     synthesize_dataset(
         args.out, preset=preset, seed=args.seed, overwrite=args.overwrite, workers=args.workers
     )
