@@ -16,6 +16,7 @@ at a time (memory stays at one volume), and reports all problems at the end:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from volseg.data import layout
 from volseg.data.workers import map_ordered
 from volseg.errors import InputError
-from volseg.io import is_nifti, load_nifti
+from volseg.io import decode_nifti, is_nifti, load_nifti
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +139,10 @@ def _read(path: Path, problems: list[Problem]) -> tuple[np.ndarray, np.ndarray] 
     """Load and fully decode a 3D NIfTI; report and return None if that fails."""
     try:
         img = load_nifti(path)
-        data = np.asanyarray(img.dataobj)
-    except InputError as exc:
+        data = decode_nifti(img, path)
+    except InputError as exc:  # unreadable header, or data that does not decode
         problems.append(Problem(path, _strip_path(str(exc), path)))
         return None
-    except Exception as exc:  # decoding: truncated gzip, short data, ...
-        problems.append(Problem(path, f"could not decode image data ({type(exc).__name__})"))
-        return None
-    if data.ndim == 4:
-        data = data[..., 0]
     if not np.issubdtype(data.dtype, np.number):
         problems.append(Problem(path, f"non-numeric data type {data.dtype}"))
         return None
@@ -166,19 +162,19 @@ def hu_problem(data: np.ndarray) -> str | None:
     data = np.asarray(data)
     if data.size == 0:
         return "empty image"
-    finite = np.isfinite(data)
-    if not finite.all():
-        return f"{int((~finite).sum())} NaN/inf voxels"
-    sample = data.ravel()[:: max(1, data.size // 2_000_000)]
     lo, hi = float(data.min()), float(data.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN spreads to both, inf is one
+        return f"{int(np.count_nonzero(~np.isfinite(data)))} NaN/inf voxels"
     if lo == hi:
         return f"every voxel is {lo:g} (a blank volume), expected a CT in Hounsfield units"
-    p99 = float(np.percentile(sample, 99))
-    if p99 < 10 and lo >= -10:
-        return (
-            f"values look rescaled (min {lo:.3g}, 99th percentile {p99:.3g}), "
-            "expected Hounsfield units"
-        )
+    if lo >= -10:  # no air: rescaled to about [0, 1], or raw scanner values?
+        sample = data.ravel()[:: max(1, data.size // 2_000_000)]
+        p99 = float(np.percentile(sample, 99))
+        if p99 < 10:
+            return (
+                f"values look rescaled (min {lo:.3g}, 99th percentile {p99:.3g}), "
+                "expected Hounsfield units"
+            )
     if lo >= 0:
         return (
             f"no negative values (min {lo:.4g}, max {hi:.4g}): unscaled scanner values? "

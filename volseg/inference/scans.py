@@ -21,7 +21,7 @@ import numpy as np
 
 from volseg.data.layout import study_id
 from volseg.errors import InputError, cause_text
-from volseg.io import check_affine, is_nifti, load_nifti
+from volseg.io import check_affine, decode_nifti, is_nifti, load_nifti
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 SLICE_GAP_RTOL = 0.1
@@ -246,14 +246,7 @@ def load_scan(source: ScanSource) -> Scan:
 
     if source.series_uid is None:
         img = load_nifti(source.path)
-        try:
-            data = np.asanyarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:
-            raise InputError(
-                f"{source.path}: could not decode image data ({cause_text(exc)})"
-            ) from exc
-        if data.ndim == 4:
-            data = data[..., 0]
+        data = decode_nifti(img, source.path, np.float32)
         scan = Scan(source, data, np.asarray(img.affine, dtype=np.float64), img)
     else:
         scan = _load_dicom(source)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from volseg.cli import main
-from volseg.data.check import Problem, check_dataset
+from volseg.data.check import Problem, check_dataset, hu_problem
 
 AFFINE = np.diag([-2.0, 2.0, 5.0, 1.0])
 SHAPE = (12, 10, 6)
@@ -176,3 +176,27 @@ def test_every_problem_reported_cli_exit_2(tmp_path: Path, capsys: pytest.Captur
     assert len(out) == 4
     for name in ("study_0010.nii.gz", "study_0003_mask", "study_0042_mask", "notes.txt"):
         assert sum(name in line for line in out) == 1, out
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.inf, "1 NaN/inf voxels"),
+        (-np.inf, "1 NaN/inf voxels"),
+        (np.nan, "1 NaN/inf voxels"),
+        (None, None),
+    ],
+)
+def test_hu_problem_finds_any_non_finite_voxel(value, expected) -> None:
+    """NaN spreads to the minimum and maximum and an infinity is one of them, so one pass
+    over the extremes finds every non-finite volume; an ordinary CT passes."""
+    ct = np.linspace(-1024.0, 1500.0, 4000, dtype=np.float32).reshape(20, 20, 10)
+    if value is not None:
+        ct[7, 3, 2] = value
+    assert hu_problem(ct) == expected
+
+
+def test_hu_problem_tells_rescaled_from_raw_values() -> None:
+    unit = np.linspace(0.0, 1.0, 4000, dtype=np.float32).reshape(20, 20, 10)
+    assert "rescaled" in hu_problem(unit)
+    assert "no negative values" in hu_problem(unit * 4095.0)
