@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from volseg.utils import mask_box
+
 GRADE_UPPER_BOUNDS = (25.0, 50.0, 75.0)
 CONSOLIDATION_MIN_HU = -200.0
 GGO, CONSOLIDATION = 1, 2
@@ -68,12 +70,14 @@ def lesion_types(
     lesion: np.ndarray, hu: np.ndarray, consolidation_min_hu: float = CONSOLIDATION_MIN_HU
 ) -> np.ndarray:
     """Label map (uint8): 0 outside the lesion, ``GGO`` (1), ``CONSOLIDATION`` (2) at or
-    above ``consolidation_min_hu``."""
+    above ``consolidation_min_hu``. The HU are compared on the lesion's bounding box only
+    (a lesion fills a few per cent of a scan)."""
     lesion = np.asarray(lesion) > 0
     if np.shape(hu) != lesion.shape:
         raise ValueError(f"lesion {lesion.shape} and image {np.shape(hu)} differ")
     types = lesion.astype(np.uint8)
-    types[lesion & (np.asarray(hu) >= consolidation_min_hu)] = CONSOLIDATION
+    box = mask_box(lesion)
+    types[box][lesion[box] & (np.asarray(hu)[box] >= consolidation_min_hu)] = CONSOLIDATION
     return types
 
 

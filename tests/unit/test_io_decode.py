@@ -71,3 +71,13 @@ def test_multi_member_gzip_decodes_whole(tmp_path: Path) -> None:
     two.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
     expected = np.asanyarray(nib.load(str(path)).dataobj)
     assert np.array_equal(decode_nifti(load_nifti(two), two), expected)
+
+
+def test_row_major_order_on_request(tmp_path: Path) -> None:
+    """``order="C"`` gives the same voxels in row-major order (the predict decode's layout)."""
+    data = _volume(np.int16)
+    path = _write(tmp_path / "ct.nii.gz", data)
+    kept = decode_nifti(load_nifti(path), path, np.float32)
+    row_major = decode_nifti(load_nifti(path), path, np.float32, order="C")
+    assert kept.flags.f_contiguous and row_major.flags.c_contiguous
+    assert np.array_equal(row_major, data.astype(np.float32))

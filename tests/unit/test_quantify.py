@@ -26,6 +26,20 @@ def test_lesion_types_split_at_the_consolidation_density() -> None:
         lesion_types(lesion, hu[..., :3])
 
 
+def test_lesion_types_in_3d_a_fortran_ordered_scan_and_no_lesion() -> None:
+    """Two lesions far apart (one box spans both), dense tissue outside them left 0, on a
+    scan in NIfTI's (Fortran) voxel order; no lesion gives all zeros."""
+    hu = np.asfortranarray(np.full((12, 10, 6), 50.0, dtype=np.float32))
+    lesion = np.zeros(hu.shape, dtype=bool)
+    lesion[1, 1, 1] = lesion[10, 8, 4] = lesion[10, 8, 5] = True
+    hu[1, 1, 1] = -600.0
+    types = lesion_types(lesion, hu)
+    expected = np.zeros(hu.shape, dtype=np.uint8)
+    expected[1, 1, 1], expected[10, 8, 4], expected[10, 8, 5] = GGO, CONSOLIDATION, CONSOLIDATION
+    assert np.array_equal(types, expected)
+    assert not lesion_types(np.zeros_like(lesion), hu).any()
+
+
 def test_type_burden_in_ml_and_percent_of_lung() -> None:
     types = np.zeros((10, 10, 10), dtype=np.uint8)
     types[:3, :2, :1] = GGO  # 6 voxels

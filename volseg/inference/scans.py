@@ -67,7 +67,7 @@ class Scan:
     """A decoded scan: HU array in its native voxel order, its RAS affine, its header."""
 
     source: ScanSource
-    array: np.ndarray
+    array: np.ndarray  # float32 HU, C order
     affine: np.ndarray
     nifti: Any = None  # the nibabel image when read from NIfTI (its header is copied out)
 
@@ -238,7 +238,9 @@ def _check_slice_spacing(files: list[str], headers: list[dict]) -> None:
 
 
 def load_scan(source: ScanSource) -> Scan:
-    """Decode a scan to float32 HU with its RAS affine (DICOM: LPS converted to RAS).
+    """Decode a scan to float32 HU with its RAS affine (DICOM: LPS converted to RAS), in
+    row-major (C) order: the lung mask, the predictor and the outputs work on the array in
+    that order, and the copy is made here, in the decode step, off the device's thread.
 
     Raises :class:`InputError` naming the file when the content is not a CT in HU.
     """
@@ -246,7 +248,7 @@ def load_scan(source: ScanSource) -> Scan:
 
     if source.series_uid is None:
         img = load_nifti(source.path)
-        data = decode_nifti(img, source.path, np.float32)
+        data = decode_nifti(img, source.path, np.float32, order="C")
         scan = Scan(source, data, np.asarray(img.affine, dtype=np.float64), img)
     else:
         scan = _load_dicom(source)
@@ -269,7 +271,7 @@ def _load_dicom(source: ScanSource) -> Scan:
         raise InputError(f"{source.path}: could not read DICOM series ({cause_text(exc)})") from exc
     if image.GetDimension() != 3 or min(image.GetSize()) < 1:
         raise InputError(f"{source.path}: DICOM series is not a 3D volume")
-    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), np.float32)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     affine = np.eye(4)
