@@ -330,9 +330,9 @@ def decode_nifti(
     and the reordering in one pass).
 
     The one decoder of NIfTI voxels. A ``.nii.gz`` is inflated with ISA-L (``isal``: 1.6x
-    the standard library's zlib, which nibabel uses; bench/README.md), and an unscaled
-    volume is cast with numpy (nibabel's scaled read to float32 takes longer than the
-    inflate); both give the bytes and values nibabel gives. Decoding errors (a truncated
+    the standard library's zlib, which nibabel uses; bench/README.md) and handed to nibabel
+    as bytes; the cast to ``dtype`` is numpy's, after nibabel's scaling (nibabel's own read
+    to float32 takes longer than the inflate). Decoding errors (a truncated
     gzip stream, short data) are an :class:`InputError` naming the file.
     """
     from nibabel.imageglobals import LoggingOutputSuppressor
@@ -343,11 +343,9 @@ def decode_nifti(
 
             with LoggingOutputSuppressor():  # the header was checked by load_nifti
                 img = type(img).from_bytes(igzip.decompress(Path(path).read_bytes()))
-        proxy = img.dataobj
-        if dtype is not None and proxy.slope == 1 and proxy.inter == 0:
-            data = np.asanyarray(proxy).astype(dtype, order=order, copy=False)
-        else:
-            data = np.asanyarray(proxy, dtype=dtype)
+        data = np.asanyarray(img.dataobj)  # scaled by the header in float64, if at all
+        if dtype is not None:
+            data = data.astype(dtype, order=order, copy=False)  # one rounding to dtype
     except Exception as exc:  # zlib/isal and nibabel raise several types for bad data
         raise InputError(f"{path}: could not decode image data ({_short(exc)})") from exc
     data = data[..., 0] if data.ndim == 4 else data

@@ -30,20 +30,20 @@ def _volume(dtype: type, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [None, np.float32])
 def test_decoded_voxels_equal_nibabels(tmp_path: Path, suffix: str, dtype) -> None:
     path = _write(tmp_path / f"ct{suffix}", _volume(np.int16))
-    expected = np.asanyarray(nib.load(str(path)).dataobj, dtype=dtype)
+    expected = np.asanyarray(nib.load(str(path)).dataobj)
+    expected = expected if dtype is None else expected.astype(dtype)
     got = decode_nifti(load_nifti(path), path, dtype)
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
 def test_header_scaling_applied_as_nibabel_does(tmp_path: Path) -> None:
-    """A uint16 file with slope 0.5 and intercept -1024 (raw values, not HU): the slope and
-    intercept reach the decoded float32 voxels exactly as nibabel applies them."""
+    """A uint16 file with slope 0.1 and intercept -1024 (raw values, not HU): scaled as
+    nibabel scales (float64), then rounded once to float32."""
     raw = _volume(np.int16).astype(np.uint16) + 1100
-    path = _write(tmp_path / "scaled.nii.gz", raw, slope=0.5, inter=-1024.0)
-    expected = np.asanyarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    path = _write(tmp_path / "scaled.nii.gz", raw, slope=0.1, inter=-1024.0)
     got = decode_nifti(load_nifti(path), path, np.float32)
-    assert np.array_equal(got, expected)
-    assert got[0, 0, 0] == pytest.approx(0.5 * float(raw[0, 0, 0]) - 1024.0)
+    expected = (raw.astype(np.float64) * np.float32(0.1) - 1024.0).astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
 
 
 def test_singleton_fourth_dimension_dropped(tmp_path: Path) -> None:
