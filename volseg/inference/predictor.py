@@ -202,27 +202,39 @@ class Predictor:
         return prob, low, high
 
     def predict(
-        self, image: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        affine: np.ndarray,
+        lungs: np.ndarray | None = None,
+        region: np.ndarray | None = None,
     ) -> Prediction:
-        """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given."""
+        """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given.
+        ``region``: :func:`region_for` ``lungs``, when the caller made it already
+        (``volseg predict`` does, in its decode step, off the device's thread)."""
         flips = self.flip_probabilities(image, affine)
         with span(self.times, "postprocess"):
-            return self._cleaned(flips, affine, lungs)
+            return self._cleaned(flips, affine, lungs, region)
 
     def _cleaned(
-        self, flips: FlipProbabilities, affine: np.ndarray, lungs: np.ndarray | None
+        self,
+        flips: FlipProbabilities,
+        affine: np.ndarray,
+        lungs: np.ndarray | None,
+        region: np.ndarray | None,
     ) -> Prediction:
         """Threshold, lung restriction, small-component removal, the gate, uncertainty."""
         prob, opts = flips.mean, self.options
         spacing = spacing_from_affine(affine)
-        mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts)
+        if region is None:
+            region = region_for(lungs, affine, opts)
+        mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts, region)
         gated = self._below_gate(mask, used)
         if gated:
             mask[:] = False
         result = Prediction(mask.astype(np.uint8), prob, used, gated)
         if flips.low is not None and flips.high is not None:
             result.uncertainty = flips.high - flips.low
-            result.disagreement = flip_disagreement(flips, lungs, spacing, opts)
+            result.disagreement = flip_disagreement(flips, lungs, spacing, opts, region)
         return result
 
     def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> bool:
@@ -251,23 +263,37 @@ def _native_flips(
     return FlipProbabilities(native(prob), native(low), native(high))
 
 
+def region_for(
+    lungs: np.ndarray | None, affine: np.ndarray, options: PredictOptions
+) -> np.ndarray | None:
+    """Where ``options`` keep lesions in a scan with ``lungs``: the lungs grown by
+    ``lung_margin_mm`` (:func:`volseg.inference.postprocess.lesion_region`); None without
+    lungs or with ``restrict_to_lungs`` off."""
+    if lungs is None or not options.restrict_to_lungs:
+        return None
+    return lesion_region(lungs, spacing_from_affine(affine), options.lung_margin_mm)
+
+
 def restrict_to_lungs(
     mask: np.ndarray,
     lungs: np.ndarray | None,
     spacing: Sequence[float],
     options: PredictOptions,
+    region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Thresholded ``mask`` cleaned and kept near the lungs, and the lungs it is measured in.
 
-    Inside the lungs grown by ``lung_margin_mm``, components of at least
-    ``min_component_mm3`` that touch the lungs; the lungs returned are ``lungs`` plus that
-    lesion (uint8), or None without a lung mask (or with ``restrict_to_lungs`` off, the
-    lung mask as given).
+    Inside the lungs grown by ``lung_margin_mm`` (``region``, when already made from these
+    lungs), components of at least ``min_component_mm3`` that touch the lungs; the lungs
+    returned are ``lungs`` plus that lesion (uint8), or None without a lung mask (or with
+    ``restrict_to_lungs`` off, the lung mask as given).
     """
     mask = np.asarray(mask, dtype=bool)
     use = lungs is not None and options.restrict_to_lungs
     if use:
-        mask = mask & lesion_region(lungs, spacing, options.lung_margin_mm)
+        if region is None:
+            region = lesion_region(lungs, spacing, options.lung_margin_mm)
+        mask = mask & region
     if not use:
         mask = keep_components(mask, spacing, options.min_component_mm3)
         return mask, None if lungs is None else np.asarray(lungs, dtype=np.uint8)
@@ -281,14 +307,17 @@ def flip_disagreement(
     lungs: np.ndarray | None,
     spacing: Sequence[float],
     options: PredictOptions,
+    region: np.ndarray | None = None,
 ) -> float:
     """How much the flipped predictions disagree on the lesion: 1 - |voxels every flip
     calls lesion| / |voxels some flip calls lesion|, each cleaned as the mask is (0 when no
-    flip finds a lesion). High on a scan whose lesions the model is unsure of."""
+    flip finds a lesion). High on a scan whose lesions the model is unsure of. ``region``:
+    as for :func:`restrict_to_lungs`."""
     if flips.low is None or flips.high is None:
         raise ValueError("flip_disagreement needs the minimum and maximum over the flips")
-    every, _ = restrict_to_lungs(flips.low >= options.threshold, lungs, spacing, options)
-    some, _ = restrict_to_lungs(flips.high >= options.threshold, lungs, spacing, options)
+    low, high = flips.low >= options.threshold, flips.high >= options.threshold
+    every, _ = restrict_to_lungs(low, lungs, spacing, options, region)
+    some, _ = restrict_to_lungs(high, lungs, spacing, options, region)
     n_some = int(np.count_nonzero(some))
     return 0.0 if n_some == 0 else 1.0 - float(np.count_nonzero(every & some)) / n_some
 

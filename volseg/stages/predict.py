@@ -46,7 +46,7 @@ from volseg.inference import ood
 from volseg.inference.archives import unpacked_inputs
 from volseg.inference.outputs import summary_csv, write_outputs
 from volseg.inference.pipeline import pipelined
-from volseg.inference.predictor import Prediction, Predictor, lung_mask_for
+from volseg.inference.predictor import Prediction, Predictor, lung_mask_for, region_for
 from volseg.inference.review import review_provenance
 from volseg.inference.scans import Scan, ScanSource, check_source, load_scan
 from volseg.inference.timing import PhaseTimes, span
@@ -165,6 +165,7 @@ class _Decoded:
 
     scan: Scan
     lung: LungMask | None
+    region: np.ndarray | None  # where lesions are kept: the lungs grown by the margin
     check: dict[str, Any]
     warnings: list[str]  # the lung mask's, logged by the compute step
     decode_s: float
@@ -172,14 +173,16 @@ class _Decoded:
 
 
 def decode_scan(src: ScanSource, settings: _DecodeSettings) -> _Decoded:
-    """The scan, its lung mask and out-of-distribution check: CPU work that overlaps the
-    previous scan's network (in a decoder thread or worker process)."""
+    """The scan, its lung mask, the region lesions are kept in and the out-of-distribution
+    check: CPU work that overlaps the previous scan's network (in a decoder thread or
+    worker process), so the device's thread does little more than the network."""
     start = time.perf_counter()
     scan = load_scan(src)
     read = time.perf_counter()
     lung, warnings = _lungs_for(scan, settings.lungs, settings.use_lungs)
+    region = region_for(None if lung is None else lung.mask, scan.affine, settings.options)
     check = _ood_check(settings, scan, lung)
-    return _Decoded(scan, lung, check, warnings, read - start, time.perf_counter() - read)
+    return _Decoded(scan, lung, region, check, warnings, read - start, time.perf_counter() - read)
 
 
 def run_predict(
@@ -287,7 +290,7 @@ class _Job:
         for warning in decoded.warnings:
             log.warning("%s: %s", scan.id, warning)
         result = self.predictor.predict(
-            scan.array, scan.affine, None if lung is None else lung.mask
+            scan.array, scan.affine, None if lung is None else lung.mask, decoded.region
         )
         with span(self.times, "lungs"):
             lung = _with_lesion(lung, result.lungs, scan)

@@ -785,3 +785,35 @@ def test_lesion_region_in_blocks_is_exact_to_within_a_block() -> None:
     assert (region | (distance > margin - block)).all()
     assert not (region & (distance > margin + block)).any()
     assert region[lungs].all()
+
+
+def test_a_region_made_ahead_is_the_one_used(oracle_bundle: Path, tmp_path: Path) -> None:
+    """``volseg predict`` makes the lesion region in its decode step: the same region as the
+    predictor would make (same mask), and the one it is handed is the one it uses (an empty
+    region keeps nothing)."""
+    from volseg.inference.predictor import Predictor, region_for
+    from volseg.inference.scans import ScanSource
+    from volseg.stages.predict import _DecodeSettings, decode_scan
+
+    shape, aff = (60, 40, 10), np.diag([1.5, 1.5, 5.0, 1.0])
+    hu = np.full(shape, -850, dtype=np.int16)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    lungs[10:30, 5:35, :] = 1
+    hu[30:36, 10:20, 2:8] = 40  # consolidation just outside the lung mask
+    src = tmp_path / "in" / "scan_a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(hu, aff), src)
+    nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
+    predictor = Predictor.from_bundle(load_bundle(oracle_bundle, torch.device("cpu")))
+    settings = _DecodeSettings(tmp_path / "in", True, None, (-1000.0, 400.0), predictor.options)
+    decoded = decode_scan(ScanSource(src), settings)
+    expected = lesion_region(lungs, (1.5, 1.5, 5.0), predictor.options.lung_margin_mm)
+    assert np.array_equal(decoded.region, expected)
+    image = decoded.scan.array
+    made_here = predictor.predict(image, aff, lungs)
+    made_ahead = predictor.predict(image, aff, lungs, decoded.region)
+    assert made_here.mask.sum() > 0 and np.array_equal(made_here.mask, made_ahead.mask)
+    assert not predictor.predict(image, aff, lungs, np.zeros(shape, bool)).mask.any()
+    off = _DecodeSettings(tmp_path / "in", False, None, (-1000.0, 400.0), predictor.options)
+    assert decode_scan(ScanSource(src), off).region is None
+    assert region_for(None, aff, predictor.options) is None
