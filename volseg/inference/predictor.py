@@ -226,7 +226,7 @@ class Predictor:
         prob, opts = flips.mean, self.options
         spacing = spacing_from_affine(affine)
         if region is None:
-            region = region_for(lungs, affine, opts)
+            region = region_for(lungs, spacing, opts)
         mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts, region)
         gated = self._below_gate(mask, used)
         if gated:
@@ -264,14 +264,14 @@ def _native_flips(
 
 
 def region_for(
-    lungs: np.ndarray | None, affine: np.ndarray, options: PredictOptions
+    lungs: np.ndarray | None, spacing: Sequence[float], options: PredictOptions
 ) -> np.ndarray | None:
-    """Where ``options`` keep lesions in a scan with ``lungs``: the lungs grown by
-    ``lung_margin_mm`` (:func:`volseg.inference.postprocess.lesion_region`); None without
-    lungs or with ``restrict_to_lungs`` off."""
+    """Where ``options`` keep lesions in a scan with ``lungs`` (voxels of ``spacing`` mm):
+    the lungs grown by ``lung_margin_mm`` (:func:`volseg.inference.postprocess.lesion_region`);
+    None without lungs or with ``restrict_to_lungs`` off."""
     if lungs is None or not options.restrict_to_lungs:
         return None
-    return lesion_region(lungs, spacing_from_affine(affine), options.lung_margin_mm)
+    return lesion_region(lungs, spacing, options.lung_margin_mm)
 
 
 def restrict_to_lungs(
@@ -292,7 +292,7 @@ def restrict_to_lungs(
     use = lungs is not None and options.restrict_to_lungs
     if use:
         if region is None:
-            region = lesion_region(lungs, spacing, options.lung_margin_mm)
+            region = region_for(lungs, spacing, options)
         mask = mask & region
     if not use:
         mask = keep_components(mask, spacing, options.min_component_mm3)

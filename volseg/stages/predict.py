@@ -56,6 +56,7 @@ from volseg.io import (
     write_text_atomic,
 )
 from volseg.progress import progress
+from volseg.quantify import spacing_from_affine
 from volseg.utils import default_device, same_grid
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ def decode_scan(src: ScanSource, settings: _DecodeSettings) -> _Decoded:
     scan = load_scan(src)
     read = time.perf_counter()
     lung, warnings = _lungs_for(scan, settings.lungs, settings.use_lungs)
-    region = region_for(None if lung is None else lung.mask, scan.affine, settings.options)
+    spacing = spacing_from_affine(scan.affine)
+    region = region_for(None if lung is None else lung.mask, spacing, settings.options)
     check = _ood_check(settings, scan, lung)
     return _Decoded(scan, lung, region, check, warnings, read - start, time.perf_counter() - read)
 

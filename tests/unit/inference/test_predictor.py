@@ -816,4 +816,4 @@ def test_a_region_made_ahead_is_the_one_used(oracle_bundle: Path, tmp_path: Path
     assert not predictor.predict(image, aff, lungs, np.zeros(shape, bool)).mask.any()
     off = _DecodeSettings(tmp_path / "in", False, None, (-1000.0, 400.0), predictor.options)
     assert decode_scan(ScanSource(src), off).region is None
-    assert region_for(None, aff, predictor.options) is None
+    assert region_for(None, (1.5, 1.5, 5.0), predictor.options) is None
