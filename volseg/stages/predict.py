@@ -3,8 +3,9 @@
 Before any computation every input is checked from its headers (readable 3D NIfTI with a
 usable grid, DICOM series complete and evenly spaced, no two inputs with the same id), so a
 bad header stops the run with one error before anything is written. Scans are pipelined
-(:mod:`volseg.inference.pipeline`): the next scan is decoded and lung-masked and the previous
-one's files are written in background threads while a scan is on the device; a scan whose
+(:mod:`volseg.inference.pipeline`): the next scan is decoded, lung-masked and given its
+lesion region (the lungs grown by the margin), and the previous one's files are written, in
+background threads while a scan is on the device; a scan whose
 content is not a CT in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it
 is decoded.
 
