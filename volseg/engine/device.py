@@ -132,7 +132,16 @@ def unwrap(module: nn.Module) -> nn.Module:
 def training_memory_format(device: torch.device, channels_last: bool) -> torch.memory_format | None:
     """``channels_last_3d`` when asked for on CUDA; None (leave layouts alone) otherwise.
 
-    CPU convolutions gain nothing from it, so the option is a no-op there and CPU runs stay
-    bit-identical whatever the config says.
+    Training on a CPU keeps the default layout, so CPU runs stay bit-identical whatever the
+    config says (prediction on a CPU does use ``channels_last_3d``:
+    :func:`inference_memory_format`).
     """
     return torch.channels_last_3d if channels_last and device.type == "cuda" else None
+
+
+def inference_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout a network predicts in on ``device``: ``channels_last_3d`` on a CPU, where
+    oneDNN's 3D convolutions of the demo TransUNet3D run 1.4-1.6x faster in it (and no
+    backbone measured slower; bench/README.md, 2026-12-07); contiguous elsewhere, as
+    training on CUDA measured it neutral without ``compile``."""
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format

@@ -150,8 +150,15 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, *layers: Mapping[str, Any] | None) -> Predictor:
-        """A predictor for a loaded bundle: its recipe, its recorded settings, then ``layers``."""
+        """A predictor for a loaded bundle: its recipe, its recorded settings, then ``layers``.
+        The bundle's network is put in the device's inference layout
+        (:func:`volseg.engine.device.inference_memory_format`); validation during training
+        keeps the training layout, which moves probabilities by about 1e-5."""
+        from volseg.engine.device import inference_memory_format
+
         options = PredictOptions.resolve(bundle.recipe, bundle.predict_defaults, *layers)
+        device = next(bundle.model.parameters()).device
+        bundle.model.to(memory_format=inference_memory_format(device))
         return cls(bundle.model, bundle.recipe, options)
 
     def with_options(self, options: PredictOptions) -> Predictor:
