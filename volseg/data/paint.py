@@ -98,7 +98,7 @@ def paint_study(
     computes it (:func:`volseg.data.lungs.lung_mask`). A given mask has no side map, so the
     lungs are split at the midline.
     """
-    from volseg.data.synth_lesions import TARGET_PCT, draw_lesion_model, place_lesions
+    from volseg.data.synth_lesions import TARGET_PCT, draw_lesion_model, place_to_target
     from volseg.quantify import spacing_from_affine
 
     if category not in TARGET_PCT:
@@ -112,14 +112,9 @@ def paint_study(
     n_lung = int(frame.lungs.sum())
     if n_lung == 0:
         raise ValueError("no lungs found to paint into")
-    pct = model.target_pct
-    for _ in range(3):  # the 0.5 cut of the soft weight shifts the share a little
-        lesions = place_lesions(model, frame, pct)
-        truth = (lesions.weight > 0.5) & frame.lungs
-        achieved = 100.0 * float(truth.sum()) / n_lung
-        if abs(achieved - model.target_pct) < 0.25 or achieved <= 0:
-            break
-        pct = float(np.clip(pct * model.target_pct / achieved, 0.05, 99.0))
+    lesions, truth, achieved = place_to_target(
+        model, frame, lambda lesions: (lesions.weight > 0.5) & frame.lungs, n_lung
+    )
     image, _ = blend_lesions(hu, frame.lungs, lesions)
     types = truth.astype(np.uint8)
     types[truth & lesions.consolidation] = 2

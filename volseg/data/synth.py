@@ -309,29 +309,21 @@ def _outside_circle(shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _lesions_to_target(
-    model: LesionModel, chest: ChestRender, lungs: np.ndarray, k: int, steps: int = 3
+    model: LesionModel, chest: ChestRender, lungs: np.ndarray, k: int
 ) -> tuple[Lesions, np.ndarray]:
-    """Place lesions so the thick-slice mask, not just the render grid, hits the target.
-
-    Averaging sub-slices shifts the involvement a little (partial voxels at lung and lesion
-    borders), so the render-grid share is rescaled by target/achieved until within 0.25 %.
-    Returns the render-grid lesions and the output-grid mask.
-    """
+    """Place lesions so the thick-slice mask, not just the render grid, hits the target
+    (averaging sub-slices shifts the involvement a little at lung and lesion borders).
+    Returns the render-grid lesions and the output-grid mask."""
     from volseg.data.synth_grid import average_subslices
-    from volseg.data.synth_lesions import place_lesions
+    from volseg.data.synth_lesions import place_to_target
 
-    n_lung = int(lungs.sum())
-    render_pct = model.target_pct
-    for _ in range(steps):
-        lesions = place_lesions(model, chest, render_pct)
-        # Thick-slice mask: where the lesion's blend weight averages over half the voxel
-        # (a continuous field, so sub-slice ties do not bias the volume).
+    def thick_slice_mask(lesions: Lesions) -> np.ndarray:
+        # Where the lesion's blend weight averages over half the voxel (a continuous field,
+        # so sub-slice ties do not bias the volume).
         changed = lesions.weight * (chest.lumen < 0.5)
-        lesion = (average_subslices(changed, k) > 0.5) & lungs
-        achieved = 100.0 * float(lesion.sum()) / n_lung
-        if abs(achieved - model.target_pct) < 0.25 or achieved <= 0:
-            break
-        render_pct = float(np.clip(render_pct * model.target_pct / achieved, 0.05, 99.0))
+        return (average_subslices(changed, k) > 0.5) & lungs
+
+    lesions, lesion, _ = place_to_target(model, chest, thick_slice_mask, int(lungs.sum()))
     return lesions, lesion
 
 

@@ -11,6 +11,7 @@ ground-glass opacity (−750…−300 HU), in a third of the severe studies with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,6 +114,30 @@ def draw_lesion_model(
         consolidation_hu=cons.astype(np.float32),
         septa=septa,
     )
+
+
+def place_to_target(
+    model: LesionModel,
+    chest: LungGeometry,
+    truth_of: Callable[[Lesions], np.ndarray],
+    n_lung: int,
+    steps: int = 3,
+) -> tuple[Lesions, np.ndarray, float]:
+    """Lesions whose truth mask (``truth_of``, e.g. the weight cut at one half on the grid the
+    mask is written on) fills ``model.target_pct`` % of ``n_lung`` lung voxels, to within
+    0.25 %: the share :func:`place_lesions` is asked for is rescaled by target / achieved,
+    at most ``steps`` times (the cut and any averaging move the share a little). Returns the
+    lesions, their truth mask and the share it fills. The one target fit of the synthetic
+    generator and the painter."""
+    render_pct = model.target_pct
+    for _ in range(steps):
+        lesions = place_lesions(model, chest, render_pct)
+        truth = truth_of(lesions)
+        achieved = 100.0 * float(truth.sum()) / n_lung
+        if abs(achieved - model.target_pct) < 0.25 or achieved <= 0:
+            break
+        render_pct = float(np.clip(render_pct * model.target_pct / achieved, 0.05, 99.0))
+    return lesions, truth, achieved
 
 
 def place_lesions(model: LesionModel, chest: LungGeometry, render_pct: float) -> Lesions:
