@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -16,18 +18,38 @@ def _distributed_world_size() -> int:
     return 1
 
 
+class _GatherBatch(torch.autograd.Function):
+    """All ranks' ``(N, D)`` batches concatenated in rank order, with the backward of a
+    gather: each rank's slice receives the gradient summed over every rank's copy.
+
+    Public collectives only (``all_gather``, ``all_reduce``; gloo and NCCL):
+    ``torch.distributed.nn.functional.all_gather`` is deprecated (torch 2.13 warns) in favour
+    of a private module."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), z.shape[0]
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
 def gather_batch(z: torch.Tensor) -> torch.Tensor:
     """Concatenate ``z`` ``(N, D)`` from all ranks along the batch, keeping gradients.
 
-    Uses the autograd-aware ``torch.distributed.nn.functional.all_gather``: its backward sums
-    the gradient of every rank's copy of the global batch back onto the local slice. Every rank
-    must hold the same local batch size. On one process ``z`` is returned unchanged.
+    The backward sums the gradient of every rank's copy of the global batch back onto the
+    local slice. Every rank must hold the same local batch size. On one process ``z`` is
+    returned unchanged.
     """
     if _distributed_world_size() <= 1:
         return z
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(z.contiguous()), dim=0)
+    return _GatherBatch.apply(z.contiguous())
 
 
 class BarlowTwinsLoss(nn.Module):
