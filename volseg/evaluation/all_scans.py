@@ -25,6 +25,7 @@ SCAN_COLUMNS: tuple[str, ...] = (
     "lesion_volume_ml",
     "involvement_pct",
     "gated",
+    "gated_involvement_pct",
     "report_file",
 )
 _CATEGORY = re.compile(r"^CT-([0-4])$")
@@ -91,6 +92,7 @@ def scan_rows(categories: Mapping[str, str], report_dir: str | Path) -> list[dic
                 "lesion_volume_ml": report.get("lesion_volume_ml"),
                 "involvement_pct": report.get("involvement_pct"),
                 "gated": report.get("gated"),
+                "gated_involvement_pct": report.get("gated_involvement_pct"),
                 "report_file": str(path),
             }
         rows.append(row)

@@ -49,6 +49,8 @@ SUMMARY_FIELDS = (
     "left_lung_ml",
     "involvement_pct",
     "ct_grade",
+    "gated",
+    "gated_involvement_pct",
     "ggo_ml",
     "consolidation_ml",
     "ggo_pct",
@@ -96,6 +98,7 @@ def write_outputs(
         stats["uncertainty_score"] = round(result.disagreement, 4)
         stats["needs_review"] = result.disagreement >= options.review_disagreement
         stats |= review or {"review_threshold": options.review_disagreement}
+    gate = {"gated": result.gated, "gated_involvement_pct": _rounded(result.gated_involvement_pct)}
     with atomic_group() as stage:  # a scan's files appear together, or none of them
         if output_type in ("nifti", "both"):
             write_nifti(
@@ -142,7 +145,7 @@ def write_outputs(
                 "model": str(model_path),
                 "options": options.to_json(),
                 "lungs_used": result.lungs is not None,
-                "gated": result.gated,
+                **gate,
                 "out_of_distribution": ood,
             },
         )
@@ -160,7 +163,11 @@ def write_outputs(
     flags = {}
     if ood is not None:
         flags = {"out_of_distribution": ood["flagged"], "ood_reasons": ood["reasons"]}
-    return {"id": sid, "input": str(scan.source.shown), **stats, **flags}
+    return {"id": sid, "input": str(scan.source.shown), **stats, **gate, **flags}
+
+
+def _rounded(pct: float | None) -> float | None:
+    return None if pct is None else round(pct, 3)
 
 
 def _reference_for(scan: Scan, reference: Path) -> np.ndarray | None:

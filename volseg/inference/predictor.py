@@ -113,6 +113,7 @@ class Prediction:
     probability: np.ndarray  # float32 in [0, 1]
     lungs: np.ndarray | None  # uint8 0/1, or None when not used
     gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
+    gated_involvement_pct: float | None = None  # what the gate emptied, % of the lungs
     uncertainty: np.ndarray | None = None  # float32: max - min probability over the flips
     disagreement: float | None = None  # 1 - |flips agreeing| / |any flip| on the lesion
 
@@ -235,25 +236,29 @@ class Predictor:
         if region is None:
             region = region_for(lungs, spacing, opts)
         mask, used = restrict_to_lungs(prob >= opts.threshold, lungs, spacing, opts, region)
-        gated = self._below_gate(mask, used)
-        if gated:
+        below = self._below_gate(mask, used)
+        if below is not None:
             mask[:] = False
-        result = Prediction(mask.astype(np.uint8), prob, used, gated)
+        result = Prediction(mask.astype(np.uint8), prob, used, below is not None, below)
         if flips.low is not None and flips.high is not None:
             result.uncertainty = flips.high - flips.low
             result.disagreement = flip_disagreement(flips, lungs, spacing, opts, region)
         return result
 
-    def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> bool:
-        """True when lesions were found but fill less than ``min_involvement_pct`` of the lungs."""
+    def _below_gate(self, mask: np.ndarray, lungs: np.ndarray | None) -> float | None:
+        """The involvement (% of ``lungs``) of lesions that were found but fill less than
+        ``min_involvement_pct`` of the lungs; None when the gate keeps the mask."""
         gate = self.options.min_involvement_pct
         if gate <= 0 or not mask.any():
-            return False
+            return None
         if lungs is None:
             log.warning("no lung mask: the lesion-presence gate (%.3f %%) is not applied", gate)
-            return False
+            return None
         n_lungs = int(np.count_nonzero(lungs))
-        return n_lungs > 0 and 100.0 * float(np.count_nonzero(mask)) / n_lungs < gate
+        if n_lungs == 0:
+            return None
+        involvement = 100.0 * float(np.count_nonzero(mask)) / n_lungs
+        return involvement if involvement < gate else None
 
 
 def _native_flips(

@@ -444,6 +444,7 @@ def _predict_sources(
         writer = not joined or part_id == 0  # under torchrun rank 0 speaks for the job
         if writer:
             ood.report_flagged([r["id"] for r in rows if r.get("out_of_distribution")], len(rows))
+            _report_gated(rows, options.min_involvement_pct)
         if len(errors) == len(rows):
             if joined:
                 _leave_group(made_group)
@@ -456,6 +457,24 @@ def _predict_sources(
     if errors:
         raise _failure(errors, len(rows), summary)
     return summary
+
+
+def _report_gated(rows: Sequence[dict[str, Any]], gate_pct: float) -> None:
+    """One console warning for the run: the scans whose lesions the lesion-presence gate
+    emptied. On real anatomy a model can find mild disease below a gate chosen on
+    synthetic validation scans (docs/synth.md), so the user is told where to look."""
+    gated = [str(r["id"]) for r in rows if r.get("gated")]
+    if gated:
+        log.warning(
+            "%d of %d scan(s) held lesions below the lesion-presence gate (%.3g %% of the "
+            "lungs) and were called CT-0 with empty masks (what was found: "
+            "gated_involvement_pct in summary.csv): %s; on scans known to hold lesions, "
+            "predict with --min-involvement 0",
+            len(gated),
+            len(rows),
+            gate_pct,
+            ", ".join(gated),
+        )
 
 
 def _check_ids(sources: Sequence[ScanSource]) -> None:

@@ -172,10 +172,13 @@ def test_dicom_series_input(oracle_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_lesion_presence_gate_empties_small_predictions(
-    oracle_bundle: Path, tmp_path: Path
+    oracle_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Lesions filling 0.5 % of the lungs survive no gate and a 0.4 % gate, not a 1 % one."""
+    """Lesions filling 0.5 % of the lungs survive no gate and a 0.4 % gate, not a 1 % one;
+    what a gate emptied is reported (JSON, summary.csv, one warning)."""
+    import csv
     import json
+    import logging
 
     from volseg.stages.predict import run_predict
 
@@ -190,17 +193,26 @@ def test_lesion_presence_gate_empties_small_predictions(
     nib.save(nib.Nifti1Image(hu, aff), src)
     nib.save(nib.Nifti1Image(lungs, aff), tmp_path / "in" / "scan_a_lungs.nii.gz")
 
-    def predicted(**gate) -> tuple[int, bool]:
+    def predicted(**gate) -> tuple[int, bool, float | None]:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
         run_predict(oracle_bundle.parents[1], src, out, lungs=tmp_path / "in", **gate)
         info = json.loads((out / "scan_a.json").read_text())
         mask = np.asarray(nib.load(out / "scan_a_mask.nii.gz").dataobj)
         assert info["options"]["min_involvement_pct"] == gate.get("min_involvement_pct", 0.0)
-        return int(mask.sum()), info["gated"]
+        row = next(csv.DictReader((out / "summary.csv").open()))
+        assert row["gated"] == str(info["gated"])
+        assert row["gated_involvement_pct"] == str(info["gated_involvement_pct"] or "")
+        return int(mask.sum()), info["gated"], info["gated_involvement_pct"]
 
-    assert predicted() == (80, False)  # the bundle has no gate
-    assert predicted(min_involvement_pct=0.4) == (80, False)
-    assert predicted(min_involvement_pct=1.0) == (0, True)
+    with caplog.at_level(logging.WARNING, logger="volseg.stages.predict"):
+        assert predicted() == (80, False, None)  # the bundle has no gate
+        assert predicted(min_involvement_pct=0.4) == (80, False, None)
+        assert not [r for r in caplog.records if "lesion-presence gate" in r.getMessage()]
+        assert predicted(min_involvement_pct=1.0) == (0, True, 0.5)  # 80 of 16000 voxels
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "lesion-presence gate" in r.getMessage()
+    ]
+    assert "1 of 1 scan(s)" in warning and "scan_a" in warning and "--min-involvement 0" in warning
 
 
 def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -> None:
