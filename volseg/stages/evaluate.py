@@ -68,6 +68,7 @@ CASE_COLUMNS: tuple[str, ...] = (
     "lungs_file",
     "resampled",
     "gated",
+    "gated_involvement_pct",
 )
 PLOT_FILES = {
     "dice": "dice_vs_burden.png",
@@ -229,15 +230,19 @@ def _publish(staging: Path, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------- stage
 
 
-def _gated(report: Path) -> bool | None:
-    """predict's ``gated`` flag for a case (the presence gate emptied its mask); None
-    without a readable report."""
+def _gate_record(report: Path) -> dict[str, Any]:
+    """predict's ``gated`` flag for a case (the presence gate emptied its mask) and the
+    involvement it emptied; None for both without a readable report."""
     import json
 
     try:
-        return bool(json.loads(report.read_text(encoding="utf-8")).get("gated"))
+        record = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {"gated": None, "gated_involvement_pct": None}
+    return {
+        "gated": bool(record.get("gated")),
+        "gated_involvement_pct": record.get("gated_involvement_pct"),
+    }
 
 
 def _check_bins(bins: Sequence[float]) -> None:
@@ -324,7 +329,7 @@ def run_evaluate(
         row = evaluate_case(
             sid, preds[sid], refs[sid], lung_file, resample, nsd_tolerance_mm, types
         )
-        row["gated"] = _gated(pred_dir / f"{sid}.json")
+        row |= _gate_record(pred_dir / f"{sid}.json")
         rows.append(row)
     if missing_lungs:
         log.warning("%d case(s) have no lung mask in %s", len(missing_lungs), lungs_dir)

@@ -341,7 +341,9 @@ def test_html_report_is_self_contained_with_a_case_montage(dataset, tmp_path) ->
         ct = np.full(SHAPE, -850, dtype=np.int16)
         ct[3 : 5 + 2 * i, 3:7, 2:4] = -500
         write_nifti(images / f"study_{i:04d}.nii.gz", ct, _affine())
-    (dataset["pred"] / "study_0001.json").write_text('{"gated": true}', encoding="utf-8")
+    (dataset["pred"] / "study_0001.json").write_text(
+        '{"gated": true, "gated_involvement_pct": 2.5}', encoding="utf-8"
+    )
     out = tmp_path / "out"
     args = ["evaluate", "--pred", str(dataset["pred"]), "--ref", str(dataset["ref"])]
     args += ["-o", str(out), "--lungs", str(dataset["lungs"]), "--images", str(images)]
@@ -350,7 +352,9 @@ def test_html_report_is_self_contained_with_a_case_montage(dataset, tmp_path) ->
     dice = {r["case_id"]: float(r["dice"]) for r in _read_csv(out / "per_case.csv")}
     assert summary["montage_cases"] == sorted(dice, key=dice.get)
     # only study_0001 has a predict report (gated); without one the flag is unknown
-    assert [r["gated"] for r in _read_csv(out / "per_case.csv")] == ["", "True", ""]
+    cases = _read_csv(out / "per_case.csv")
+    assert [r["gated"] for r in cases] == ["", "True", ""]
+    assert [r["gated_involvement_pct"] for r in cases] == ["", "2.5", ""]
     assert (out / "montage.png").is_file()
 
     page = (out / "report.html").read_text(encoding="utf-8")
