@@ -466,13 +466,13 @@ def _report_gated(rows: Sequence[dict[str, Any]], gate_pct: float) -> None:
     gated = [str(r["id"]) for r in rows if r.get("gated")]
     if gated:
         log.warning(
-            "%d of %d scan(s) held lesions below the lesion-presence gate (%.3g %% of the "
-            "lungs) and were called CT-0 with empty masks (what was found: "
-            "gated_involvement_pct in summary.csv): %s; on scans known to hold lesions, "
-            "predict with --min-involvement 0",
+            "the lesion-presence gate (%.3g %% of the lungs) emptied the masks of %d of %d "
+            "scan(s), called CT-0 (what it emptied: gated_involvement_pct in summary.csv): "
+            "%s. Right for healthy scans; on scans known to hold lesions, predict with "
+            "--min-involvement 0",
+            gate_pct,
             len(gated),
             len(rows),
-            gate_pct,
             ", ".join(gated),
         )
 

@@ -213,6 +213,7 @@ def test_lesion_presence_gate_empties_small_predictions(
         r.getMessage() for r in caplog.records if "lesion-presence gate" in r.getMessage()
     ]
     assert "1 of 1 scan(s)" in warning and "scan_a" in warning and "--min-involvement 0" in warning
+    assert "(1 % of the lungs)" in warning
 
 
 def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -> None:
