@@ -9,6 +9,7 @@
 #                                               # (offline: carried wheels, bench/README.md)
 #   QUICK=1 bash bench/gpu_checks.sh OUT_DIR    # a CPU smoke run of the same steps, tiny sizes
 #   STEPS="train predict" bash bench/gpu_checks.sh OUT_DIR   # some of the steps (train, predict, norm)
+#   STEPS=predict PREDICT_ARGS="--writers 4" bash bench/gpu_checks.sh OUT_DIR   # wider pipeline
 #
 # Steps run in the order train, predict, norm (the issues' headline figures first), at most
 # 200 + 240 + 2 x 100 s; expected about 7 minutes in all on one H200. The predict step's
@@ -81,7 +82,8 @@ wanted train && step train "$limit" "$py" bench/train_bench.py --patch "${patch[
 if wanted predict; then
   wait "$synth_pid"
   step predict 240 "$py" bench/predict_bench.py --studies "$studies" --repeat "$repeat" \
-    --workdir "$predict_work" "${predict_extra[@]}" --decode-workers "$decode_workers"
+    --workdir "$predict_work" "${predict_extra[@]}" --decode-workers "$decode_workers" \
+    ${PREDICT_ARGS:-}
   rm -rf "$predict_work"
 fi
 

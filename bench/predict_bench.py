@@ -310,9 +310,9 @@ def main() -> None:
     model = trained.model
     whole_job = {"roi_size": tuple(args.roi), "overlap": args.overlap, "sw_batch_size": 4}
     same = {**whole_job, "min_component_mm3": 0}
-    if args.decoders or args.writers:  # pipeline widths to try (the defaults were chosen so)
-        import volseg.stages.predict as predict_stage
+    import volseg.stages.predict as predict_stage
 
+    if args.decoders or args.writers:  # pipeline widths to try (the defaults were chosen so)
         predict_stage.DECODERS = args.decoders or predict_stage.DECODERS
         predict_stage.WRITERS = args.writers or predict_stage.WRITERS
     hu = (-1000.0, 400.0)
@@ -385,7 +385,9 @@ def main() -> None:
     header = (
         f"predict benchmark: {len(files)} studies 512x512x~40 (volseg: each x{args.repeat}) "
         f"-> spacing {args.spacing}, "
-        f"model {args.model}, roi {args.roi}, overlap {args.overlap}, {device_name}"
+        f"model {args.model}, roi {args.roi}, overlap {args.overlap}, {device_name}; "
+        f"volseg pipeline: {predict_stage.DECODERS} decode thread(s), "
+        f"{predict_stage.WRITERS} writer thread(s)"
     )
     print_table(header, [ref, *runs], ref, dices)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
