@@ -112,10 +112,14 @@ class Prediction:
     mask: np.ndarray  # uint8 0/1
     probability: np.ndarray  # float32 in [0, 1]
     lungs: np.ndarray | None  # uint8 0/1, or None when not used
-    gated: bool = False  # lesions found but below the lesion-presence gate: mask emptied
     gated_involvement_pct: float | None = None  # what the gate emptied, % of the lungs
     uncertainty: np.ndarray | None = None  # float32: max - min probability over the flips
     disagreement: float | None = None  # 1 - |flips agreeing| / |any flip| on the lesion
+
+    @property
+    def gated(self) -> bool:
+        """Lesions were found but below the lesion-presence gate: the mask was emptied."""
+        return self.gated_involvement_pct is not None
 
 
 @dataclass
@@ -240,7 +244,7 @@ class Predictor:
         below = self._below_gate(mask, used)
         if below is not None:
             mask[:] = False
-        result = Prediction(mask.astype(np.uint8), prob, used, below is not None, below)
+        result = Prediction(mask.astype(np.uint8), prob, used, below)
         if flips.low is not None and flips.high is not None:
             result.uncertainty = flips.high - flips.low
             result.disagreement = flip_disagreement(flips, lungs, spacing, opts, region)
