@@ -25,6 +25,7 @@ is written). When no scan finishes, nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -406,7 +407,7 @@ def _predict_sources(
     dev = _device(device, dist is not None)
     made_group = _join_group() if joined else False
     bundle = load_bundle(model, dev)
-    predictor = Predictor.from_bundle(bundle, overrides)
+    predictor = _without_gate_if_no_lungs(Predictor.from_bundle(bundle, overrides), use_lungs)
     options = predictor.options
     if timings is not None and dev.type == "cuda":
         timings.sync = _cuda_sync(dev)
@@ -457,6 +458,21 @@ def _predict_sources(
     if errors:
         raise _failure(errors, len(rows), summary)
     return summary
+
+
+def _without_gate_if_no_lungs(predictor: Predictor, use_lungs: bool) -> Predictor:
+    """``predictor`` without its lesion-presence gate under ``--no-lungs``: the gate is a
+    share of the lung volume, so it cannot apply. Said once for the run, and each scan's
+    JSON records the gate as 0 (what was applied)."""
+    gate = predictor.options.min_involvement_pct
+    if use_lungs or gate <= 0:
+        return predictor
+    log.warning(
+        "--no-lungs: the lesion-presence gate (%.3g %% of the lungs) needs a lung mask and "
+        "is not applied",
+        gate,
+    )
+    return predictor.with_options(dataclasses.replace(predictor.options, min_involvement_pct=0.0))
 
 
 def _report_gated(rows: Sequence[dict[str, Any]], gate_pct: float) -> None:

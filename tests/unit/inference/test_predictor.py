@@ -216,6 +216,34 @@ def test_lesion_presence_gate_empties_small_predictions(
     assert "(1 % of the lungs)" in warning
 
 
+def test_no_lungs_turns_the_gate_off_with_one_warning(
+    oracle_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gate is a share of the lung volume: under ``--no-lungs`` it is not applied, the
+    run says so once (not once per scan) and each JSON records the gate as 0."""
+    import json
+    import logging
+
+    from volseg.stages.predict import run_predict
+
+    hu = np.full((40, 40, 10), -850, dtype=np.int16)
+    hu[10:14, 10:14, 4:9] = 200
+    srcs = []
+    for name in ("scan_a", "scan_b"):
+        srcs.append(tmp_path / "in" / f"{name}.nii.gz")
+        srcs[-1].parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 5.0, 1.0])), srcs[-1])
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        run_predict(oracle_bundle.parents[1], srcs, out, use_lungs=False, min_involvement_pct=1.0)
+    warnings = [r.getMessage() for r in caplog.records if "lesion-presence gate" in r.getMessage()]
+    assert len(warnings) == 1 and "--no-lungs" in warnings[0] and "not applied" in warnings[0]
+    for name in ("scan_a", "scan_b"):
+        info = json.loads((out / f"{name}.json").read_text())
+        assert info["options"]["min_involvement_pct"] == 0.0 and info["gated"] is False
+        assert np.asarray(nib.load(out / f"{name}_mask.nii.gz").dataobj).sum() == 80
+
+
 def test_predict_reports_each_lung_volume(oracle_bundle: Path, tmp_path: Path) -> None:
     """The JSON and summary.csv carry right and left lung volume (mL) with the lung QC:
     computed lungs land within 10 % of the phantom's true lungs; a given mask is split at
