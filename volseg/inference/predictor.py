@@ -224,7 +224,18 @@ class Predictor:
         """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given.
         ``region``: :func:`region_for` ``lungs``, when the caller made it already
         (``volseg predict`` does, in its decode step, off the device's thread)."""
-        flips = self.flip_probabilities(image, affine)
+        return self.cleaned(self.flip_probabilities(image, affine), affine, lungs, region)
+
+    def cleaned(
+        self,
+        flips: FlipProbabilities,
+        affine: np.ndarray,
+        lungs: np.ndarray | None,
+        region: np.ndarray | None = None,
+    ) -> Prediction:
+        """Threshold, lung restriction, small-component removal, the gate, uncertainty: CPU
+        work on the native grid, which ``volseg predict`` runs in its writer threads so
+        that the device's thread goes on to the next scan's network."""
         with span(self.times, "postprocess"):
             return self._cleaned(flips, affine, lungs, region)
 
@@ -235,7 +246,6 @@ class Predictor:
         lungs: np.ndarray | None,
         region: np.ndarray | None,
     ) -> Prediction:
-        """Threshold, lung restriction, small-component removal, the gate, uncertainty."""
         prob, opts = flips.mean, self.options
         spacing = spacing_from_affine(affine)
         if region is None:

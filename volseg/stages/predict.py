@@ -4,10 +4,10 @@ Before any computation every input is checked from its headers (readable 3D NIfT
 usable grid, DICOM series complete and evenly spaced, no two inputs with the same id), so a
 bad header stops the run with one error before anything is written. Scans are pipelined
 (:mod:`volseg.inference.pipeline`): the next scan is decoded, lung-masked and given its
-lesion region (the lungs grown by the margin), and the previous one's files are written, in
-background threads while a scan is on the device; a scan whose
-content is not a CT in Hounsfield units (NaN voxels, blank, raw 0..4095 values) fails when it
-is decoded.
+lesion region (the lungs grown by the margin), and the previous one's mask is cleaned
+(threshold, lung restriction, small lesions, the gate) and its files written, in background
+threads while a scan is on the device. A scan whose content is not a CT in Hounsfield units
+(NaN voxels, blank, raw 0..4095 values) fails when it is decoded.
 
 Outputs per scan, written atomically: ``<id>_mask.nii.gz`` (uint8, the input's exact
 shape/affine/header), optional ``<id>_prob.nii.gz`` and ``<id>_types.nii.gz`` (1 ground
@@ -48,7 +48,12 @@ from volseg.inference import ood
 from volseg.inference.archives import unpacked_inputs
 from volseg.inference.outputs import summary_csv, write_outputs
 from volseg.inference.pipeline import pipelined
-from volseg.inference.predictor import Prediction, Predictor, lung_mask_for, region_for
+from volseg.inference.predictor import (
+    FlipProbabilities,
+    Predictor,
+    lung_mask_for,
+    region_for,
+)
 from volseg.inference.review import review_provenance
 from volseg.inference.scans import Scan, ScanSource, check_source, load_scan
 from volseg.inference.timing import PhaseTimes, span
@@ -250,11 +255,13 @@ def run_predict(
 
 @dataclass
 class _Computed:
-    """One scan between the device and its files."""
+    """One scan between the device and its writer: the network's probabilities on the
+    native grid, and what the writer cleans them with."""
 
     scan: Scan
-    result: Prediction
+    flips: FlipProbabilities
     lung: LungMask | None
+    region: np.ndarray | None
     check: dict[str, Any]
     seconds: float
 
@@ -285,31 +292,34 @@ class _Job:
         )
 
     def compute(self, src: ScanSource, decoded: _Decoded) -> _Computed:
-        """The prediction (the caller's thread) and the lungs it was measured in."""
+        """The network's probabilities (the caller's thread, which holds the device)."""
         start = time.perf_counter()
         if self.times is not None:
             self.times.add("decode", decoded.decode_s)
             self.times.add("lungs", decoded.lungs_s)
-        scan, lung = decoded.scan, decoded.lung
+        scan = decoded.scan
         for warning in decoded.warnings:
             log.warning("%s: %s", scan.id, warning)
-        result = self.predictor.predict(
-            scan.array, scan.affine, None if lung is None else lung.mask, decoded.region
+        flips = self.predictor.flip_probabilities(scan.array, scan.affine)
+        seconds = decoded.decode_s + decoded.lungs_s + time.perf_counter() - start
+        return _Computed(scan, flips, decoded.lung, decoded.region, decoded.check, seconds)
+
+    def write(self, src: ScanSource, done: _Computed) -> dict[str, Any]:
+        """The cleaned mask, the lungs it was measured in, and the scan's files (a writer
+        thread); its summary row, ``seconds`` being the scan's own decode, compute, clean-up
+        and write time (not the time it waited in the pipeline)."""
+        start = time.perf_counter()
+        scan, lung = done.scan, done.lung
+        result = self.predictor.cleaned(
+            done.flips, scan.affine, None if lung is None else lung.mask, done.region
         )
         with span(self.times, "lungs"):
             lung = _with_lesion(lung, result.lungs, scan)
-        seconds = decoded.decode_s + decoded.lungs_s + time.perf_counter() - start
-        return _Computed(scan, result, lung, decoded.check, seconds)
-
-    def write(self, src: ScanSource, done: _Computed) -> dict[str, Any]:
-        """The scan's files (a writer thread); its summary row, ``seconds`` being the
-        scan's own decode, compute and write time (not the time it waited in the pipeline)."""
-        start = time.perf_counter()
         with span(self.times, "write"):
             row = write_outputs(
-                done.scan,
-                done.result,
-                done.lung,
+                scan,
+                result,
+                lung,
                 self.out_dir,
                 self.bundle.path,
                 self.predictor.options,
