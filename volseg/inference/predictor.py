@@ -236,7 +236,7 @@ class Predictor:
         """Threshold, lung restriction, small-component removal, the gate, uncertainty: CPU
         work on the native grid, which ``volseg predict`` runs in its writer threads so
         that the device's thread goes on to the next scan's network."""
-        with span(self.times, "postprocess"):
+        with span(self.times, "postprocess", on_device=False):
             return self._cleaned(flips, affine, lungs, region)
 
     def _cleaned(

@@ -4,7 +4,9 @@ Off unless a :class:`PhaseTimes` is passed (``run_predict(..., timings=...)``, t
 benchmark): a span is two ``perf_counter`` calls and a lock, plus a CUDA synchronise when
 ``sync`` is set so that asynchronous kernels are charged to the phase that launched them.
 Phases run in several threads at once (decode ahead, write behind), so the phases' sum is
-the work done, not the wall time.
+the work done, not the wall time. Only spans of work the device's thread launches
+synchronise; CPU work in the writer threads passes ``on_device=False``, so that it does not
+wait for the next scan's kernels.
 """
 
 from __future__ import annotations
@@ -37,17 +39,20 @@ class PhaseTimes:
             self.counts[phase] = self.counts.get(phase, 0) + 1
 
     @contextlib.contextmanager
-    def span(self, phase: str) -> Iterator[None]:
-        """Charge the block's wall time to ``phase``."""
+    def span(self, phase: str, *, on_device: bool = True) -> Iterator[None]:
+        """Charge the block's wall time to ``phase`` (after the device's kernels when
+        ``on_device`` and ``sync`` is set)."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            if self.sync is not None:
+            if on_device and self.sync is not None:
                 self.sync()
             self.add(phase, time.perf_counter() - start)
 
 
-def span(times: PhaseTimes | None, phase: str) -> contextlib.AbstractContextManager[None]:
+def span(
+    times: PhaseTimes | None, phase: str, *, on_device: bool = True
+) -> contextlib.AbstractContextManager[None]:
     """``times.span(phase)``, or nothing at all when timing is off."""
-    return contextlib.nullcontext() if times is None else times.span(phase)
+    return contextlib.nullcontext() if times is None else times.span(phase, on_device=on_device)

@@ -313,9 +313,9 @@ class _Job:
         result = self.predictor.cleaned(
             done.flips, scan.affine, None if lung is None else lung.mask, done.region
         )
-        with span(self.times, "lungs"):
+        with span(self.times, "lungs", on_device=False):
             lung = _with_lesion(lung, result.lungs, scan)
-        with span(self.times, "write"):
+        with span(self.times, "write", on_device=False):
             row = write_outputs(
                 scan,
                 result,

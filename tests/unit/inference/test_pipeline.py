@@ -137,6 +137,24 @@ def unet_bundle(tmp_path: Path) -> Path:
     )
 
 
+def test_only_device_spans_wait_for_the_device() -> None:
+    """A span synchronises with the device unless it is CPU work of another thread
+    (``on_device=False``: clean-up and files in the writer), which must not wait for the
+    next scan's kernels; both are charged to their phase."""
+    from volseg.inference.timing import span
+
+    calls: list[str] = []
+    times = PhaseTimes(sync=lambda: calls.append("sync"))
+    with span(times, "network"):
+        pass
+    with span(times, "write", on_device=False):
+        pass
+    assert calls == ["sync"]
+    assert times.counts["network"] == 1 and times.counts["write"] == 1
+    with span(None, "write", on_device=False):  # timing off: nothing at all
+        pass
+
+
 def test_pipelined_predict_masks_equal_the_sequential_predictor(
     unet_bundle: Path, tmp_path: Path
 ) -> None:
