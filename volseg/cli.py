@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_LIBRARIES = ("highdicom",)
+"""Libraries whose INFO lines are their own bookkeeping (highdicom logs nine per DICOM SEG
+written): shown with ``-v`` only."""
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr; only rank 0 logs at INFO under torchrun."""
     import os
@@ -102,6 +107,8 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

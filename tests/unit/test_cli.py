@@ -44,3 +44,23 @@ def test_config_error_is_one_line_exit_2(tmp_path, capsys) -> None:
         assert rc == 2
         assert len(err.splitlines()) == 1
         assert "finetune.epochz" in err
+
+
+def test_library_bookkeeping_is_shown_with_verbose_only() -> None:
+    """highdicom's INFO lines (nine per DICOM SEG) stay out of a normal run's console;
+    its warnings still show, and ``-v`` shows everything."""
+    import logging
+
+    from volseg.cli import setup_logging
+
+    quiet, root = logging.getLogger("highdicom"), logging.getLogger()
+    before = quiet.level, root.level
+    try:
+        root.setLevel(logging.INFO)  # as a normal run's console
+        setup_logging(verbose=False)
+        assert not quiet.isEnabledFor(logging.INFO) and quiet.isEnabledFor(logging.WARNING)
+        setup_logging(verbose=True)
+        assert quiet.isEnabledFor(logging.DEBUG)
+    finally:
+        quiet.setLevel(before[0])
+        root.setLevel(before[1])
