@@ -9,7 +9,7 @@
 #                                               # (offline: carried wheels, bench/README.md)
 #   QUICK=1 bash bench/gpu_checks.sh OUT_DIR    # a CPU smoke run of the same steps, tiny sizes
 #   STEPS="train predict" bash bench/gpu_checks.sh OUT_DIR   # some of the steps (train, predict, norm)
-#   STEPS=predict PREDICT_ARGS="--writers 4" bash bench/gpu_checks.sh OUT_DIR   # wider pipeline
+#   STEPS=predict PREDICT_ARGS="--writers 4" bash bench/gpu_checks.sh OUT_DIR   # every row 4 writers
 #
 # Steps run in the order train, predict, norm (the issues' headline figures first), at most
 # 200 + 240 + 2 x 100 s; expected about 7 minutes in all on one H200. The predict step's
@@ -45,6 +45,8 @@ else
 fi
 # a row with decoding and lung masks in worker processes: all cores but four
 decode_workers=$(( $(nproc) > 5 ? $(nproc) - 4 : 1 ))
+# and the clean-up and files of that row in this many writer threads (1.8x on 2 threads here)
+wide_writers=$(( $(nproc) > 8 ? 4 : 2 ))
 py=${PYTHON:-python3}  # the device image has python3 only
 predict_work="${TMPDIR:-/tmp}/volseg-gpu-checks-predict"  # outside OUT_DIR: big
 
@@ -77,13 +79,13 @@ wanted train && step train "$limit" "$py" bench/train_bench.py --patch "${patch[
   "${train_models[@]}" --compile --channels-last --data-path "$fed_studies" --loader-workers 8 --json "$out/train.json"
 
 # Issue 18: predict end to end (no lungs, whole job, whole job bf16, whole job with decoding
-# and lung masks in worker processes), each study predicted $repeat times, against the
+# and lung masks in worker processes and a wider writer pool), each study predicted $repeat times, against the
 # MONAI reference chain (each study once) in the same run.
 if wanted predict; then
   wait "$synth_pid"
   step predict 240 "$py" bench/predict_bench.py --studies "$studies" --repeat "$repeat" \
     --workdir "$predict_work" "${predict_extra[@]}" --decode-workers "$decode_workers" \
-    ${PREDICT_ARGS:-}
+    --wide-writers "$wide_writers" ${PREDICT_ARGS:-}
   rm -rf "$predict_work"
 fi
 

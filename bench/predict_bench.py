@@ -218,14 +218,15 @@ def print_table(header: str, runs: list[Measured], ref: Measured, dices: dict) -
     """The benchmark's table: one row per pipeline (each over its own number of volumes),
     then volseg's phase split."""
     print(f"\n{header}")
-    cols = f"{'pipeline':<26}{'s/volume':>9}{'volumes/s':>10}{'x ref':>7}{'peak MB':>9}"
+    w = max(26, *(len(m.name) + 2 for m in runs))  # the name column
+    cols = f"{'pipeline':<{w}}{'s/volume':>9}{'volumes/s':>10}{'x ref':>7}{'peak MB':>9}"
     cuda = ref.peak_device_mb is not None
     print(cols + (f"{'dev MB':>8}" if cuda else "") + f"{'Dice truth':>11}{'Dice ref':>9}")
     for m in runs:
         truth, vs_ref = dices[m.name]
         per_volume = m.seconds / m.volumes
         line = (
-            f"{m.name:<26}{per_volume:>9.3f}{1 / per_volume:>10.3f}"
+            f"{m.name:<{w}}{per_volume:>9.3f}{1 / per_volume:>10.3f}"
             f"{ref.seconds / ref.volumes / per_volume:>7.2f}{m.peak_host_mb:>9.0f}"
         )
         line += f"{m.peak_device_mb:>8.0f}" if cuda and m.peak_device_mb is not None else ""
@@ -235,11 +236,11 @@ def print_table(header: str, runs: list[Measured], ref: Measured, dices: dict) -
         return
     names = list(phased[0].phases)
     print("\nseconds per volume by phase (summed over threads; they overlap)")
-    print(f"{'pipeline':<26}" + "".join(f"{p:>12}" for p in names) + f"{'sum':>8}{'wall':>8}")
+    print(f"{'pipeline':<{w}}" + "".join(f"{p:>12}" for p in names) + f"{'sum':>8}{'wall':>8}")
     for m in phased:
         n = m.volumes
         cells = "".join(f"{m.phases[p] / n:>12.3f}" for p in names)
-        print(f"{m.name:<26}{cells}{sum(m.phases.values()) / n:>8.3f}{m.seconds / n:>8.3f}")
+        print(f"{m.name:<{w}}{cells}{sum(m.phases.values()) / n:>8.3f}{m.seconds / n:>8.3f}")
 
 
 def main() -> None:
@@ -268,6 +269,12 @@ def main() -> None:
         type=int,
         default=0,
         help="also run the whole job with decoding and lung masks in N worker processes",
+    )
+    parser.add_argument(
+        "--wide-writers",
+        type=int,
+        default=0,
+        help="writer threads (clean-up and files) of that decode-processes row (0: as the others)",
     )
     parser.add_argument(
         "--bundle",
@@ -340,24 +347,27 @@ def main() -> None:
             precision="bf16",
         )
 
-    pipelines = [  # (name, output folder, run_predict arguments)
-        ("volseg, no lungs", "volseg", {"use_lungs": False, **same}),
-        ("volseg, whole job", "whole", whole_job),
+    writers = predict_stage.WRITERS
+    pipelines = [  # (name, output folder, writer threads, run_predict arguments)
+        ("volseg, no lungs", "volseg", writers, {"use_lungs": False, **same}),
+        ("volseg, whole job", "whole", writers, whole_job),
     ]
     if with_precision:
         pipelines.append(
-            ("volseg, whole job, bf16", "whole_bf16", {**whole_job, "precision": "bf16"})
+            ("volseg, whole job, bf16", "whole_bf16", writers, {**whole_job, "precision": "bf16"})
         )
     if args.decode_workers:
-        name = f"volseg, whole job, {args.decode_workers} decode processes"
+        wide = args.wide_writers or writers
+        name = f"volseg, whole job, {args.decode_workers} decode processes, {wide} writers"
         pipelines.append(
-            (name, "whole_procs", {**whole_job, "decode_workers": args.decode_workers})
+            (name, "whole_procs", wide, {**whole_job, "decode_workers": args.decode_workers})
         )
-    runs = [
-        volseg_run(run_predict, name, bundle_path, inputs, work / folder, device, **kw)
-        for name, folder, kw in pipelines
-    ]
-    folders = [work / folder for _, folder, _ in pipelines]
+    runs = []
+    for name, folder, width, kw in pipelines:
+        predict_stage.WRITERS = width
+        runs.append(volseg_run(run_predict, name, bundle_path, inputs, work / folder, device, **kw))
+    predict_stage.WRITERS = writers
+    folders = [work / folder for _, folder, _, _ in pipelines]
     with measured("MONAI reference", device) as ref:
         reference_pipeline(
             files, model, args.spacing, hu, args.roi, work / "ref", device, args.overlap
