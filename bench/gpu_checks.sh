@@ -79,8 +79,8 @@ wanted train && step train "$limit" "$py" bench/train_bench.py --patch "${patch[
   "${train_models[@]}" --compile --channels-last --data-path "$fed_studies" --loader-workers 8 --json "$out/train.json"
 
 # Issue 18: predict end to end (no lungs, whole job, whole job bf16, whole job with decoding
-# and lung masks in worker processes and a wider writer pool), each study predicted $repeat times, against the
-# MONAI reference chain (each study once) in the same run.
+# and lung masks in worker processes and a wider writer pool), each study predicted $repeat
+# times, against the MONAI reference chain (each study once) in the same run.
 if wanted predict; then
   wait "$synth_pid"
   step predict 240 "$py" bench/predict_bench.py --studies "$studies" --repeat "$repeat" \
