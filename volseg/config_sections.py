@@ -229,6 +229,11 @@ class FinetuneConfig(TrainConfig):
     category CT-1..CT-3, exact masks, weight 1): real-looking anatomy under lesions whose
     truth is known. Painted once into ``<run_dir>/finetune/painted/`` from seeds of the run
     seed and the study id. Never validation or test scans. None: off."""
+    fov_cut_prob: float = Field(0.0, ge=0, le=1)
+    """The share of training crops cut to a random run of their slices, with zeros (air at
+    the HU window's lower end) above and below, as the sliding window pads a scan whose
+    field of view along the body is shorter than the window (lung bases on an abdominal CT;
+    :func:`volseg.data.patches.cut_field_of_view`). 0: off."""
     n_labeled: int | None = Field(None, ge=0)
     encoder_lr_mult: float = Field(0.5, gt=0)
     dice_weight: float = Field(1.0, ge=0)

@@ -16,7 +16,7 @@ from volseg.config import Config, load_config
 from volseg.data import layout, sampling
 from volseg.data.mosmed import Datalist, Study
 from volseg.data.sampling import select_labeled
-from volseg.errors import InputError
+from volseg.errors import ConfigError, InputError
 from volseg.inference import validation
 from volseg.io import read_nifti, write_nifti
 from volseg.models import build_model
@@ -492,3 +492,25 @@ def test_pseudo_masks_only(prepared_run: Path, tiny_dataset: Path, tmp_path: Pat
     assert summary["labeled_ids"] == [] and sorted(summary["pseudo_ids"]) == expected
     assert summary["n_pseudo"] == len(expected)
     assert (run / "finetune" / "model.pt").is_file()
+
+
+def test_fov_cut_prob_reaches_the_training_crops(
+    prepared_run: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from volseg.data import patches
+
+    seen: list[float] = []
+    real = patches.SegPatchDataset
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(kwargs["fov_cut_prob"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(patches, "SegPatchDataset", Spy)
+    run = _run_copy(prepared_run, tmp_path / "run")
+    run_finetune(_config(run, tiny_dataset, "finetune.fov_cut_prob=0.3", "finetune.epochs=1"))
+    assert seen == [0.3]
+    assert load_config(run / "cfg.yaml", []).finetune.fov_cut_prob == 0.0  # off by default
+    with pytest.raises(ConfigError, match="fov_cut_prob"):
+        load_config(run / "cfg.yaml", ["finetune.fov_cut_prob=1.5"])

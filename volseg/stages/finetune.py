@@ -334,6 +334,7 @@ def run_finetune(cfg: Config, resume: bool = True) -> Path:
         augment_on=ft.augment_on,
         source_probs=probs,
         source_phases=phases,
+        fov_cut_prob=ft.fov_cut_prob,
     )
 
     def step_fn(batch: dict, state: TrainState, ctx: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from volseg.data.patches import (
     UnlabeledPatchDataset,
     crop_padded,
     crop_start,
+    cut_field_of_view,
 )
 
 PATCH = (12, 12, 8)
@@ -46,6 +47,54 @@ def test_seg_patches_shapes_and_determinism() -> None:
     assert not _same(ds[7], ds[8])
     other_seed = SegPatchDataset([_source()], PATCH, seed=4, pos_fraction=0.5, augment=True)
     assert not all(_same(ds[i], other_seed[i]) for i in range(4))
+
+
+def test_field_of_view_cut_blanks_outside_a_run_of_slices_around_the_centre() -> None:
+    # a positive crop's centre voxel is a lesion voxel; every cut crop keeps it, blanks the
+    # image, label and lungs outside one run of whole slices, and keeps a quarter or more
+    depth = PATCH[2]
+    cut = SegPatchDataset(
+        [_source()], PATCH, seed=1, pos_fraction=1.0, augment=False, fov_cut_prob=1.0
+    )
+    whole = SegPatchDataset([_source()], PATCH, seed=1, pos_fraction=1.0, augment=False)
+    lengths = set()
+    for i in range(60):
+        item = cut[i]
+        filled = (item["image"][0] != 0).any(dim=(0, 1)).numpy()
+        kept = np.flatnonzero(filled)
+        assert kept.size and np.array_equal(kept, np.arange(kept[0], kept[-1] + 1))
+        assert depth // 4 <= kept.size <= depth - 1
+        for key in ("label", "lungs"):
+            assert not item[key][0][..., ~filled].any()
+        assert item["label"].sum() > 0  # the lesion at the centre is in view
+        lengths.add(int(kept.size))
+    assert len(lengths) > 3  # lengths vary
+    assert all((whole[i]["image"][0] != 0).any(dim=(0, 1)).all() for i in range(10))  # uncut
+
+
+def test_field_of_view_cut_off_draws_nothing_and_half_cuts_about_half() -> None:
+    off = SegPatchDataset([_source()], PATCH, seed=2, augment=True, fov_cut_prob=0.0)
+    default = SegPatchDataset([_source()], PATCH, seed=2, augment=True)
+    assert all(_same(off[i], default[i]) for i in range(5))  # runs without it are unchanged
+    half = SegPatchDataset([_source()], PATCH, seed=2, augment=False, fov_cut_prob=0.5)
+    n = 200
+    blanked = np.mean([bool((half[i]["image"][0] == 0).all(dim=(0, 1)).any()) for i in range(n)])
+    assert abs(blanked - 0.5) <= 3 * np.sqrt(0.25 / n)
+    with pytest.raises(ValueError, match="fov_cut_prob"):
+        SegPatchDataset([_source()], PATCH, fov_cut_prob=1.5)
+
+
+def test_cut_field_of_view_keeps_the_given_slice_and_weight_map() -> None:
+    rng = np.random.default_rng(0)
+    for keep in (0, 3, 7):
+        data = {k: torch.ones(1, 4, 4, 8) for k in ("image", "label", "lungs", "weight")}
+        data["extra"] = torch.ones(3)
+        first, stop = cut_field_of_view(data, keep, rng)
+        assert first <= keep < stop and 2 <= stop - first <= 7
+        for key in ("image", "label", "lungs", "weight"):
+            column = data[key][0, 0, 0]
+            assert column[first:stop].eq(1).all() and column.sum() == stop - first
+        assert data["extra"].eq(1).all()
 
 
 @pytest.mark.parametrize("pos_fraction", [0.0, 0.3, 1.0])
