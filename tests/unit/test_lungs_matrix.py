@@ -166,12 +166,12 @@ def test_whole_chest_volumes_are_plausible_without_warnings(tmp_path: Path) -> N
 SYNTH_SHORT = {
     ("tiny", "CT-1"): "0.935 measured (seed 1: 0.886, a dense shallow-inspiration lung)",
     ("tiny", "CT-2"): "0.822 measured (5.5 mm in-plane, 18 mm slices)",
-    ("tiny", "CT-3"): "0.820 measured: consolidation in 18 mm slices",
-    ("tiny", "CT-4"): "0.784 measured: consolidation in 18 mm slices",
-    ("demo", "CT-2"): "0.912 measured",
-    ("demo", "CT-3"): "0.905 measured",
-    ("demo", "CT-4"): "0.889 measured",
-    ("mosmed", "CT-4"): "0.934 measured",
+    ("tiny", "CT-3"): "0.844 measured: consolidation in 18 mm slices",
+    ("tiny", "CT-4"): "0.782 measured: consolidation in 18 mm slices",
+    ("demo", "CT-2"): "0.918 measured",
+    ("demo", "CT-3"): "0.903 measured",
+    ("demo", "CT-4"): "0.877 measured",
+    ("mosmed", "CT-4"): "0.932 measured",
 }
 SYNTH = [
     (preset, category)
@@ -198,3 +198,29 @@ def test_synthetic_lung_dice_meets_the_requirement(preset: str, category: str) -
         study = synthesize_study(preset, category, seed)
         scores.append(dice(lung_mask(study.image, study.affine).mask, study.lungs))
     assert float(np.mean(scores)) >= REQUIRED
+
+
+def test_mask_of_a_real_ct_with_painted_lesions_stays_in_the_chest() -> None:
+    """Lesions painted into the 4D-Lung chest (CT-1, seed 0) pass the extensive-disease
+    share there (its free-breathing lung is dense), and the growth into consolidation must
+    not leave the lung: 136 mL of mask lies more than 10 mm outside the source's own mask,
+    426 mL when tissue of -60..-30 HU (fat mixed with muscle and bowel, under the domes and
+    in the neck) still counted as possible consolidation (docs/lungs.md)."""
+    from scipy import ndimage as ndi
+
+    from tests.conftest import SHARED_REAL
+    from volseg.data.paint import paint_study
+    from volseg.quantify import spacing_from_affine
+
+    path = SHARED_REAL / "4dlung_113_chest_ct.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    img = nib.load(str(path))
+    hu = np.asarray(img.dataobj, dtype=np.float32)
+    source = lung_mask(hu, img.affine).mask > 0
+    painted = paint_study(hu, img.affine, "CT-1", 0, lungs=source.astype(np.uint8))
+    mask = lung_mask(painted.image, img.affine).mask > 0
+    spacing = spacing_from_affine(img.affine)
+    far = ndi.distance_transform_edt(~source, sampling=spacing) > 10.0
+    outside_ml = float((mask & far).sum()) * float(np.prod(spacing)) / 1000.0
+    assert outside_ml < 200.0

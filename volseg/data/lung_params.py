@@ -66,8 +66,11 @@ class LungParams:
     """In-plane Gaussian sigma (mm) before judging consolidation against organs."""
     dense_max_hu: float = 20.0
     """Consolidation is below this after smoothing; heart, liver and muscle lie above."""
-    fat_hu: tuple[float, float] = (-130.0, -60.0)
-    """Thick regions in this range are fat (mediastinal, pericardial), never lung."""
+    fat_hu: tuple[float, float] = (-130.0, -30.0)
+    """Thick regions in this range (after smoothing) are fat, or tissue mostly fat, never
+    lung: mediastinal and pericardial fat, and the fat mixed with muscle and bowel in the
+    neck and under the domes, where the growth into consolidation otherwise leaks on real
+    scans (consolidation holds no fat: -10..+50 HU; docs/lungs.md)."""
     dense_open_mm: float = 4.0
     """Radius (mm) of the opening that cuts thin bridges from consolidation to organs."""
     dense_reach_mm: float = 80.0
