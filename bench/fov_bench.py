@@ -22,13 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("fov_bench")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
-
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     from volseg.evaluation.metrics import overlap_metrics
@@ -36,15 +29,13 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(overlap_metrics(pred, truth)["dice"])
 
 
-def cut_rows(
-    image: np.ndarray, lungs: np.ndarray, spacing_z: float, lung_mm: float, below_mm: float
-) -> slice | None:
+def cut_rows(lungs: np.ndarray, spacing_z: float, lung_mm: float, below_mm: float) -> slice | None:
     """The RAS slices of the lung bases' field of view, or None without lungs."""
     filled = np.flatnonzero(lungs.any(axis=(0, 1)))
     if filled.size == 0:
         return None
     first = max(0, int(filled[0] - round(below_mm / spacing_z)))
-    stop = min(image.shape[2], int(filled[0] + round(lung_mm / spacing_z)))
+    stop = min(lungs.shape[2], int(filled[0] + round(lung_mm / spacing_z)))
     return slice(first, stop)
 
 
@@ -55,13 +46,13 @@ def score_scan(
     import nibabel as nib
 
     from volseg.inference.predictor import lung_mask_for
+    from volseg.io import strip_nifti_suffix
 
-    sid = _stem(path)
-    original = nib.load(str(path))
-    ras = nib.as_closest_canonical(original)
+    sid = strip_nifti_suffix(path.name)
+    ras = nib.as_closest_canonical(nib.load(str(path)))
     image = np.asarray(ras.dataobj, dtype=np.float32)
     lungs = lung_mask_for(image, ras.affine).mask > 0
-    rows = cut_rows(image, lungs, float(ras.header.get_zooms()[2]), lung_mm, below_mm)
+    rows = cut_rows(lungs, float(ras.header.get_zooms()[2]), lung_mm, below_mm)
     if rows is None:
         return {"id": sid, "error": "no lungs found"}
     cut = ras.slicer[:, :, rows]
