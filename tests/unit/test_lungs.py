@@ -338,3 +338,26 @@ def test_side_shares_count_voxels_by_side_and_share_the_rest_pro_rata() -> None:
     assert lm.side_shares(np.array([0, 0, 0, 1]).reshape(4, 1, 1)) == pytest.approx((0.75, 0.25))
     with pytest.raises(ValueError, match="^this lung mask carries no side map$"):
         LungMask(lm.mask, 3.0, 1.0).side_shares(lm.mask)
+
+
+def test_between_lungs_is_the_mediastinum_of_intact_lungs_only() -> None:
+    """The region growth may not enter lies between two solid lungs (inside the hull of
+    both, outside each one's own hull); a slice whose lung is scattered remnants has none,
+    nor has a slice with one lung."""
+    from volseg.data.lung_fill import LEFT, RIGHT, between_lungs
+
+    sides = np.zeros((3, 40, 60), dtype=np.uint8)
+    sides[0, 5:35, 5:20] = RIGHT  # two intact lungs 20 columns apart
+    sides[0, 5:35, 40:55] = LEFT
+    sides[1] = sides[0]
+    sides[1, :, 5:20] = 0
+    sides[1, 5:35:6, 5:20:6] = RIGHT  # right lung: scattered remnants
+    sides[2, 5:35, 5:20] = RIGHT  # right lung alone
+    out = between_lungs(sides, 0.5)
+    assert out[0, 5:35, 20:40].all()
+    assert not (out[0] & (sides[0] > 0)).any()
+    assert not out[0, :5].any() and not out[0, 35:].any()
+    assert not out[0, :, :5].any() and not out[0, :, 55:].any()
+    assert not out[1].any()
+    assert not out[2].any()
+    assert between_lungs(sides, 0.0)[1].any()  # no solidity asked: the remnants count

@@ -164,14 +164,14 @@ def test_whole_chest_volumes_are_plausible_without_warnings(tmp_path: Path) -> N
 # which the mask cannot tell from the chest wall where the two touch; predict keeps lesions
 # within predict.lung_margin_mm of the mask for that reason (docs/lungs.md).
 SYNTH_SHORT = {
-    ("tiny", "CT-1"): "0.935 measured (seed 1: 0.886, a dense shallow-inspiration lung)",
-    ("tiny", "CT-2"): "0.822 measured (5.5 mm in-plane, 18 mm slices)",
-    ("tiny", "CT-3"): "0.844 measured: consolidation in 18 mm slices",
-    ("tiny", "CT-4"): "0.782 measured: consolidation in 18 mm slices",
-    ("demo", "CT-2"): "0.918 measured",
-    ("demo", "CT-3"): "0.903 measured",
-    ("demo", "CT-4"): "0.877 measured",
-    ("mosmed", "CT-4"): "0.932 measured",
+    ("tiny", "CT-1"): "0.948 measured (seed 1: 0.924, a dense shallow-inspiration lung)",
+    ("tiny", "CT-2"): "0.876 measured (5.5 mm in-plane, 18 mm slices)",
+    ("tiny", "CT-3"): "0.857 measured: consolidation in 18 mm slices",
+    ("tiny", "CT-4"): "0.767 measured: consolidation in 18 mm slices",
+    ("demo", "CT-2"): "0.925 measured",
+    ("demo", "CT-3"): "0.906 measured",
+    ("demo", "CT-4"): "0.874 measured",
+    ("mosmed", "CT-4"): "0.926 measured",
 }
 SYNTH = [
     (preset, category)
@@ -203,9 +203,10 @@ def test_synthetic_lung_dice_meets_the_requirement(preset: str, category: str) -
 def test_mask_of_a_real_ct_with_painted_lesions_stays_in_the_chest() -> None:
     """Lesions painted into the 4D-Lung chest (CT-1, seed 0) pass the extensive-disease
     share there (its free-breathing lung is dense), and the growth into consolidation must
-    not leave the lung: 136 mL of mask lies more than 10 mm outside the source's own mask,
-    426 mL when tissue of -60..-30 HU (fat mixed with muscle and bowel, under the domes and
-    in the neck) still counted as possible consolidation (docs/lungs.md)."""
+    not leave the lung: 57 mL of mask lies more than 10 mm outside the source's own mask;
+    136 mL when the growth could enter the mediastinum between the lungs, 426 mL when tissue
+    of -60..-30 HU (fat mixed with muscle and bowel, under the domes and in the neck) also
+    counted as possible consolidation (docs/lungs.md)."""
     from scipy import ndimage as ndi
 
     from tests.conftest import SHARED_REAL
@@ -223,4 +224,4 @@ def test_mask_of_a_real_ct_with_painted_lesions_stays_in_the_chest() -> None:
     spacing = spacing_from_affine(img.affine)
     far = ndi.distance_transform_edt(~source, sampling=spacing) > 10.0
     outside_ml = float((mask & far).sum()) * float(np.prod(spacing)) / 1000.0
-    assert outside_ml < 200.0
+    assert outside_ml < 100.0

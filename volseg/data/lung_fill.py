@@ -183,7 +183,10 @@ def grow_into_lesions(
        ``dense_max_hu`` after smoothing (heart, liver and muscle are denser), not thick
        fat, not gas, not the other lung.
 
-    Growth stays on the lung's own side of ``midline`` (the x index of the spine). A lung
+    Growth stays on the lung's own side of ``midline`` (the x index of the spine) and out
+    of the region between the two lungs where both are intact (:func:`between_lungs`): the
+    mediastinum, whose fat mixed with vessels and lymph nodes smooths to consolidation HU
+    in non-contrast scans. A lung
     with no air left beside an extensively diseased one starts from the largest region of
     thick ground glass on its side.
 
@@ -209,7 +212,7 @@ def grow_into_lesions(
             extensive.append(int(side))
     if not extensive:
         return sides
-    cavity = thoracic_cavity(sm, spacing, p)
+    cavity = thoracic_cavity(sm, spacing, p) & ~between_lungs(block, p.mediastinum_solidity)
     glass = thick & cavity & ~gas[box]
     # Each lung grows on its own side of the midline only: lesions never cross the
     # mediastinum, and a leak through mediastinal tissue stops there.
@@ -238,6 +241,30 @@ def grow_into_lesions(
         block[_fill_holes(block == side, sm, spacing, p) & (block == 0)] = side
     out = sides.copy()
     out[box] = block
+    return out
+
+
+def between_lungs(sides: np.ndarray, min_solidity: float) -> np.ndarray:
+    """Per axial slice of the side map ``sides``, the region between the two lungs: inside
+    the convex hull of both, outside each lung's own hull (the mediastinum, and the
+    pericardial and paravertebral tissue the lungs wrap).
+
+    Only on slices where each lung fills at least ``min_solidity`` of its own hull: a lung
+    left as scattered aerated remnants in extensive consolidation has small hulls, and the
+    region "between" them would hold its own consolidated lung (measured on synthetic CT-4
+    scans, docs/lungs.md).
+    """
+    out = np.zeros(sides.shape, dtype=bool)
+    for z in range(sides.shape[0]):
+        right, left = sides[z] == RIGHT, sides[z] == LEFT
+        if right.sum() < 3 or left.sum() < 3:
+            continue
+        hull_right, hull_left = convex_hull_2d(right), convex_hull_2d(left)
+        if right.sum() < min_solidity * hull_right.sum():
+            continue
+        if left.sum() < min_solidity * hull_left.sum():
+            continue
+        out[z] = convex_hull_2d(right | left) & ~hull_right & ~hull_left
     return out
 
 

@@ -71,6 +71,10 @@ class LungParams:
     lung: mediastinal and pericardial fat, and the fat mixed with muscle and bowel in the
     neck and under the domes, where the growth into consolidation otherwise leaks on real
     scans (consolidation holds no fat: -10..+50 HU; docs/lungs.md)."""
+    mediastinum_solidity: float = 0.5
+    """Extensive disease: growth stays out of the region between the two lungs on slices
+    where each lung fills at least this share of its convex hull (lung_fill.between_lungs;
+    1 keeps it out only between perfectly convex lungs, i.e. almost never)."""
     dense_open_mm: float = 4.0
     """Radius (mm) of the opening that cuts thin bridges from consolidation to organs."""
     dense_reach_mm: float = 80.0
@@ -110,6 +114,7 @@ class LungParams:
             "second_lung_fraction",
             "min_ggo_fraction",
             "dense_min_ggo_share",
+            "mediastinum_solidity",
         ):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"lungs.{name} must be in [0, 1], got {getattr(self, name)}")
