@@ -35,6 +35,9 @@ BODY_HU = -500.0
 """Voxels above this HU are body (air and lungs are below) for the crop."""
 BODY_MARGIN_MM = 10.0
 """Kept around the body bounding box (mm, rounded up to whole voxels per axis)."""
+OPTIONAL_FIELDS = ("lung_density_hu",)
+"""Fields added after version 2: absent (older bundles and caches) means off, and off
+leaves the cache key as it was."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Recipe:
     body_hu: float = BODY_HU
     body_margin_mm: float = BODY_MARGIN_MM
     version: int = RECIPE_VERSION
+    lung_density_hu: float | None = None
+    """``data.lung_density_hu``: each scan's lung HU remapped so that its lungs' 5th
+    percentile sits here (:func:`volseg.geometry.align_lung_density`); None: HU as scanned."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
@@ -59,6 +65,8 @@ class Recipe:
             raise ValueError(f"recipe hu_window must be (low, high), got {self.hu_window}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"recipe patch_size must be 3 sizes >= 1, got {self.patch_size}")
+        if self.lung_density_hu is not None:
+            object.__setattr__(self, "lung_density_hu", float(self.lung_density_hu))
         if self.orientation != ORIENTATION:
             raise ValueError(f"recipe orientation must be {ORIENTATION}, got {self.orientation}")
 
@@ -71,6 +79,7 @@ class Recipe:
             spacing=tuple(cfg.data.spacing),
             hu_window=tuple(cfg.data.hu_window),
             patch_size=tuple(cfg.model.patch_size),
+            lung_density_hu=cfg.data.lung_density_hu,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -90,14 +99,19 @@ class Recipe:
                 "(`volseg run -c CFG --from finetune`)"
             )
         try:
-            fields = {k: obj[k] for k in cls.__dataclass_fields__}
+            fields = {k: obj[k] for k in cls.__dataclass_fields__ if k not in OPTIONAL_FIELDS}
+            fields.update({k: obj.get(k) for k in OPTIONAL_FIELDS})
             return cls(**fields)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: incomplete preprocessing recipe ({exc})") from None
 
     def cache_key(self) -> str:
         """Short hash of what the cached arrays depend on (not the patch size)."""
-        payload = {k: v for k, v in self.to_json().items() if k != "patch_size"}
+        payload = {
+            k: v
+            for k, v in self.to_json().items()
+            if k != "patch_size" and not (k in OPTIONAL_FIELDS and v is None)
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ applying
@@ -108,22 +122,31 @@ class Recipe:
 
         return WorkingGrid.plan(native_affine, tuple(native_shape)[:3], self.spacing)
 
-    def apply(self, image: Any, affine: np.ndarray, device: Any = "cpu") -> tuple[Working, Any]:
+    def apply(
+        self, image: Any, affine: np.ndarray, device: Any = "cpu", lungs: Any = None
+    ) -> tuple[Working, Any]:
         """Native HU volume ``(X, Y, Z)`` -> (:class:`Working`, network input ``(1, 1, ...)``).
 
         The input is float32 in [0, 1] on ``device``, on the cropped working grid.
+        ``lungs`` (native grid) is needed when the recipe aligns lung density; without it
+        the scan goes in as scanned (``Working.lung_shift_hu`` None says so).
         """
         import torch
 
-        from volseg.geometry import body_bbox, window_hu
+        from volseg.geometry import align_lung_density, body_bbox, window_hu
 
         native = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
         native = native.to(device)[None, None]
         grid = self.plan(affine, native.shape[-3:])
         hu = grid.to_working(native)
+        shift = None
+        if self.lung_density_hu is not None and lungs is not None:
+            mask = torch.as_tensor(np.asarray(lungs, dtype=np.float32)).to(device)[None, None]
+            mask = grid.to_working(mask, mode="nearest") > 0.5
+            hu, shift = align_lung_density(hu, mask, self.lung_density_hu)
         margin = tuple(int(math.ceil(self.body_margin_mm / s - 1e-6)) for s in grid.spacing)
         box = body_bbox(hu, self.body_hu, margin)
-        working = Working(grid, box)
+        working = Working(grid, box, shift)
         return working, window_hu(hu[(..., *box)], self.hu_window)
 
 
@@ -133,6 +156,8 @@ class Working:
 
     grid: Any  # volseg.geometry.WorkingGrid
     box: tuple[slice, slice, slice]
+    lung_shift_hu: float | None = None
+    """How far the lung-density alignment moved the lungs' anchor (HU); None: not aligned."""
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -81,6 +81,9 @@ def test_bad_hu_window_and_split(tmp_path: Path) -> None:
         load_config(None, ["data.hu_window=[400,-1000]"])
     with pytest.raises(ConfigError, match="val_fraction"):
         load_config(None, ["data.split.val_fraction=0.6", "data.split.test_fraction=0.5"])
+    with pytest.raises(ConfigError, match="data.lung_density_hu"):
+        load_config(None, ["data.lung_density_hu=-300"])  # soft tissue, not lung
+    assert load_config(None, ["data.lung_density_hu=-820"]).data.lung_density_hu == -820.0
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:

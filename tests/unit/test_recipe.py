@@ -181,3 +181,49 @@ def test_format_1_bundle_loads_with_a_warning(tmp_path: Path, caplog) -> None:
     torch.save(payload, tmp_path / "older.pt")
     with pytest.raises(InputError, match="--from finetune"):
         load_bundle(tmp_path / "older.pt")
+
+
+def test_lung_density_alignment_moves_the_lungs_and_keeps_air_and_tissue() -> None:
+    """Two scans whose lungs differ by 100 HU reach the network at one lung density; air,
+    soft tissue and the lesion's order above the lung stay; the shift is reported."""
+    from volseg.geometry import align_lung_density
+
+    lungs = torch.zeros(40, dtype=torch.bool)
+    lungs[:30] = True
+    for lung_hu, shift in ((-900.0, 80.0), (-800.0, -20.0)):
+        hu = torch.full((40,), 30.0)
+        hu[:30] = lung_hu
+        hu[25:30] = lung_hu + 300.0  # a lesion in the lung
+        hu[30:35] = -1000.0  # air
+        out, moved = align_lung_density(hu, lungs, -820.0)
+        assert moved == pytest.approx(shift)
+        assert out[:25].tolist() == pytest.approx([-820.0] * 25)
+        assert float(out[25]) > -820.0 + 200.0  # the lesion stays well above its lung
+        assert out[30:].tolist() == hu[30:].tolist()  # air and soft tissue as scanned
+    # no lung voxels: unchanged; a wild anchor moves at most 200 HU
+    hu = torch.full((40,), -400.0)
+    assert align_lung_density(hu, torch.zeros(40, dtype=torch.bool), -820.0)[1] == 0.0
+    assert align_lung_density(hu, lungs, -820.0)[1] == pytest.approx(-200.0)
+
+
+def test_lung_density_recipe_needs_lungs_and_keeps_old_cache_keys() -> None:
+    """Off (the default, and every bundle from before the setting) leaves the cache key and
+    the network input as they were; on, the input depends on the lung mask given."""
+    base = _recipe((2.0, 2.0, 3.0))
+    aligned = Recipe(base.spacing, WINDOW, base.patch_size, lung_density_hu=-820.0)
+    assert aligned.cache_key() != base.cache_key()
+    old = {k: v for k, v in base.to_json().items() if k != "lung_density_hu"}
+    assert Recipe.from_json(old) == base and Recipe.from_json(aligned.to_json()) == aligned
+    ct = np.full((20, 16, 8), 40.0, np.float32)
+    ct[4:16, 4:12, 1:7] = -900.0
+    lungs = ct < -500
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    _, plain = base.apply(ct, affine, lungs=lungs)
+    working, moved = aligned.apply(ct, affine, lungs=lungs)
+    _, unaligned = aligned.apply(ct, affine)
+    assert working.lung_shift_hu == pytest.approx(80.0)
+    assert torch.equal(unaligned, plain)
+    assert float(moved.max()) == float(plain.max())  # soft tissue unchanged
+    assert float(moved[0, 0][moved[0, 0] < 0.2].mean()) > float(
+        plain[0, 0][plain[0, 0] < 0.2].mean()
+    )

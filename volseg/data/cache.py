@@ -164,8 +164,10 @@ def preprocess_study(
                 f"{study.image} (shape {image.shape[:3]}) or their affines differ"
             )
         masks[key] = data > 0.5
+    if recipe.lung_density_hu is not None and "lungs" not in masks:
+        raise InputError(f"{study.image}: data.lung_density_hu needs a lung mask")
     try:
-        working, x = recipe.apply(image, affine)
+        working, x = recipe.apply(image, affine, lungs=masks.get("lungs"))
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"{study.image}: preprocessing failed ({cause_text(exc)})") from exc
     folder.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,8 @@ class FlipProbabilities:
     mean: np.ndarray
     low: np.ndarray | None = None
     high: np.ndarray | None = None
+    lung_shift_hu: float | None = None
+    """How far the recipe's lung-density alignment moved this scan (HU); None: not aligned."""
 
 
 class Predictor:
@@ -170,16 +172,26 @@ class Predictor:
     def with_options(self, options: PredictOptions) -> Predictor:
         return Predictor(self.model, self.recipe, options, self.times)
 
-    def probability(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def probability(
+        self, image: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None = None
+    ) -> np.ndarray:
         """Lesion probability on the native grid of ``image`` (float32, same shape)."""
-        return self.flip_probabilities(image, affine).mean
+        return self.flip_probabilities(image, affine, lungs).mean
 
     @torch.inference_mode()
-    def flip_probabilities(self, image: np.ndarray, affine: np.ndarray) -> FlipProbabilities:
+    def flip_probabilities(
+        self, image: np.ndarray, affine: np.ndarray, lungs: np.ndarray | None = None
+    ) -> FlipProbabilities:
         """Probability on the native grid, the mean over the flips (``tta``; all eight with
-        ``uncertainty``, which also keeps the per-voxel minimum and maximum over them)."""
+        ``uncertainty``, which also keeps the per-voxel minimum and maximum over them).
+        ``lungs``: the scan's lung mask, which a recipe that aligns lung density needs."""
+        if self.recipe.lung_density_hu is not None and lungs is None:
+            log.warning(
+                "this model aligns lung density (data.lung_density_hu) but no lung mask was "
+                "given: the scan goes in as scanned"
+            )
         with span(self.times, "preprocess"):
-            working, x = self.recipe.apply(image, affine, self.device)
+            working, x = self.recipe.apply(image, affine, self.device, lungs)
         with span(self.times, "network"):
             prob, low, high = self._flip_passes(x)
         with span(self.times, "postprocess"):
@@ -224,7 +236,7 @@ class Predictor:
         """Probability, thresholded and cleaned mask; ``lungs`` restricts the mask if given.
         ``region``: :func:`region_for` ``lungs``, when the caller made it already
         (``volseg predict`` does, in its decode step, off the device's thread)."""
-        return self.cleaned(self.flip_probabilities(image, affine), affine, lungs, region)
+        return self.cleaned(self.flip_probabilities(image, affine, lungs), affine, lungs, region)
 
     def cleaned(
         self,
@@ -285,9 +297,10 @@ def _native_flips(
         back = working.to_native(values).clamp_(0.0, 1.0)
         return back[0, 0].cpu().numpy().astype(np.float32, copy=False)
 
+    shift = working.lung_shift_hu
     if low is None or high is None:
-        return FlipProbabilities(native(prob))
-    return FlipProbabilities(native(prob), native(low), native(high))
+        return FlipProbabilities(native(prob), lung_shift_hu=shift)
+    return FlipProbabilities(native(prob), native(low), native(high), shift)
 
 
 def region_for(

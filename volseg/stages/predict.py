@@ -300,9 +300,13 @@ class _Job:
         scan = decoded.scan
         for warning in decoded.warnings:
             log.warning("%s: %s", scan.id, warning)
-        flips = self.predictor.flip_probabilities(scan.array, scan.affine)
+        lungs = None if decoded.lung is None else decoded.lung.mask
+        flips = self.predictor.flip_probabilities(scan.array, scan.affine, lungs)
+        check = decoded.check
+        if flips.lung_shift_hu is not None:
+            check = check | {"lung_density_shift_hu": round(flips.lung_shift_hu, 1)}
         seconds = decoded.decode_s + decoded.lungs_s + time.perf_counter() - start
-        return _Computed(scan, flips, decoded.lung, decoded.region, decoded.check, seconds)
+        return _Computed(scan, flips, decoded.lung, decoded.region, check, seconds)
 
     def write(self, src: ScanSource, done: _Computed) -> dict[str, Any]:
         """The cleaned mask, the lungs it was measured in, and the scan's files (a writer

@@ -226,3 +226,27 @@ def test_ood_check_can_be_switched_off(
     run_predict(bundle, _scans(tmp_path / "in"), out, use_lungs=False, ood_check=False)
     block = json.loads((out / "thin.json").read_text())["out_of_distribution"]
     assert block["available"] is False and "ood_check" in block["note"]
+
+
+def test_a_lung_density_aligned_model_reports_each_scans_shift(
+    stats: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data.lung_density_hu`` in the recipe: predict aligns each scan inside the lung mask
+    it uses and records how far in the scan's ``out_of_distribution`` block."""
+    monkeypatch.setitem(registry.MODELS, "oracle", OracleNet)
+    bundle = save_bundle(
+        tmp_path / "model.pt",
+        OracleNet(),
+        "oracle",
+        {"level": 0.6},
+        Recipe((1.5, 1.5, 5.0), WINDOW, (16, 16, 8), lung_density_hu=-800.0),
+        {"overlap": 0.25, "min_component_mm3": 0},
+        training_stats=stats,
+    )
+    scan = _scans(tmp_path / "in")[0]  # lung at -850 HU around a block of tissue
+    hu = np.asarray(nib.load(str(scan)).dataobj)
+    _nifti(tmp_path / "lungs" / "like_lungs.nii.gz", (hu < -500).astype(np.uint8), (0.8, 0.8, 8.0))
+    out = tmp_path / "out"
+    run_predict(bundle, scan, out, lungs=tmp_path / "lungs")
+    block = json.loads((out / "like.json").read_text())["out_of_distribution"]
+    assert block["lung_density_shift_hu"] == pytest.approx(50.0)
