@@ -48,10 +48,18 @@ class Config(Section):
     def section_hash(self, name: str) -> str:
         """Stable hash of one section, used to decide whether a stage must re-run."""
         value = getattr(self, name).model_dump(mode="json")
+        for section, key in ADDED_OFF_BY_NONE:  # unset: the hash of runs made before it
+            if section == name and value.get(key) is None:
+                value.pop(key, None)
         if name == "model":  # only the chosen backbone's sizes count
             value["params"] = value["params"].get(self.model.name) or {}
         payload = json.dumps(value, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+ADDED_OFF_BY_NONE = (("data", "lung_density_hu"),)
+"""Settings added after runs existed whose unset value (None) changes nothing: left out of
+their section's hash when unset, so upgrading does not re-run the stages of existing runs."""
 
 
 # --------------------------------------------------------------------------- loading

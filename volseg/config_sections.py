@@ -48,7 +48,7 @@ class DataConfig(Section):
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     lung_density_hu: float | None = Field(None, ge=-990.0, le=-500.0)
     """Unset: HU as scanned. Set: every scan (training and predict) is remapped so its
-    lungs' 5th HU percentile sits at this value, air and soft tissue unchanged
+    lungs' 5th HU percentile sits at this value, HU at or below -1000 and from 0 up unchanged
     (``volseg.geometry.align_lung_density``; needs lung masks; docs/synth.md)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     num_workers: int = Field(0, ge=0)

@@ -140,33 +140,39 @@ def body_bbox(
 
 LUNG_DENSITY_PERCENTILE = 5.0
 """The lung HU percentile :func:`align_lung_density` anchors: the healthy parenchyma's low
-end, which lesions covering up to ~90 % of the lung barely move (painted CT-3 copies of
-real CTs: 15-30 HU above their CT-1 copies)."""
+end, which extensive lesions move little (painted CT-3 copies of real CTs: 26-38 HU above
+their CT-1 copies; the 10th percentile 40-58 HU)."""
 LUNG_DENSITY_MAX_SHIFT_HU = 200.0
 """The anchor moves at most this far (a scan whose lung mask missed the lungs is not
 remapped into nonsense)."""
+LUNG_DENSITY_ANCHOR_RANGE_HU = (-960.0, -300.0)
+"""The anchor is clamped into this range first: the stretch between air and the anchor,
+(target + 1000) / (anchor + 1000), stays below 5 for any target (LIDC-IDRI-0001, anchor
+-933 HU: 2.7 to -820)."""
 
 
 def align_lung_density(
     hu: torch.Tensor, lungs: torch.Tensor, target_hu: float
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float | None]:
     """Remap ``hu`` so the lungs' :data:`LUNG_DENSITY_PERCENTILE` lands on ``target_hu``.
 
     Piecewise linear through (-1000, -1000), (anchor, target) and (0, 0), identity outside
-    [-1000, 0]: air and soft tissue keep their HU, lung and lesions between them are
-    stretched. Real lungs differ by 150 HU in density with inspiration depth, dose and
-    kernel (LIDC-IDRI-0001 5th percentile -929 HU, 4D-Lung -836 on a 2.8 x 2.8 x 10 mm grid);
-    a network trained on one density range reads that difference as disease or its absence
+    [-1000, 0]: air (-1000 and below) and soft tissue (0 and above) keep their HU; lung,
+    lesions and fat between them are stretched, less the nearer they lie to -1000 or 0.
+    Real lungs differ by about 100 HU in density with inspiration depth, dose and kernel
+    (5th percentile on a 2.8 x 2.8 x 10 mm grid: LIDC-IDRI-0001 -933 HU, 4D-Lung -841); a
+    network trained on one density range reads that difference as disease or its absence
     (docs/synth.md). Returns the remapped volume and the anchor's shift (HU); without lung
-    voxels the volume is returned unchanged with shift 0.
+    voxels the volume unchanged and None (not aligned).
     """
     values = hu[lungs.to(torch.bool)]
     if values.numel() == 0:
-        return hu, 0.0
+        return hu, None
     k = max(1, int(round(values.numel() * LUNG_DENSITY_PERCENTILE / 100.0)))
-    anchor = min(max(float(values.float().kthvalue(k).values), -990.0), -10.0)
+    low_end, high_end = LUNG_DENSITY_ANCHOR_RANGE_HU
+    anchor = min(max(float(values.float().kthvalue(k).values), low_end), high_end)
     shift = max(-LUNG_DENSITY_MAX_SHIFT_HU, min(LUNG_DENSITY_MAX_SHIFT_HU, target_hu - anchor))
-    target = min(max(anchor + shift, -990.0), -10.0)
+    target = min(max(anchor + shift, low_end), high_end)
     low = -1000.0 + (hu + 1000.0) * ((target + 1000.0) / (anchor + 1000.0))
     high = target + (hu - anchor) * (target / anchor)
     out = torch.where(hu <= anchor, low, high)

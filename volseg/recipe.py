@@ -9,8 +9,10 @@ one predictor (:mod:`volseg.inference.predictor`), so a scan lands on the same w
 in training and in inference.
 
 Applying it (:meth:`Recipe.apply`): reorient + resample with
-:class:`volseg.geometry.WorkingGrid` (exactly invertible), crop to the bounding box of the
-voxels above ``body_hu`` plus ``body_margin_mm``, window HU to [0, 1]. The returned
+:class:`volseg.geometry.WorkingGrid` (exactly invertible), with ``lung_density_hu`` set remap
+the lung density (:func:`volseg.geometry.align_lung_density`, inside the scan's lung mask),
+crop to the bounding box of the voxels above ``body_hu`` plus ``body_margin_mm``, window HU
+to [0, 1]. The returned
 :class:`Working` maps masks onto that grid and probabilities back to the native one.
 """
 
@@ -35,6 +37,9 @@ BODY_HU = -500.0
 """Voxels above this HU are body (air and lungs are below) for the crop."""
 BODY_MARGIN_MM = 10.0
 """Kept around the body bounding box (mm, rounded up to whole voxels per axis)."""
+ALIGNED_VERSION = 3
+"""The version a recipe that aligns lung density writes, so that a volseg from before that
+setting refuses its bundle (version mismatch) instead of predicting unaligned scans."""
 OPTIONAL_FIELDS = ("lung_density_hu",)
 """Fields added after version 2: absent (older bundles and caches) means off, and off
 leaves the cache key as it was."""
@@ -84,7 +89,10 @@ class Recipe:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (lists, floats), loadable with ``torch.load(weights_only=True)``."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if self.lung_density_hu is not None:
+            out["version"] = ALIGNED_VERSION
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], source: str = "recipe") -> Recipe:
@@ -92,6 +100,8 @@ class Recipe:
         if not isinstance(obj, Mapping):
             raise InputError(f"{source}: no preprocessing recipe")
         version = obj.get("version")
+        if version == ALIGNED_VERSION and obj.get("lung_density_hu") is not None:
+            obj, version = {**obj, "version": RECIPE_VERSION}, RECIPE_VERSION
         if version != RECIPE_VERSION:
             raise InputError(
                 f"{source}: preprocessing recipe version {version} (this volseg applies "
@@ -123,7 +133,11 @@ class Recipe:
         return WorkingGrid.plan(native_affine, tuple(native_shape)[:3], self.spacing)
 
     def apply(
-        self, image: Any, affine: np.ndarray, device: Any = "cpu", lungs: Any = None
+        self,
+        image: Any,
+        affine: np.ndarray,
+        device: Any = "cpu",
+        lungs: np.ndarray | None = None,
     ) -> tuple[Working, Any]:
         """Native HU volume ``(X, Y, Z)`` -> (:class:`Working`, network input ``(1, 1, ...)``).
 
@@ -141,8 +155,13 @@ class Recipe:
         hu = grid.to_working(native)
         shift = None
         if self.lung_density_hu is not None and lungs is not None:
-            mask = torch.as_tensor(np.asarray(lungs, dtype=np.float32)).to(device)[None, None]
-            mask = grid.to_working(mask, mode="nearest") > 0.5
+            if tuple(np.shape(lungs)[:3]) != tuple(native.shape[-3:]):
+                raise ValueError(
+                    f"lung mask shape {np.shape(lungs)[:3]} differs from the scan's "
+                    f"{tuple(native.shape[-3:])}"
+                )
+            mask = torch.as_tensor(np.asarray(lungs) > 0).to(device)[None, None]
+            mask = grid.to_working(mask.to(torch.float32), mode="nearest") > 0.5
             hu, shift = align_lung_density(hu, mask, self.lung_density_hu)
         margin = tuple(int(math.ceil(self.body_margin_mm / s - 1e-6)) for s in grid.spacing)
         box = body_bbox(hu, self.body_hu, margin)

@@ -83,7 +83,12 @@ def test_bad_hu_window_and_split(tmp_path: Path) -> None:
         load_config(None, ["data.split.val_fraction=0.6", "data.split.test_fraction=0.5"])
     with pytest.raises(ConfigError, match="data.lung_density_hu"):
         load_config(None, ["data.lung_density_hu=-300"])  # soft tissue, not lung
-    assert load_config(None, ["data.lung_density_hu=-820"]).data.lung_density_hu == -820.0
+    aligned = load_config(None, ["data.root=/data/mosmed", "data.lung_density_hu=-820"])
+    assert aligned.data.lung_density_hu == -820.0
+    # unset, it leaves the data section's hash as it was before it existed (659df9f), so
+    # upgrading does not re-run existing runs' stages; set, it changes it
+    unset = load_config(None, ["data.root=/data/mosmed"])
+    assert unset.section_hash("data") == "354d252b881f3b75" != aligned.section_hash("data")
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:

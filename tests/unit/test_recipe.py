@@ -200,20 +200,45 @@ def test_lung_density_alignment_moves_the_lungs_and_keeps_air_and_tissue() -> No
         assert out[:25].tolist() == pytest.approx([-820.0] * 25)
         assert float(out[25]) > -820.0 + 200.0  # the lesion stays well above its lung
         assert out[30:].tolist() == hu[30:].tolist()  # air and soft tissue as scanned
-    # no lung voxels: unchanged; a wild anchor moves at most 200 HU
+    # no lung voxels: unchanged, not aligned; a wild anchor moves at most 200 HU
     hu = torch.full((40,), -400.0)
-    assert align_lung_density(hu, torch.zeros(40, dtype=torch.bool), -820.0)[1] == 0.0
+    assert align_lung_density(hu, torch.zeros(40, dtype=torch.bool), -820.0) == (hu, None)
     assert align_lung_density(hu, lungs, -820.0)[1] == pytest.approx(-200.0)
 
 
-def test_lung_density_recipe_needs_lungs_and_keeps_old_cache_keys() -> None:
-    """Off (the default, and every bundle from before the setting) leaves the cache key and
-    the network input as they were; on, the input depends on the lung mask given."""
+@pytest.mark.parametrize(
+    ("lung_hu", "target"), [(-990.0, -820.0), (-933.0, -820.0), (-700.0, -900.0)]
+)
+def test_lung_density_remap_is_monotone_continuous_and_fixed_outside_air_to_tissue(
+    lung_hu: float, target: float
+) -> None:
+    """Every HU from -1100 to +100: the remap keeps their order, jumps nowhere (at the
+    anchor, -1000 or 0), and leaves air below -1000 and tissue above 0 as they were; the
+    stretch next to air stays bounded even for a lung at -990 HU."""
+    from volseg.geometry import align_lung_density
+
+    hu = torch.arange(-1100.0, 100.5, 0.5)
+    lungs = torch.zeros_like(hu, dtype=torch.bool)
+    lungs[(hu >= lung_hu - 5) & (hu <= lung_hu + 5)] = True
+    out, _ = align_lung_density(hu, lungs, target)
+    steps = torch.diff(out)
+    assert bool((steps >= 0).all())
+    assert float(steps.max()) <= 0.5 * 5.0  # slope <= 5: no jump, no unbounded stretch
+    outside = (hu < -1000) | (hu > 0)
+    assert torch.equal(out[outside], hu[outside])
+
+
+def test_lung_density_recipe_aligns_with_lungs_and_keeps_old_cache_keys() -> None:
+    """Off (the default, and every bundle from before the setting) leaves the cache key (the
+    literal is 659df9f's, before the setting existed) and the network input as they were; on,
+    the input depends on the lung mask given, and without one the scan goes in as scanned."""
+    assert Recipe((1.5, 1.5, 5.0), WINDOW, (16, 16, 8)).cache_key() == "126384eca76385e7"
     base = _recipe((2.0, 2.0, 3.0))
     aligned = Recipe(base.spacing, WINDOW, base.patch_size, lung_density_hu=-820.0)
     assert aligned.cache_key() != base.cache_key()
     old = {k: v for k, v in base.to_json().items() if k != "lung_density_hu"}
     assert Recipe.from_json(old) == base and Recipe.from_json(aligned.to_json()) == aligned
+    assert base.to_json()["version"] == 2 and aligned.to_json()["version"] == 3  # older: refuse
     ct = np.full((20, 16, 8), 40.0, np.float32)
     ct[4:16, 4:12, 1:7] = -900.0
     lungs = ct < -500
@@ -223,6 +248,8 @@ def test_lung_density_recipe_needs_lungs_and_keeps_old_cache_keys() -> None:
     _, unaligned = aligned.apply(ct, affine)
     assert working.lung_shift_hu == pytest.approx(80.0)
     assert torch.equal(unaligned, plain)
+    with pytest.raises(ValueError, match="lung mask shape"):
+        aligned.apply(ct, affine, lungs=lungs[:-1])
     assert float(moved.max()) == float(plain.max())  # soft tissue unchanged
     assert float(moved[0, 0][moved[0, 0] < 0.2].mean()) > float(
         plain[0, 0][plain[0, 0] < 0.2].mean()

@@ -10,7 +10,8 @@ Layout::
 Each entry is made by applying the run's :class:`volseg.recipe.Recipe` — the very code the
 predictor runs on a scan — so the cached grid is the grid inference works on.
 ``settings_hash`` (:meth:`Recipe.cache_key`) covers every preprocessing setting (orientation,
-spacing, HU window, body crop, recipe version); each entry's JSON records the recipe, the
+spacing, HU window, body crop, lung-density anchor, recipe version); each entry's JSON records
+the recipe (and, with a lung-density anchor, the scan's shift ``lung_shift_hu``), the
 body crop box and the size and mtime of its source files, so editing a source or changing
 preprocessing invalidates exactly the entries concerned. The JSON is written last and
 atomically: it marks a complete entry.
@@ -188,6 +189,8 @@ def preprocess_study(
         "has_lungs": "lungs" in sources,
         "sources": {k: file_fingerprint(p) for k, p in sources.items()},
     }
+    if working.lung_shift_hu is not None:
+        meta["lung_shift_hu"] = round(working.lung_shift_hu, 1)
     write_json_atomic(folder / f"{study.id}.json", meta)
     return CachedVolume._from_meta(meta, folder)
 

@@ -154,6 +154,7 @@ class Predictor:
         self.options = options
         self.device = next(model.parameters()).device
         self.times = times
+        self._warned = False  # the missing-lung-mask warning of an aligning recipe, once
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, *layers: Mapping[str, Any] | None) -> Predictor:
@@ -185,10 +186,11 @@ class Predictor:
         """Probability on the native grid, the mean over the flips (``tta``; all eight with
         ``uncertainty``, which also keeps the per-voxel minimum and maximum over them).
         ``lungs``: the scan's lung mask, which a recipe that aligns lung density needs."""
-        if self.recipe.lung_density_hu is not None and lungs is None:
+        if self.recipe.lung_density_hu is not None and lungs is None and not self._warned:
+            self._warned = True
             log.warning(
-                "this model aligns lung density (data.lung_density_hu) but no lung mask was "
-                "given: the scan goes in as scanned"
+                "this model aligns lung density (data.lung_density_hu) but scans come without "
+                "a lung mask: they go in as scanned (lung_density_shift_hu null in their JSON)"
             )
         with span(self.times, "preprocess"):
             working, x = self.recipe.apply(image, affine, self.device, lungs)

@@ -303,8 +303,9 @@ class _Job:
         lungs = None if decoded.lung is None else decoded.lung.mask
         flips = self.predictor.flip_probabilities(scan.array, scan.affine, lungs)
         check = decoded.check
-        if flips.lung_shift_hu is not None:
-            check = check | {"lung_density_shift_hu": round(flips.lung_shift_hu, 1)}
+        if self.predictor.recipe.lung_density_hu is not None:  # null: not aligned (no lungs)
+            shift = flips.lung_shift_hu
+            check = check | {"lung_density_shift_hu": None if shift is None else round(shift, 1)}
         seconds = decoded.decode_s + decoded.lungs_s + time.perf_counter() - start
         return _Computed(scan, flips, decoded.lung, decoded.region, check, seconds)
 

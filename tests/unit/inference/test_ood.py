@@ -250,3 +250,6 @@ def test_a_lung_density_aligned_model_reports_each_scans_shift(
     run_predict(bundle, scan, out, lungs=tmp_path / "lungs")
     block = json.loads((out / "like.json").read_text())["out_of_distribution"]
     assert block["lung_density_shift_hu"] == pytest.approx(50.0)
+    run_predict(bundle, scan, tmp_path / "unaligned", use_lungs=False)
+    block = json.loads((tmp_path / "unaligned" / "like.json").read_text())["out_of_distribution"]
+    assert block["lung_density_shift_hu"] is None  # no lung mask: as scanned, and says so
