@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import locale
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from volseg.data.layout import study_id
+from volseg.data.layout import is_scan_file, study_id
 from volseg.errors import InputError, cause_text
 from volseg.io import check_affine, decode_nifti, is_nifti, load_nifti
+
+log = logging.getLogger(__name__)
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 SLICE_GAP_RTOL = 0.1
@@ -124,7 +127,8 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 
 def discover_scans(path: str | Path, series_uid: str | None = None) -> list[ScanSource]:
-    """List the scans under ``path``: a NIfTI file, a folder of NIfTI files, or a DICOM folder.
+    """List the scans under ``path``: a NIfTI file, a folder of NIfTI files (masks beside
+    them, ``*_mask`` / ``*_lungs`` / ..., left out), or a DICOM folder.
 
     A DICOM folder holding several series is refused with the list of series UIDs unless
     ``series_uid`` picks one.
@@ -139,8 +143,21 @@ def discover_scans(path: str | Path, series_uid: str | None = None) -> list[Scan
             )
         return [ScanSource(path)]
     niftis = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
+    scans = [p for p in niftis if is_scan_file(p)]
+    if scans:
+        if len(scans) < len(niftis):
+            log.info(
+                "%s: %d mask file(s) beside the scans left out (*_mask, *_lungs, ...; "
+                "give lung masks with --lungs)",
+                path,
+                len(niftis) - len(scans),
+            )
+        return [ScanSource(p) for p in scans]
     if niftis:
-        return [ScanSource(p) for p in niftis]
+        raise InputError(
+            f"{path}: only mask files (*_mask, *_lungs, ...), no scan; give a scan file to "
+            "predict on it anyway"
+        )
     series = dicom_series_ids(path)
     if not series:
         raise InputError(f"{path}: no NIfTI files and no DICOM series found")

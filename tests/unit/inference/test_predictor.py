@@ -894,3 +894,22 @@ def test_a_bundle_predicts_channels_last_on_cpu_with_the_same_probabilities(
     aff = np.diag([1.5, 1.5, 5.0, 1.0])
     fast, plain = predictor.probability(hu, aff), contiguous.probability(hu, aff)
     assert np.abs(fast - plain).max() < 1e-5 and np.abs(plain - 0.5).max() > 1e-3
+
+
+def test_a_folder_of_scans_with_their_masks_beside_them(tmp_path: Path) -> None:
+    """The layout of ``../shared/data/real`` (``ct.nii.gz`` beside ``ct_lungs.nii.gz``):
+    the scans are the inputs, the masks are left out instead of colliding with their scan's
+    id; a folder of masks alone is refused by name."""
+    from volseg.inference.scans import discover_scans
+
+    folder = tmp_path / "cts"
+    folder.mkdir()
+    volume = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
+    for name in ("a.nii.gz", "a_lungs.nii.gz", "b.nii", "b_mask.nii.gz"):
+        nib.save(volume, folder / name)
+    assert [s.id for s in discover_scans(folder)] == ["a", "b"]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(volume, masks / "a_lungs.nii.gz")
+    with pytest.raises(InputError, match="only mask files"):
+        discover_scans(masks)
