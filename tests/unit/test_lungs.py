@@ -361,3 +361,39 @@ def test_between_lungs_is_the_mediastinum_of_intact_lungs_only() -> None:
     assert not out[1].any()
     assert not out[2].any()
     assert between_lungs(sides, 0.0)[1].any()  # no solidity asked: the remnants count
+
+
+def _phantom_on_a_pad() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The phantom with a bony rib cage and a foam pad (-880 HU) filling the gap between
+    its back and the table, cut to a field of view that cuts the body and both lungs on
+    both sides (the 4D-Lung radiotherapy CT's set-up): the pad then reaches the side of the
+    view without touching the room air. Returns (hu, lungs, pad)."""
+    spacing, shape = (1.4, 1.4, 8.0), (200, 160, 36)
+    hu, lungs, _ = chest_phantom(spacing, shape)
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape[:2], spacing[:2], strict=True)]
+    x, y = np.meshgrid(*axes, indexing="ij")
+    ring = (x / 128) ** 2 + ((y + 5) / 93) ** 2
+    hu[(ring > 0.88) & (ring <= 0.95)] = 400.0  # ribs, spine and sternum as one shell
+    pad = (ring > 1) & (y > 0) & (y < 105) & (np.abs(x) < 120)
+    rng = np.random.default_rng(1)
+    hu[pad] = -880.0 + rng.normal(0, 20, (int(pad.sum()), shape[2]))
+    keep = np.abs(x[:, 0]) < 90  # a tight field of view: both lungs reach x = ±105
+    pad3 = np.broadcast_to(pad[..., None], shape)
+    return hu[keep], lungs[keep], pad3[keep]
+
+
+def test_a_pad_under_the_patient_in_a_tight_field_of_view_is_not_lung() -> None:
+    """Lung-like air that reaches the side of the view is lung only inside the bony thorax:
+    the cut lungs stay (they lie inside their ribs), the pad behind the spine goes."""
+    from volseg.data.lungs import lung_mask
+
+    hu, lungs, pad = _phantom_on_a_pad()
+    affine = np.diag([-1.4, -1.4, 8.0, 1.0])
+    result = lung_mask(hu, affine)
+    mask = result.mask.astype(bool)
+    assert not (mask & pad).any()
+    assert dice(mask, lungs) > 0.95
+    assert "side" in result.cut_by_fov
+    # Without the rule the pad is taken for a lung (so this test can fail).
+    loose = lung_mask(hu, affine, LungParams(cut_lung_in_thorax=0.0)).mask.astype(bool)
+    assert (loose & pad).sum() > 0.5 * pad.sum()

@@ -324,24 +324,35 @@ def _open_mm(mask: np.ndarray, sampling: tuple[float, ...], radius_mm: float) ->
     return ndi.binary_dilation(ndi.binary_erosion(mask, ball, border_value=1), ball) & mask
 
 
-def thoracic_cavity(
-    hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
-) -> np.ndarray:
-    """Per slice, the region enclosed by the bony thorax minus a wall margin (mm).
-
-    Bone (> ``bone_hu``) of the body (the largest non-air component, so not the table)
-    spans ribs, spine and sternum; its convex hull per slice is the rib cage and what it
-    encloses, eroded by ``cavity_margin_mm`` for the ribs and intercostal muscles.
-    """
+def body_bone(hu: np.ndarray, p: LungParams) -> np.ndarray:
+    """Bone (> ``bone_hu``) of the body, the largest non-air component (so not the table):
+    ribs, spine and sternum."""
     body = hu >= p.threshold_hu
     labels, n = ndi.label(body)
     if n > 1:
         body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    bone = (hu > p.bone_hu) & body
-    cavity = np.zeros_like(bone)
+    return (hu > p.bone_hu) & body
+
+
+def bony_hull(bone: np.ndarray) -> np.ndarray:
+    """Per slice, the convex hull of ``bone``: the rib cage and what it encloses (empty on
+    slices with fewer than 3 bone voxels)."""
+    hull = np.zeros_like(bone)
     for z in range(bone.shape[0]):
-        if bone[z].sum() < 3:
-            continue
-        hull = convex_hull_2d(bone[z])
-        cavity[z] = ndi.distance_transform_edt(hull, sampling=spacing[1:]) > p.cavity_margin_mm
+        if bone[z].sum() >= 3:
+            hull[z] = convex_hull_2d(bone[z])
+    return hull
+
+
+def thoracic_cavity(
+    hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+) -> np.ndarray:
+    """Per slice, the region enclosed by the bony thorax minus a wall margin (mm): the hull
+    of :func:`body_bone` eroded by ``cavity_margin_mm`` for the ribs and intercostal
+    muscles."""
+    bone = body_bone(hu, p)
+    hull = bony_hull(bone)
+    cavity = np.zeros_like(bone)
+    for z in np.nonzero(hull.any(axis=(1, 2)))[0]:
+        cavity[z] = ndi.distance_transform_edt(hull[z], sampling=spacing[1:]) > p.cavity_margin_mm
     return cavity & ~bone

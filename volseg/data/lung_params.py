@@ -24,6 +24,12 @@ class LungParams:
     """Aerated lung: its darkest tenth stays at least this far above the scanner's air."""
     emphysema_min_ml: float = 500.0
     """A component this large whose median is lung-like is lung even if partly pure air."""
+    cut_lung_in_thorax: float = 0.2
+    """A lung-like component that reaches the side of the field of view is lung only if at
+    least this share of it (on slices with bone) lies inside the per-slice hull of the ribs,
+    spine and sternum; otherwise it is outside air with something in it: the foam pad or
+    immobilisation cushion under a patient, cut off from the room air by a tight field of
+    view (the 4D-Lung radiotherapy CT, docs/lungs.md)."""
     second_lung_fraction: float = 0.1
     """Keep another group of lung-like components if at least this share of the largest."""
     satellite_mm: float = 10.0
@@ -115,6 +121,7 @@ class LungParams:
             "min_ggo_fraction",
             "dense_min_ggo_share",
             "mediastinum_solidity",
+            "cut_lung_in_thorax",
         ):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"lungs.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -160,6 +160,7 @@ def _find_lungs(
     comps = air_components(air, hu, spacing, p.threshold_hu)
     air_hu = pure_air_hu(comps, hu)
     like = lung_like(comps, air_hu, p)
+    like &= ~_outside_thorax(comps, like, hu, p)
     outside_ids = 1 + np.nonzero(comps.touches_side & ~like)[0]
     candidate = air & ~np.isin(comps.labels, outside_ids)
     airway = central_airways(hu, candidate, spacing, air_hu, p)
@@ -178,6 +179,35 @@ def _find_lungs(
     sides = grow_into_lesions(sides, hu, (candidate & ~lungs) | airway, spacing, midline, p)
     log.debug("pure air %.0f HU; lungs: %d coarse voxels", air_hu, int((sides > 0).sum()))
     return sides, air_hu
+
+
+def _outside_thorax(comps, like: np.ndarray, hu: np.ndarray, p: LungParams) -> np.ndarray:
+    """Per component: lung-like, reaching the side of the field of view, and mostly outside
+    the bony thorax (less than ``cut_lung_in_thorax`` of its voxels inside the per-slice hull
+    of the bones, counted on slices that have bone). A lung cut by the field of view lies
+    inside its ribs; a foam pad under the patient lies behind the spine. A component with
+    most of its voxels on slices without bone is not judged (nothing to judge it by)."""
+    from volseg.data.lung_fill import body_bone, bony_hull
+
+    suspects = np.nonzero(like & comps.touches_side)[0]
+    out = np.zeros(comps.count, dtype=bool)
+    if suspects.size == 0:
+        return out
+    hull = bony_hull(body_bone(hu, p))
+    with_bone = np.broadcast_to(hull.any(axis=(1, 2))[:, None, None], hull.shape)
+    n = comps.count + 1
+    total = np.bincount(comps.labels.ravel(), minlength=n)[1:]
+    judged = np.bincount(comps.labels[with_bone], minlength=n)[1:]
+    inside = np.bincount(comps.labels[hull], minlength=n)[1:]
+    for k in suspects:
+        if judged[k] >= 0.5 * total[k] and inside[k] < p.cut_lung_in_thorax * judged[k]:
+            out[k] = True
+            log.debug(
+                "component %d (%.0f mL): outside the bony thorax, not lung",
+                k + 1,
+                comps.volume_ml[k],
+            )
+    return out
 
 
 def _select_lungs(comps, like: np.ndarray, spacing: tuple[float, float, float], p: LungParams):
