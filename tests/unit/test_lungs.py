@@ -397,3 +397,23 @@ def test_a_pad_under_the_patient_in_a_tight_field_of_view_is_not_lung() -> None:
     # Without the rule the pad is taken for a lung (so this test can fail).
     loose = lung_mask(hu, affine, LungParams(cut_lung_in_thorax=0.0)).mask.astype(bool)
     assert (loose & pad).sum() > 0.5 * pad.sum()
+
+
+def test_cut_lungs_are_kept_when_the_view_shows_no_rib_cage(monkeypatch) -> None:
+    """A field of view that cuts both lungs and shows only the spine cannot tell inside
+    the thorax from outside: the cut lungs stay lungs (with a vertebra taken for the whole
+    bony thorax they would be dropped)."""
+    import volseg.data.lungs as lungs_module
+    from volseg.data.lungs import lung_mask
+
+    spacing, shape = (1.4, 1.4, 8.0), (200, 160, 36)
+    hu, lungs, _ = chest_phantom(spacing, shape)
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape[:2], spacing[:2], strict=True)]
+    x, y = np.meshgrid(*axes, indexing="ij")
+    hu[(x / 15) ** 2 + ((y - 70) / 15) ** 2 <= 1] = 400.0  # a vertebral body, no ribs
+    keep = np.abs(x[:, 0]) < 90
+    hu, lungs = hu[keep], lungs[keep]
+    affine = np.diag([-1.4, -1.4, 8.0, 1.0])
+    assert dice(lung_mask(hu, affine).mask, lungs) > 0.95
+    monkeypatch.setattr(lungs_module, "THORAX_MIN_CM2", 0.0)
+    assert dice(lung_mask(hu, affine).mask, lungs) < 0.5

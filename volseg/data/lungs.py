@@ -160,7 +160,7 @@ def _find_lungs(
     comps = air_components(air, hu, spacing, p.threshold_hu)
     air_hu = pure_air_hu(comps, hu)
     like = lung_like(comps, air_hu, p)
-    like &= ~_outside_thorax(comps, like, hu, p)
+    like &= ~_outside_thorax(comps, like, hu, spacing, p)
     outside_ids = 1 + np.nonzero(comps.touches_side & ~like)[0]
     candidate = air & ~np.isin(comps.labels, outside_ids)
     airway = central_airways(hu, candidate, spacing, air_hu, p)
@@ -181,12 +181,20 @@ def _find_lungs(
     return sides, air_hu
 
 
-def _outside_thorax(comps, like: np.ndarray, hu: np.ndarray, p: LungParams) -> np.ndarray:
+THORAX_MIN_CM2 = 100.0
+"""A slice's bony hull must be at least this large (cm²) to judge what lies inside the
+thorax: a vertebra alone is 10-20 cm², an adult rib cage 300-700 cm²."""
+
+
+def _outside_thorax(
+    comps, like: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
+) -> np.ndarray:
     """Per component: lung-like, reaching the side of the field of view, and mostly outside
     the bony thorax (less than ``cut_lung_in_thorax`` of its voxels inside the per-slice hull
-    of the bones, counted on slices that have bone). A lung cut by the field of view lies
-    inside its ribs; a foam pad under the patient lies behind the spine. A component with
-    most of its voxels on slices without bone is not judged (nothing to judge it by)."""
+    of the bones, counted on slices whose hull spans at least :data:`THORAX_MIN_CM2`). A lung
+    cut by the field of view lies inside its ribs; a foam pad under the patient lies behind
+    the spine. A component with most of its voxels on slices without such a hull (a field of
+    view that shows no rib cage) is not judged: there is nothing to judge it by."""
     from volseg.data.lung_fill import body_bone, bony_hull
 
     suspects = np.nonzero(like & comps.touches_side)[0]
@@ -194,6 +202,8 @@ def _outside_thorax(comps, like: np.ndarray, hu: np.ndarray, p: LungParams) -> n
     if suspects.size == 0:
         return out
     hull = bony_hull(body_bone(hu, p))
+    hull_cm2 = hull.sum(axis=(1, 2)) * spacing[1] * spacing[2] / 100.0
+    hull &= (hull_cm2 >= THORAX_MIN_CM2)[:, None, None]
     with_bone = np.broadcast_to(hull.any(axis=(1, 2))[:, None, None], hull.shape)
     n = comps.count + 1
     total = np.bincount(comps.labels.ravel(), minlength=n)[1:]
