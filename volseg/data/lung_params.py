@@ -26,8 +26,8 @@ class LungParams:
     """A component this large whose median is lung-like is lung even if partly pure air."""
     cut_lung_in_thorax: float = 0.2
     """A lung-like component that reaches the side of the field of view is lung only if at
-    least this share of it (on slices with bone) lies inside the per-slice hull of the ribs,
-    spine and sternum; otherwise it is outside air with something in it: the foam pad or
+    least this share of it lies inside the per-slice hull of the ribs, spine and sternum
+    (counted on slices where that hull spans at least lungs.THORAX_MIN_CM2); otherwise it is outside air with something in it: the foam pad or
     immobilisation cushion under a patient, cut off from the room air by a tight field of
     view (the 4D-Lung radiotherapy CT, docs/lungs.md)."""
     second_lung_fraction: float = 0.1
