@@ -399,11 +399,10 @@ def test_a_pad_under_the_patient_in_a_tight_field_of_view_is_not_lung() -> None:
     assert (loose & pad).sum() > 0.5 * pad.sum()
 
 
-def test_cut_lungs_are_kept_when_the_view_shows_no_rib_cage(monkeypatch) -> None:
+def test_cut_lungs_are_kept_when_the_view_shows_no_rib_cage() -> None:
     """A field of view that cuts both lungs and shows only the spine cannot tell inside
     the thorax from outside: the cut lungs stay lungs (with a vertebra taken for the whole
     bony thorax they would be dropped)."""
-    import volseg.data.lungs as lungs_module
     from volseg.data.lungs import lung_mask
 
     spacing, shape = (1.4, 1.4, 8.0), (200, 160, 36)
@@ -415,5 +414,4 @@ def test_cut_lungs_are_kept_when_the_view_shows_no_rib_cage(monkeypatch) -> None
     hu, lungs = hu[keep], lungs[keep]
     affine = np.diag([-1.4, -1.4, 8.0, 1.0])
     assert dice(lung_mask(hu, affine).mask, lungs) > 0.95
-    monkeypatch.setattr(lungs_module, "THORAX_MIN_CM2", 0.0)
-    assert dice(lung_mask(hu, affine).mask, lungs) < 0.5
+    assert dice(lung_mask(hu, affine, LungParams(thorax_min_mm2=0.0)).mask, lungs) < 0.5

@@ -27,9 +27,13 @@ class LungParams:
     cut_lung_in_thorax: float = 0.2
     """A lung-like component that reaches the side of the field of view is lung only if at
     least this share of it lies inside the per-slice hull of the ribs, spine and sternum
-    (counted on slices where that hull spans at least lungs.THORAX_MIN_CM2); otherwise it is outside air with something in it: the foam pad or
-    immobilisation cushion under a patient, cut off from the room air by a tight field of
-    view (the 4D-Lung radiotherapy CT, docs/lungs.md)."""
+    (counted on slices where that hull spans at least ``thorax_min_mm2``); otherwise it is
+    outside air with something in it: the foam pad or immobilisation cushion under a
+    patient, cut off from the room air by a tight field of view (the 4D-Lung radiotherapy
+    CT, docs/lungs.md)."""
+    thorax_min_mm2: float = 10000.0
+    """A slice's bony hull must span at least this (mm²) to judge what lies inside the
+    thorax: a vertebra alone is 1000-2000 mm², an adult rib cage 30000-70000 mm²."""
     second_lung_fraction: float = 0.1
     """Keep another group of lung-like components if at least this share of the largest."""
     satellite_mm: float = 10.0
@@ -103,6 +107,7 @@ class LungParams:
             "airway_wall_mm",
             "closing_mm",
             "hole_max_mm2",
+            "thorax_min_mm2",
             "ggo_open_mm",
             "cavity_margin_mm",
             "dense_smoothing_mm",

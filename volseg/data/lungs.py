@@ -181,17 +181,12 @@ def _find_lungs(
     return sides, air_hu
 
 
-THORAX_MIN_CM2 = 100.0
-"""A slice's bony hull must be at least this large (cm²) to judge what lies inside the
-thorax: a vertebra alone is 10-20 cm², an adult rib cage 300-700 cm²."""
-
-
 def _outside_thorax(
     comps, like: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], p: LungParams
 ) -> np.ndarray:
     """Per component: lung-like, reaching the side of the field of view, and mostly outside
     the bony thorax (less than ``cut_lung_in_thorax`` of its voxels inside the per-slice hull
-    of the bones, counted on slices whose hull spans at least :data:`THORAX_MIN_CM2`). A lung
+    of the bones, counted on slices whose hull spans at least ``thorax_min_mm2``). A lung
     cut by the field of view lies inside its ribs; a foam pad under the patient lies behind
     the spine. A component with most of its voxels on slices without such a hull (a field of
     view that shows no rib cage) is not judged: there is nothing to judge it by."""
@@ -202,8 +197,8 @@ def _outside_thorax(
     if suspects.size == 0:
         return out
     hull = bony_hull(body_bone(hu, p))
-    hull_cm2 = hull.sum(axis=(1, 2)) * spacing[1] * spacing[2] / 100.0
-    hull &= (hull_cm2 >= THORAX_MIN_CM2)[:, None, None]
+    hull_mm2 = hull.sum(axis=(1, 2)) * spacing[1] * spacing[2]
+    hull &= (hull_mm2 >= p.thorax_min_mm2)[:, None, None]
     with_bone = np.broadcast_to(hull.any(axis=(1, 2))[:, None, None], hull.shape)
     n = comps.count + 1
     total = np.bincount(comps.labels.ravel(), minlength=n)[1:]
