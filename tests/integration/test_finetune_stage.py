@@ -272,6 +272,12 @@ def test_calibrated_gate_is_chosen_on_validation_and_stored_in_the_bundle(
     assert finetune_sources.gate_healthy_studies(trained_on_healthy, dl) == dl.healthy("val")
     cases = [validation.GateCase(**c) for c in gate["cases"]]
     assert gate["min_involvement_pct"] == validation.choose_involvement_gate(cases)
+    # every unlabeled CT-1..CT-4 validation scan is checked against the gate (reported only)
+    check = gate["unlabeled_diseased"]
+    diseased = {s.id: s.category for s in dl.covid_unlabeled("val")}
+    assert diseased and check["categories"] == diseased
+    below = [i for i, pct in check["involvement_pct"].items() if pct < gate["min_involvement_pct"]]
+    assert check["below_gate"] == below
     loaded = load_bundle(bundle, "cpu")
     assert loaded.predict_defaults["min_involvement_pct"] == gate["min_involvement_pct"]
 

@@ -47,12 +47,16 @@ class ScanCase:
             empty_reference=empty_reference,
         )
 
-    def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-        """``(image HU, affine, lungs or None, reference)`` on the native grid."""
+    def read_scan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(image HU, affine, lungs or None)`` on the native grid."""
         from volseg.io import read_nifti
 
         image, affine = read_nifti(self.image, dtype=np.float32)
-        lungs = self._mask(self.lungs, image.shape, affine)
+        return image, affine, self._mask(self.lungs, image.shape, affine)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(image HU, affine, lungs or None, reference)`` on the native grid."""
+        image, affine, lungs = self.read_scan()
         if self.empty_reference:
             ref = np.zeros(image.shape, dtype=bool)
         else:
@@ -104,6 +108,13 @@ def _segmented(
         yield case, result.mask > 0, result.lungs, ref
 
 
+def _involvement_pct(case: ScanCase, pred: np.ndarray, lungs: np.ndarray | None) -> float:
+    """Predicted lesion voxels as a share of the lung voxels (%); the gate needs lungs."""
+    if lungs is None:
+        raise InputError(f"{case.id}: the gate needs a lung mask")
+    return 100.0 * float(pred.sum()) / max(int(np.count_nonzero(lungs)), 1)
+
+
 def validate(predictor: Predictor, cases: Sequence[ScanCase]) -> ValidationResult:
     """Whole-volume Dice, sensitivity and precision on native labeled scans (no gate)."""
     result = ValidationResult()
@@ -141,11 +152,22 @@ def gate_cases(predictor: Predictor, cases: Sequence[ScanCase]) -> list[GateCase
     ``predict`` measures them before its gate; a scan without a lung mask is refused."""
     out = []
     for case, pred, lungs, ref in _segmented(predictor, cases):
-        if lungs is None:
-            raise InputError(f"{case.id}: the gate needs a lung mask")
-        involvement = 100.0 * float(pred.sum()) / max(int(np.count_nonzero(lungs)), 1)
+        involvement = _involvement_pct(case, pred, lungs)
         dice = overlap_metrics(pred, ref)["dice"]
         out.append(GateCase(case.id, involvement, float(dice), case.empty_reference))
+    return out
+
+
+def unlabeled_involvements(predictor: Predictor, cases: Sequence[ScanCase]) -> dict[str, float]:
+    """Predicted involvement (%) before the gate of scans without a mask, as
+    :func:`gate_cases` measures it: for validation scans whose category says they hold
+    lesions, which a gate above their involvement would call lesion-free."""
+    ungated = predictor.with_options(predictor.options.ungated())
+    out = {}
+    for case in cases:
+        image, affine, lungs = case.read_scan()
+        result = ungated.predict(image, affine, lungs)
+        out[case.id] = _involvement_pct(case, result.mask > 0, result.lungs)
     return out
 
 

@@ -14,7 +14,10 @@ under ``<run_dir>/finetune/``::
                          out-of-distribution check: :mod:`volseg.stages.finetune_stats`)
     summary.json         best val Dice and epoch, labeled/pseudo/val ids, training_stats,
                          review (predict's needs_review threshold: chosen on the labeled
-                         validation scans, :mod:`volseg.stages.finetune_review`, or why not)
+                         validation scans, :mod:`volseg.stages.finetune_review`, or why not),
+                         gate (``finetune.calibrate_gate``: the lesion-presence gate, the
+                         scans it was chosen on, and the unlabeled CT-1..CT-4 validation
+                         scans it would call lesion-free)
 
 Training data: labeled TRAIN scans (weight 1) and pseudo-labeled TRAIN scans (weight
 ``finetune.pseudo_weight``), optionally the CT-0 TRAIN scans as lesion-free examples and
@@ -140,7 +143,8 @@ def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, An
             len(healthy),
         )
         return {"min_involvement_pct": 0.0, "cases": []}
-    cases = gate_cases(predictor_for(cfg, model), labeled + healthy)
+    predictor = predictor_for(cfg, model)
+    cases = gate_cases(predictor, labeled + healthy)
     gate = choose_involvement_gate(cases)
     log.info(
         "finetune: lesion-presence gate %.3f %% of the lungs, chosen on %d labeled validation "
@@ -150,7 +154,43 @@ def _calibrate_gate(cfg: Config, model: Any, prepared: Prepared) -> dict[str, An
         len(healthy),
         ", ".join(f"{c.id} {c.involvement_pct:.2f}" for c in cases),
     )
-    return {"min_involvement_pct": gate, "cases": [dataclasses.asdict(c) for c in cases]}
+    return {
+        "min_involvement_pct": gate,
+        "cases": [dataclasses.asdict(c) for c in cases],
+        "unlabeled_diseased": _unlabeled_diseased_check(predictor, prepared, gate),
+    }
+
+
+MAX_GATE_CHECK_SCANS = 32
+"""At most this many unlabeled CT-1..CT-4 validation scans are predicted to check the gate
+(spread evenly over the sorted ids; each costs one prediction)."""
+
+
+def _unlabeled_diseased_check(predictor: Any, prepared: Prepared, gate: float) -> dict[str, Any]:
+    """How the chosen gate treats validation scans whose category says they hold lesions but
+    that have no mask (MosMed: most CT-1..CT-4 scans): their predicted involvement, and those
+    the gate would call lesion-free, with a warning. Reported only; the gate is unchanged."""
+    from volseg.inference.validation import ScanCase, unlabeled_involvements
+
+    studies = [s for s in prepared.datalist.covid_unlabeled("val") if s.lungs is not None]
+    step = max(1, -(-len(studies) // MAX_GATE_CHECK_SCANS))
+    studies = studies[::step][:MAX_GATE_CHECK_SCANS]
+    involvement = unlabeled_involvements(predictor, [ScanCase.of(s) for s in studies])
+    below = [s for s in studies if involvement[s.id] < gate]
+    if below:
+        log.warning(
+            "finetune: the lesion-presence gate (%.2f %%) would call %d of %d unlabeled "
+            "validation scans of category CT-1..CT-4 lesion-free: %s",
+            gate,
+            len(below),
+            len(studies),
+            ", ".join(f"{s.id} ({s.category}, {involvement[s.id]:.2f} %)" for s in below),
+        )
+    return {
+        "involvement_pct": {s.id: involvement[s.id] for s in studies},
+        "categories": {s.id: s.category for s in studies},
+        "below_gate": [s.id for s in below],
+    }
 
 
 def _save_bundle(

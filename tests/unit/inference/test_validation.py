@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tests.oracle import OracleNet
 from volseg.bundle import load_bundle, save_bundle
 from volseg.data.mosmed import discover
 from volseg.inference.predictor import Predictor
-from volseg.inference.validation import ScanCase, gate_cases, validate
+from volseg.inference.validation import ScanCase, gate_cases, unlabeled_involvements, validate
 from volseg.models import registry
 from volseg.recipe import Recipe
 
@@ -53,3 +54,8 @@ def test_validation_dice_equals_predict_plus_evaluate_dice(
     gates = gate_cases(Predictor.from_bundle(bundle), cases)
     for g in gates:
         assert g.dice == pytest.approx(evaluated[g.id], abs=1e-6)
+    # scans without a mask: the same involvement, measured without reading a reference
+    unlabeled = [dataclasses.replace(c, reference=Path("missing.nii.gz")) for c in cases]
+    involvement = unlabeled_involvements(Predictor.from_bundle(bundle), unlabeled)
+    assert involvement == {g.id: pytest.approx(g.involvement_pct) for g in gates}
+    assert any(v > 0 for v in involvement.values())
