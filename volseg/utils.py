@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -128,6 +128,16 @@ def listing_fingerprint(
             json.dumps(entries, sort_keys=True, default=str).encode()
         ).hexdigest()[:16],
     }
+
+
+T = TypeVar("T")
+
+
+def evenly_spaced(items: Sequence[T], at_most: int) -> list[T]:
+    """At most ``at_most`` of ``items``: every k-th from the first, so that a capped sample
+    still spreads over the whole (sorted) sequence."""
+    step = max(1, math.ceil(len(items) / at_most))
+    return list(items[::step][:at_most])
 
 
 def mask_box(mask: np.ndarray, grow: int | Sequence[int] = 0) -> tuple[slice, ...]:

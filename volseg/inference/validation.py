@@ -97,13 +97,17 @@ class ValidationResult:
 
 
 def _segmented(
-    predictor: Predictor, cases: Iterable[ScanCase]
-) -> Iterator[tuple[ScanCase, np.ndarray, np.ndarray | None, np.ndarray]]:
+    predictor: Predictor, cases: Iterable[ScanCase], with_reference: bool = True
+) -> Iterator[tuple[ScanCase, np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """``(case, ungated predicted mask, lungs it is measured in, reference)`` for each case,
-    one at a time; the lungs are the lung mask plus the lesion, as ``predict`` reports them."""
+    one at a time; the lungs are the lung mask plus the lesion, as ``predict`` reports them.
+    Without ``with_reference`` (scans without a mask) the reference is None and never read."""
     ungated = predictor.with_options(predictor.options.ungated())
     for case in cases:
-        image, affine, lungs, ref = case.read()
+        if with_reference:
+            image, affine, lungs, ref = case.read()
+        else:
+            (image, affine, lungs), ref = case.read_scan(), None
         result = ungated.predict(image, affine, lungs)
         yield case, result.mask > 0, result.lungs, ref
 
@@ -162,13 +166,8 @@ def unlabeled_involvements(predictor: Predictor, cases: Sequence[ScanCase]) -> d
     """Predicted involvement (%) before the gate of scans without a mask, as
     :func:`gate_cases` measures it: for validation scans whose category says they hold
     lesions, which a gate above their involvement would call lesion-free."""
-    ungated = predictor.with_options(predictor.options.ungated())
-    out = {}
-    for case in cases:
-        image, affine, lungs = case.read_scan()
-        result = ungated.predict(image, affine, lungs)
-        out[case.id] = _involvement_pct(case, result.mask > 0, result.lungs)
-    return out
+    segmented = _segmented(predictor, cases, with_reference=False)
+    return {case.id: _involvement_pct(case, pred, lungs) for case, pred, lungs, _ in segmented}
 
 
 def choose_involvement_gate(cases: Sequence[GateCase]) -> float:

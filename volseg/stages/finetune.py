@@ -56,7 +56,7 @@ from volseg.stages.finetune_painted import painted_sources
 from volseg.stages.finetune_review import calibrate_review
 from volseg.stages.finetune_sources import gate_healthy_studies, healthy_sources, pseudo_sources
 from volseg.stages.finetune_stats import training_scan_stats
-from volseg.utils import json_safe
+from volseg.utils import evenly_spaced, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,8 @@ def _unlabeled_diseased_check(predictor: Any, prepared: Prepared, gate: float) -
     the gate would call lesion-free, with a warning. Reported only; the gate is unchanged."""
     from volseg.inference.validation import ScanCase, unlabeled_involvements
 
-    studies = [s for s in prepared.datalist.covid_unlabeled("val") if s.lungs is not None]
-    step = max(1, -(-len(studies) // MAX_GATE_CHECK_SCANS))
-    studies = studies[::step][:MAX_GATE_CHECK_SCANS]
+    with_lungs = [s for s in prepared.datalist.covid_unlabeled("val") if s.lungs is not None]
+    studies = evenly_spaced(with_lungs, MAX_GATE_CHECK_SCANS)
     involvement = unlabeled_involvements(predictor, [ScanCase.of(s) for s in studies])
     below = [s for s in studies if involvement[s.id] < gate]
     if below:

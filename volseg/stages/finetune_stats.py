@@ -17,6 +17,7 @@ import numpy as np
 
 from volseg.inference.ood import grid_spacing, lung_hu_percentiles, training_stats
 from volseg.io import read_nifti
+from volseg.utils import evenly_spaced
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,8 @@ def training_scan_stats(prepared: Any, hu_window: Any) -> dict[str, Any] | None:
         return None
     spacings = [grid_spacing(v.source_affine) for v in volumes]
     with_lungs = [s for s in studies if s.lungs is not None]
-    step = max(1, int(np.ceil(len(with_lungs) / MAX_HU_SCANS)))
     lung_hu = []
-    for study in with_lungs[::step][:MAX_HU_SCANS]:
+    for study in evenly_spaced(with_lungs, MAX_HU_SCANS):
         image, _ = read_nifti(study.image, dtype=np.float32)
         lungs, _ = read_nifti(study.lungs)
         values = lung_hu_percentiles(image, lungs, hu_window)
